@@ -197,9 +197,9 @@ class Camera:
         """(viewMatrix, projectionMatrix) as pybullet's column-major 16-float lists for ``getCameraImage``.
 
         pybullet samples column c at our u = c - 0.5 and row r at v = r + 0.5; shifting the principal point by
-        (+0.5, -0.5) pixels makes its pixel (c, r) show exactly what our pixel (c, r) shows.
+        (-0.5, +0.5) pixels makes its pixel (c, r) show exactly what our pixel (c, r) shows.
         """
-        P = self.opengl_projection(near, far, pixel_offset=(0.5, -0.5))
+        P = self.opengl_projection(near, far, pixel_offset=(-0.5, 0.5))
         return self.opengl_view().T.reshape(-1).tolist(), P.T.reshape(-1).tolist()
 
     @classmethod
@@ -212,8 +212,8 @@ class Camera:
         W, H = width, height
         fx, fy = P[0, 0] * W / 2, P[1, 1] * H / 2
         s = -P[0, 1] * W / 2
-        cx = ((1 - P[0, 2]) * W - 1) / 2 - 0.5
-        cy = ((P[1, 2] + 1) * H - 1) / 2 + 0.5
+        cx = ((1 - P[0, 2]) * W - 1) / 2 + 0.5
+        cy = ((P[1, 2] + 1) * H - 1) / 2 - 0.5
         K = np.array([[fx, s, cx], [0, fy, cy], [0, 0, 1]])
         return cls(K=K, T_cam_world=T_GLCAM_CAM @ V, width=W, height=H)
 
