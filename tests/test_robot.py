@@ -22,7 +22,7 @@ def _pybullet_link_poses(robot: Robot, q: np.ndarray) -> dict[str, np.ndarray]:
         for j in range(p.getNumJoints(body, physicsClientId=cid)):
             info = p.getJointInfo(body, j, physicsClientId=cid)
             name_to_joint[info[1].decode()] = (j, info[12].decode())
-        qfull = dict(zip(robot.joint_names, q))
+        qfull = dict(zip(robot.joint_names, q, strict=True))
         qfull.update({name: qfull[m] * mult + off for name, (m, mult, off) in _mimics(robot).items()})
         for name, val in qfull.items():
             p.resetJointState(body, name_to_joint[name][0], val, physicsClientId=cid)

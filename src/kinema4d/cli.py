@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+
 def _control(args):
     import tyro
 
