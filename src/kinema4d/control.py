@@ -1,7 +1,7 @@
 """Kinematic control stage (paper Sec. 3.1): actions -> joints (FK / seeded IK) -> robot pointmap sequence.
 
 ``kinema4d control`` writes ``robot_pointmap.npz`` (pointmap, mask, depth, link_id, q, camera) and
-``robot_pointmap.mp4`` (pseudo-coloured pointmap | mask).
+``robot_pointmap.mp4`` (shaded robot | pseudo-coloured pointmap | mask).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ class ControlConfig:
 
 def demo_camera(width: int = 720, height: int = 480) -> Camera:
     """Medial-frontal, oblique top-down view of a Panda at the world origin."""
-    return Camera.look_at(eye=[1.35, 0.35, 0.95], target=[0.35, 0.0, 0.3], width=width, height=height,
+    return Camera.look_at(eye=[1.45, 0.4, 1.05], target=[0.3, 0.0, 0.4], width=width, height=height,
                           fov_y_deg=50.0)
 
 
@@ -109,7 +109,7 @@ def run_control(cfg: ControlConfig) -> Path:
     t0 = time.perf_counter()
     traj = actions_to_joints(robot, actions, mode, dt=cfg.dt)
     t1 = time.perf_counter()
-    r = render_robot(robot, traj.q, camera, backend=cfg.backend)
+    r = render_robot(robot, traj.q, camera, rgb=True, backend=cfg.backend)
     t2 = time.perf_counter()
 
     out = Path(cfg.out)
@@ -117,7 +117,7 @@ def run_control(cfg: ControlConfig) -> Path:
     save_atomic_npz(out / "robot_pointmap.npz", pointmap=r.pointmap, mask=r.mask, depth=r.depth, link_id=r.link_id,
                     q=traj.q.astype(np.float32), actions=actions.astype(np.float32),
                     camera=np.array(json.dumps(camera.to_dict())), link_names=np.array(robot.link_names))
-    video = hstack_videos(pointmap_to_rgb(r.pointmap, r.mask), mask_to_rgb(r.mask))
+    video = hstack_videos(r.rgb, pointmap_to_rgb(r.pointmap, r.mask), mask_to_rgb(r.mask))
     write_video(out / "robot_pointmap.mp4", video, fps=cfg.fps)
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},

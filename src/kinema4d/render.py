@@ -187,16 +187,14 @@ _FRAGMENT_SHADER = """
 in vec3 v_pcam;
 flat in float v_link_id;
 in vec3 v_color;
-layout(location = 0) out vec4 out_xyz;      // camera-frame point, metres
-layout(location = 1) out float out_z;       // depth z, metres
-layout(location = 2) out float out_id1;     // link index + 1 (0 = empty, the clear value)
+// one target holds everything but colour, so a frame needs one read-back: camera-frame point (metres) and
+// link index + 1 (0 = empty, the clear value); depth is the point's z
+layout(location = 0) out vec4 out_xyz_id1;
 #ifdef WITH_RGB
-layout(location = 3) out vec4 out_rgb;
+layout(location = 1) out vec4 out_rgb;
 #endif
 void main() {
-    out_xyz = vec4(v_pcam, 1.0);
-    out_z = v_pcam.z;
-    out_id1 = v_link_id + 1.0;
+    out_xyz_id1 = vec4(v_pcam, v_link_id + 1.0);
 #ifdef WITH_RGB
     vec3 n = normalize(cross(dFdx(v_pcam), dFdy(v_pcam)));  // flat (face) normal
     float shade = 0.25 + 0.75 * abs(dot(n, normalize(v_pcam)));  // Lambert, light at the camera
@@ -246,9 +244,7 @@ class _GLBackend:
         key = (width, height, rgb)
         if key not in self._fbos:
             ctx = self.ctx
-            attachments = [ctx.renderbuffer((width, height), 4, dtype="f4"),
-                           ctx.renderbuffer((width, height), 1, dtype="f4"),
-                           ctx.renderbuffer((width, height), 1, dtype="f4")]
+            attachments = [ctx.renderbuffer((width, height), 4, dtype="f4")]
             if rgb:
                 attachments.append(ctx.renderbuffer((width, height), 4, dtype="f1"))
             self._fbos[key] = ctx.framebuffer(color_attachments=attachments,
@@ -266,11 +262,8 @@ class _GLBackend:
         prog["P_clip_cam"].write(P.T.astype(np.float32).tobytes())  # GLSL is column-major
         ctx.enable(self._mgl.DEPTH_TEST)
         ctx.disable(self._mgl.CULL_FACE)
-        scratch = {"pointmap": np.empty(H * W * 3, np.float32), "depth": np.empty(H * W, np.float32),
-                   "id1": np.empty(H * W, np.float32), "rgb": np.empty(H * W * 3, np.uint8)}
-        reads = [("pointmap", 3, "f4", 0), ("depth", 1, "f4", 1), ("id1", 1, "f4", 2)]  # (name, comps, dtype, att.)
-        if rgb:
-            reads.append(("rgb", 3, "f1", 3))
+        xyz_id1 = np.empty(H * W * 4, np.float32)
+        rgb_buf = np.empty(H * W * 3, np.uint8) if rgb else None
         for t in range(T_cam_link.shape[0]):
             # Only the robot's projected bounding box is cleared, drawn and read back (scissor); the output
             # arrays start empty, so pixels outside it need no work.
@@ -285,13 +278,15 @@ class _GLBackend:
             prog["T_cam_link"].write(np.ascontiguousarray(T_cam_link[t].transpose(0, 2, 1), np.float32).tobytes())
             fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=vp)  # empty: point 0, z 0, id + 1 = 0, black
             vao.render(self._mgl.TRIANGLES)
-            for name, comps, dtype, attachment in reads:
-                buf = scratch[name][: h * w * comps].reshape((h, w, comps) if comps > 1 else (h, w))
-                fbo.read_into(buf, viewport=vp, components=comps, dtype=dtype, attachment=attachment)
-                if name == "id1":
-                    np.subtract(buf, 1.0, out=out["link_id"][t, r0:r1, c0:c1], casting="unsafe")
-                else:
-                    out[name][t, r0:r1, c0:c1] = buf
+            buf = xyz_id1[: h * w * 4].reshape(h, w, 4)
+            fbo.read_into(buf, viewport=vp, components=4, dtype="f4", attachment=0)
+            out["pointmap"][t, r0:r1, c0:c1] = buf[..., :3]
+            out["depth"][t, r0:r1, c0:c1] = buf[..., 2]
+            np.subtract(buf[..., 3], 1.0, out=out["link_id"][t, r0:r1, c0:c1], casting="unsafe")
+            if rgb:
+                cbuf = rgb_buf[: h * w * 3].reshape(h, w, 3)
+                fbo.read_into(cbuf, viewport=vp, components=3, dtype="f1", attachment=1)
+                out["rgb"][t, r0:r1, c0:c1] = cbuf
         fbo.scissor = None
 
     def release(self) -> None:
