@@ -1,0 +1,343 @@
+"""Synthetic 4D dataset generation (``kinema4d datagen``), ``dataset info`` and ``dataset preview``.
+
+Episodes come in blocks of ``1 + failures_per_success``: block b = one sampled scene with its scripted
+pick-and-place (the clean demonstration, id ``b * (1 + F)``) followed by F perturbed re-simulations of it (ids
+``b * (1 + F) + v``, v = 1..F; variant v perturbs temporal segment ``(v - 1) // 3 % 3`` at
+sigma ``FAILURE_SIGMAS[(v - 1) % 3]``, see :func:`kinema4d.sim.perturb_actions`). A scene whose clean run fails is
+resampled (up to ``max_attempts`` times, the attempt is recorded). Everything is a pure function of
+(seed, split, block, attempt, variant), so a rerun regenerates exactly the missing episodes: the run is resumable
+and the episode set does not depend on the number of workers or the backend. Splits use disjoint seed streams
+(the split's index enters the seed) and select the randomization ranges (``kinema4d.sim.split_ranges``).
+
+``episodes`` counts all written episodes (clean + perturbed); the last block may be cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kinema4d import data as kdata
+from kinema4d import sim
+from kinema4d.geometry import save_atomic_text
+
+DEFAULT_RESOLUTION = "64x96"
+
+
+@dataclass(frozen=True)
+class DatagenConfig:
+    """Generate a synthetic pick-and-place 4D dataset split into ``OUT/<split>/`` (resumable)."""
+
+    out: Path = Path("data/synth")
+    """Root directory; the split is written to OUT/<split>/."""
+    episodes: int = 100
+    """Total episodes to have in the split (clean + perturbed)."""
+    split: str = "train"
+    """train | val | test | ood (ood: unseen shapes/colours, camera outside the training range)."""
+    seed: int = 0
+    """Base seed; the split and block index are mixed in (disjoint streams per split)."""
+    resolution: str = DEFAULT_RESOLUTION
+    """Image size HxW, e.g. 64x96, 128x192, 480x720."""
+    frames: int = 49
+    """Recorded frames per episode (uniform temporal downsampling of the control steps)."""
+    failures_per_success: int = 9
+    """Perturbed variants per clean demonstration (Supp. B.2: 3 segments x 3 sigmas)."""
+    workers: int = 1
+    """Parallel worker processes (local) or Ray CPUs."""
+    backend: str = "local"
+    """local (multiprocessing, spawn) | ray (local Ray instance)."""
+    control_hz: float = 20.0
+    """Control rate of the scripted policy / IK."""
+    physics_hz: float = 240.0
+    """Simulation rate."""
+    max_attempts: int = 5
+    """Scene resamples when the clean scripted run fails."""
+    robot_backend: str = "auto"
+    """Robot pointmap renderer: auto | gl | embree."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def size(self) -> tuple[int, int]:
+        return parse_resolution(self.resolution)
+
+
+# fields that define the content of an episode: a rerun into the same directory must match them
+CONTENT_FIELDS = ("split", "seed", "resolution", "frames", "failures_per_success", "control_hz", "physics_hz",
+                  "max_attempts")
+
+
+def parse_resolution(s: str) -> tuple[int, int]:
+    """"HxW" -> (H, W)."""
+    try:
+        h, w = (int(v) for v in str(s).lower().split("x"))
+    except ValueError:
+        raise ValueError(f"resolution must look like HxW (e.g. 64x96), got {s!r}") from None
+    if h < 8 or w < 8:
+        raise ValueError(f"resolution {s!r} is too small (min 8x8)")
+    return h, w
+
+
+def _check(cfg: DatagenConfig) -> None:
+    if cfg.split not in sim.SPLITS:
+        raise ValueError(f"split must be one of {sim.SPLITS}, got {cfg.split!r}")
+    if cfg.backend not in ("local", "ray"):
+        raise ValueError(f"backend must be 'local' or 'ray', got {cfg.backend!r}")
+    if cfg.episodes < 0 or cfg.workers < 1 or cfg.frames < 2 or cfg.failures_per_success < 0:
+        raise ValueError(f"need episodes >= 0, workers >= 1, frames >= 2, failures_per_success >= 0; got {cfg}")
+    parse_resolution(cfg.resolution)
+
+
+def variant_of(v: int) -> tuple[int, float]:
+    """Variant v >= 1 -> (segment, sigma)."""
+    return (v - 1) // 3 % sim.N_SEGMENTS, sim.FAILURE_SIGMAS[(v - 1) % 3]
+
+
+# ---------------------------------------------------------------------- one block (runs in a worker)
+_ROBOT = {}
+
+
+def _robot():
+    if "panda" not in _ROBOT:
+        _ROBOT["panda"] = sim.make_robot()
+    return _ROBOT["panda"]
+
+
+def _episode_arrays(ep: sim.Episode) -> dict:
+    return {"rgb": ep.rgb, "world_pointmap": ep.world_pointmap, "robot_pointmap": ep.robot_pointmap,
+            "robot_mask": ep.robot_mask, "robot_render_mask": ep.robot_render_mask, "q": ep.q, "actions": ep.actions,
+            "object_poses": ep.object_poses}
+
+
+def _episode_attrs(robot, ep: sim.Episode, cfg: DatagenConfig, block: int, attempt: int, variant: dict) -> dict:
+    scene = ep.meta["scene"]
+    return {
+        "format": kdata.FORMAT, "version": kdata.VERSION, "split": cfg.split, "success": bool(ep.success),
+        "instruction": ep.meta["instruction"], "camera": ep.camera.to_dict(), "robot": robot.name,
+        "joint_names": list(robot.joint_names), "ee_link": robot.ee_link, "T_world_base": robot.T_world_base.tolist(),
+        "action_layout": "ee_pose: x y z qx qy qz qw (ee_link in world) + gripper opening [0, 1], 1 = open",
+        "objects": scene["objects"], "goal_xy": scene["goal_xy"], "pad_colour": scene["pad_colour"],
+        "table_top_z": sim.TABLE_TOP, "outcome": ep.meta["outcome"], "variant": variant, "block": block,
+        "attempt": attempt, "seed": [cfg.seed, sim.SPLITS.index(cfg.split), block, attempt],
+        "frames": ep.meta["frames"], "control_hz": ep.meta["control_hz"], "physics_hz": ep.meta["physics_hz"],
+        "n_control_steps": ep.meta["n_control_steps"], "record_steps": ep.meta["record_steps"],
+    }
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_block(cfg: DatagenConfig, block: int, todo: list[int]) -> list[dict]:
+    """Simulate block ``block`` and write its episodes listed in ``todo`` (ids). Returns one record per episode
+    written: {"entry": index entry, "timing": {physics, render_sim, render_robot, write} s, "bytes": int}."""
+    robot = _robot()
+    H, W = cfg.size()
+    root = Path(cfg.out) / cfg.split
+    F = cfg.failures_per_success
+    first = block * (1 + F)
+    split_i = sim.SPLITS.index(cfg.split)
+    results = []
+
+    def write(ep_id, ep, attempt, variant):
+        t0 = time.perf_counter()
+        entry = kdata.write_episode(root, ep_id, _episode_arrays(ep),
+                                    _episode_attrs(robot, ep, cfg, block, attempt, variant))
+        timing = dict(ep.timing, write=time.perf_counter() - t0)
+        results.append({"entry": entry, "timing": timing,
+                        "bytes": _dir_bytes(root / "episodes" / kdata.episode_name(ep_id))})
+
+    attempt0 = None
+    if first not in todo and (root / "episodes" / kdata.episode_name(first) / kdata.COMPLETE).is_file():
+        attempt0 = int(kdata.read_attrs(root, first).get("attempt", 0))
+    attempts = [attempt0] if attempt0 is not None else range(cfg.max_attempts)
+    for attempt in attempts:
+        rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, split_i, block, attempt]))
+        spec = sim.sample_scene(rng, cfg.split, W, H, seed=[cfg.seed, split_i, block, attempt])
+        actions, _ = sim.scripted_pick_place(robot, spec, cfg.control_hz)
+        scene = sim.Scene(robot, spec, physics_hz=cfg.physics_hz, control_hz=cfg.control_hz)
+        try:
+            if attempt0 is None:
+                clean = sim.run_episode(robot, spec, actions, frames=cfg.frames, control_hz=cfg.control_hz,
+                                        physics_hz=cfg.physics_hz, robot_backend=cfg.robot_backend, scene=scene)
+                if not clean.success and attempt < cfg.max_attempts - 1:
+                    continue
+                if first in todo:
+                    write(first, clean, attempt, {"kind": "clean"})
+            for v in range(1, F + 1):
+                if first + v not in todo:
+                    continue
+                segment, sigma = variant_of(v)
+                vrng = np.random.default_rng(np.random.SeedSequence([cfg.seed, split_i, block, attempt, 1000 + v]))
+                pert = sim.perturb_actions(actions, segment, sigma, vrng)
+                ep = sim.run_episode(robot, spec, pert, frames=cfg.frames, control_hz=cfg.control_hz,
+                                     physics_hz=cfg.physics_hz, robot_backend=cfg.robot_backend, scene=scene)
+                write(first + v, ep, attempt, {"kind": "perturbed", "segment": segment, "sigma": sigma,
+                                               "parent": first})
+        finally:
+            scene.close()
+        break
+    return results
+
+
+def _run_block_star(args):
+    return run_block(*args)
+
+
+# ---------------------------------------------------------------------- driver
+def plan(cfg: DatagenConfig, done: set[int]) -> list[tuple[int, list[int]]]:
+    """[(block, [episode ids still to write])] for the episodes < cfg.episodes not in ``done``."""
+    per = 1 + cfg.failures_per_success
+    out = []
+    for block in range((cfg.episodes + per - 1) // per):
+        ids = [i for i in range(block * per, min((block + 1) * per, cfg.episodes)) if i not in done]
+        if ids:
+            out.append((block, ids))
+    return out
+
+
+def _save_config(cfg: DatagenConfig, root: Path) -> None:
+    path = root / "datagen_config.json"
+    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), d[k]) for k in CONTENT_FIELDS if old.get(k) != d[k]}
+        if diff:
+            raise ValueError(f"{root} was generated with a different config {diff} (old, new); use another --out")
+    save_atomic_text(path, json.dumps(d, indent=2))
+
+
+def datagen_main(cfg: DatagenConfig) -> dict:
+    """Generate (or complete) ``cfg.out/<split>``; returns :func:`dataset_info` of it."""
+    _check(cfg)
+    root = kdata.init_dataset(Path(cfg.out) / cfg.split, cfg.split)
+    _save_config(cfg, root)
+    kdata.clean_stale(root)
+    done = set(kdata.complete_episodes(root))
+    entries = kdata.write_index(root, cfg.split)
+    jobs = plan(cfg, done)
+    total = min(cfg.episodes, len(done) + sum(len(ids) for _, ids in jobs))
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, initial=total - sum(len(ids) for _, ids in jobs), unit="ep",
+                   desc=f"datagen {cfg.split}")
+
+    def collect(results):
+        for r in results:
+            entries[r["entry"]["episode"]] = r["entry"]
+        kdata.write_index(root, cfg.split, entries)
+        if bar is not None:
+            bar.update(len(results))
+
+    try:
+        if not jobs:
+            pass
+        elif cfg.backend == "ray":
+            _run_ray(cfg, jobs, collect)
+        elif cfg.workers == 1:
+            for block, ids in jobs:
+                collect(run_block(cfg, block, ids))
+        else:
+            with mp.get_context("spawn").Pool(cfg.workers) as pool:
+                for res in pool.imap_unordered(_run_block_star, [(cfg, b, ids) for b, ids in jobs]):
+                    collect(res)
+    finally:
+        if bar is not None:
+            bar.close()
+    kdata.write_index(root, cfg.split, entries)
+    return dataset_info(root)
+
+
+def _run_ray(cfg: DatagenConfig, jobs, collect) -> None:
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=cfg.workers, include_dashboard=False, log_to_driver=False)
+    try:
+        task = ray.remote(num_cpus=1)(run_block)
+        pending = [task.remote(cfg, b, ids) for b, ids in jobs]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            collect(ray.get(ready[0]))
+    finally:
+        if started:
+            ray.shutdown()
+
+
+# ---------------------------------------------------------------------- dataset info / preview
+def dataset_info(path) -> dict:
+    """Counts, success ratios, resolution and size on disk of a dataset dir (or of each split under a root)."""
+    path = Path(path)
+    if not (path / "zarr.json").is_file():
+        subs = sorted(d for d in path.iterdir() if (d / "zarr.json").is_file()) if path.is_dir() else []
+        if not subs:
+            raise FileNotFoundError(f"no kinema4d dataset at {path} (no zarr.json here or in a subdirectory)")
+        return {"path": str(path), "splits": {d.name: dataset_info(d) for d in subs}}
+    ds = kdata.Dataset4D(path)
+    metas = [ds.meta(i) for i in range(len(ds))]
+    clean = [m for m in metas if m.get("variant", {}).get("kind") == "clean"]
+    pert = [m for m in metas if m.get("variant", {}).get("kind") == "perturbed"]
+
+    def ratio(ms):
+        return round(sum(bool(m.get("success")) for m in ms) / len(ms), 4) if ms else None
+
+    size = _dir_bytes(path)
+    tmp = [d.name for d in (path / "episodes").iterdir() if d.name.startswith(".tmp-")] \
+        if (path / "episodes").is_dir() else []
+    return {
+        "path": str(path), "split": ds.split, "episodes": len(ds), "clean": len(clean), "perturbed": len(pert),
+        "success": sum(bool(m.get("success")) for m in metas), "success_ratio": ratio(metas),
+        "success_ratio_clean": ratio(clean), "success_ratio_perturbed": ratio(pert),
+        "resolution": f"{metas[0]['height']}x{metas[0]['width']}" if metas else None,
+        "frames": metas[0].get("frames") if metas else None, "bytes": size,
+        "bytes_per_episode": size // len(ds) if len(ds) else None, "temp_dirs": len(tmp),
+    }
+
+
+def pseudo_colour(pm: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """(T, H, W, 3) metres -> (T, H, W, 3) uint8: per-channel sequence min-max of xyz as rgb, black = empty."""
+    from kinema4d.render import normalize_pointmap
+
+    mask = pm[..., 2] > 0 if mask is None else mask
+    if not mask.any():
+        return np.zeros(pm.shape, np.uint8)
+    pm01, _ = normalize_pointmap(pm, mask)
+    return (pm01 * 255).round().astype(np.uint8)
+
+
+def dataset_preview(path, episode: int, out_mp4, fps: float = 8.0) -> Path:
+    """Write an mp4 of episode position ``episode``: RGB | world pointmap | robot pointmap (pseudo-colour)."""
+    import imageio.v2 as imageio
+
+    ds = kdata.Dataset4D(path)
+    e = ds.read_episode(episode)
+    frames = np.concatenate([e["rgb"], pseudo_colour(e["world_pointmap"]),
+                             pseudo_colour(e["robot_pointmap"], e["robot_render_mask"])], axis=2)
+    H, W = frames.shape[1:3]
+    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))  # libx264 wants even sizes
+    out = Path(out_mp4)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with imageio.get_writer(out, fps=fps, codec="libx264", macro_block_size=1, quality=8) as w:
+        for f in frames:
+            w.append_data(f)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    import tyro
+
+    cfg = tyro.cli(DatagenConfig, args=argv, prog="python -m kinema4d.datagen")
+    info = datagen_main(cfg)
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,139 @@
+"""Episode storage: atomic writes, lazy reader, corruption detection, the torch Dataset contract."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kinema4d import data as kdata
+from kinema4d.camera import Camera
+
+T, H, W = 5, 24, 32
+
+
+def _fake_episode(rng, success=True):
+    cam = Camera.look_at([1.0, 0.2, 1.0], [0.0, 0.0, 0.6], width=W, height=H)
+    z = rng.uniform(0.8, 1.5, (T, H, W)).astype(np.float32)
+    z[:, :4] = 0  # empty band (background)
+    wpm = cam.depth_to_pointmap(z)
+    rmask = np.zeros((T, H, W), bool)
+    rmask[:, 8:16, 10:20] = True
+    rpm = np.where(rmask[..., None], wpm, 0).astype(np.float32)
+    arrays = {"rgb": rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8), "world_pointmap": wpm,
+              "robot_pointmap": rpm, "robot_mask": rmask, "robot_render_mask": rmask,
+              "q": rng.normal(size=(T, 8)), "actions": rng.normal(size=(T, 8)),
+              "object_poses": rng.normal(size=(T, 2, 7))}
+    attrs = {"success": success, "instruction": "pick up the red cube and place it on the blue pad", "split": "train",
+             "camera": cam.to_dict(), "variant": {"kind": "clean"}, "frames": T}
+    return arrays, attrs
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    root = kdata.init_dataset(tmp_path / "train", "train")
+    rng = np.random.default_rng(0)
+    entries = {}
+    for ep in range(4):
+        arrays, attrs = _fake_episode(rng, success=ep % 2 == 0)
+        entries[ep] = kdata.write_episode(root, ep, arrays, attrs)
+    kdata.write_index(root, "train", entries)
+    return root
+
+
+def test_roundtrip_and_layout(dataset):
+    ds = kdata.Dataset4D(dataset)
+    assert len(ds) == 4 and ds.split == "train"
+    e = ds.read_episode(2)
+    assert e["rgb"].shape == (T, H, W, 3) and e["rgb"].dtype == np.uint8
+    assert e["world_pointmap"].dtype == np.float32 and e["robot_render_mask"].dtype == bool
+    assert e["attrs"]["episode"] == 2 and ds.meta(1)["success"] is False
+    ep_dir = dataset / "episodes" / "000002"
+    assert (ep_dir / kdata.COMPLETE).is_file()
+    assert len(list((ep_dir / "rgb" / "c").iterdir())) == T  # one chunk per frame
+    index = json.loads((dataset / "index.json").read_text())
+    assert [x["episode"] for x in index["episodes"]] == [0, 1, 2, 3]
+    with pytest.raises(FileExistsError):
+        kdata.write_episode(dataset, 2, *_fake_episode(np.random.default_rng(1)))
+
+
+def test_temp_and_incomplete_dirs_do_not_count(dataset):
+    ep_dir = dataset / "episodes"
+    (ep_dir / ".tmp-000007-999999999").mkdir()  # a dead writer's temp dir
+    (ep_dir / "000008").mkdir()  # a final name without the marker
+    assert kdata.complete_episodes(dataset) == [0, 1, 2, 3]
+    removed = kdata.clean_stale(dataset)
+    assert sorted(removed) == [".tmp-000007-999999999", "000008"]
+    assert sorted(os.listdir(ep_dir)) == ["000000", "000001", "000002", "000003", "zarr.json"]
+
+
+def _chunk(root: Path, ep: int, array: str, frame: int) -> Path:
+    return root / "episodes" / kdata.episode_name(ep) / array / "c" / str(frame) / "0" / "0" / "0"
+
+
+def test_missing_chunk_raises_naming_episode(dataset):
+    _chunk(dataset, 1, "world_pointmap", 3).unlink()
+    with pytest.raises(kdata.CorruptEpisodeError, match=r"episode 000001 .*world_pointmap.*frame 3") as ei:
+        kdata.Dataset4D(dataset).read_episode(1)
+    assert ei.value.episode == 1
+
+
+def test_truncated_chunk_raises(dataset):
+    c = _chunk(dataset, 2, "rgb", 0)
+    c.write_bytes(c.read_bytes()[:10])
+    with pytest.raises(kdata.CorruptEpisodeError, match=r"episode 000002 .*'rgb'"):
+        kdata.Dataset4D(dataset).read_episode(2)
+
+
+def test_broken_metadata_raises(dataset):
+    (dataset / "episodes" / "000003" / "zarr.json").write_text("{not json")
+    with pytest.raises(kdata.CorruptEpisodeError, match="episode 000003"):
+        kdata.Dataset4D(dataset).read_episode(3)
+
+
+def test_torch_dataset_contract(dataset):
+    ds = kdata.TorchEpisodes(dataset.parent, "train", size=(12, 16), frames=3)
+    assert isinstance(ds, torch.utils.data.Dataset) and len(ds) == 4
+    it = ds[0]
+    shapes = {"rgb": (3, 3, 12, 16), "world_pointmap": (3, 3, 12, 16), "robot_pointmap": (3, 3, 12, 16),
+              "robot_mask": (3, 12, 16), "world_valid": (3, 12, 16), "world_stats": (2, 3), "robot_stats": (2, 3),
+              "K": (3, 3)}
+    for k, s in shapes.items():
+        assert it[k].shape == s and it[k].dtype == torch.float32, k
+    assert it["success"].dtype == torch.bool and bool(it["success"]) and it["index"] == 0
+    for k in ("rgb", "world_pointmap", "robot_pointmap"):
+        assert 0.0 <= float(it[k].min()) and float(it[k].max()) <= 1.0
+    assert float(it["world_pointmap"].amax(dim=(0, 2, 3)).min()) == pytest.approx(1.0)
+    assert torch.all(it["world_pointmap"].permute(0, 2, 3, 1)[it["world_valid"] == 0] == 0)
+    assert torch.all(it["robot_pointmap"].permute(0, 2, 3, 1)[it["robot_mask"] == 0] == 0)
+    # the stats denormalize back to metres: robot points are world points (same pixels, same geometry)
+    r = it["robot_pointmap"].permute(0, 2, 3, 1)[it["robot_mask"] > 0]
+    rs = it["robot_stats"]
+    metres = r * (rs[1] - rs[0]) + rs[0]
+    assert torch.all(metres[:, 2] > 0.7)
+    # K matches the resized camera
+    cam = kdata.Dataset4D(dataset).read_episode(0)["camera"].resized(16, 12)
+    np.testing.assert_allclose(it["K"].numpy(), cam.K, rtol=1e-6)
+    loader = torch.utils.data.DataLoader(ds, batch_size=2)
+    batch = next(iter(loader))
+    assert batch["rgb"].shape == (2, 3, 3, 12, 16)
+
+
+def test_torch_dataset_skips_and_counts_corrupt(dataset):
+    _chunk(dataset, 1, "robot_pointmap", 0).unlink()
+    ds = kdata.TorchEpisodes(dataset, "train")
+    items = [ds[i] for i in range(len(ds))]
+    assert ds.num_skipped == 1
+    assert [it["index"] for it in items] == [0, 2, 2, 3]  # episode 1 replaced by the next readable one
+    strict = kdata.TorchEpisodes(dataset, "train", skip_corrupt=False)
+    with pytest.raises(kdata.CorruptEpisodeError, match="000001"):
+        strict[1]
+
+
+def test_wrong_split_and_missing_dataset(dataset, tmp_path):
+    with pytest.raises(FileNotFoundError, match="split 'val'"):
+        kdata.TorchEpisodes(tmp_path, "val")
+    with pytest.raises(ValueError, match="holds split 'train'"):
+        kdata.init_dataset(dataset, "val")

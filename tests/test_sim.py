@@ -1,0 +1,106 @@
+"""Synthetic data engine: simulator vs kinematic render consistency, scripted success, failure synthesis."""
+
+import numpy as np
+import pytest
+
+from kinema4d import sim
+from kinema4d.datagen import variant_of
+from kinema4d.render import render_robot
+
+
+@pytest.fixture(scope="module")
+def robot():
+    return sim.make_robot()
+
+
+@pytest.fixture(scope="module")
+def episode(robot):
+    spec = sim.sample_scene(np.random.default_rng(7), "train", 160, 120)
+    actions, _ = sim.scripted_pick_place(robot, spec)
+    return sim.run_episode(robot, spec, actions, frames=9)
+
+
+def test_world_and_robot_pointmaps_agree(robot, episode):
+    """On robot pixels the depth-buffer pointmap and the render of the recorded q agree; masks overlap."""
+    ep = episode
+    assert ep.rgb.shape == (9, 120, 160, 3) and ep.rgb.dtype == np.uint8
+    assert ep.q.shape == (9, robot.dof) and ep.actions.shape == (9, 8)
+    seg, ren = ep.robot_mask, ep.robot_render_mask
+    iou = (seg & ren).sum() / (seg | ren).sum()
+    assert iou >= 0.95, f"robot mask IoU {iou:.4f}"
+    both = seg & ren
+    err = np.linalg.norm(ep.world_pointmap[both] - ep.robot_pointmap[both], axis=-1)
+    assert np.median(err) <= 0.003, f"median |world - robot| on robot pixels {np.median(err) * 1000:.2f} mm"
+    # the world pointmap is empty exactly where nothing was hit
+    assert (ep.world_pointmap[..., 2] > 0).mean() > 0.3
+
+
+def test_recorded_q_matches_render(robot, episode):
+    """render_robot of the recorded q equals the stored robot pointmap (the inference-time control signal)."""
+    rr = render_robot(robot, episode.q, episode.camera)
+    np.testing.assert_array_equal(rr.mask, episode.robot_render_mask)
+
+
+def test_scripted_clean_succeeds_and_frame0_is_initial(robot, episode):
+    assert episode.success, episode.meta["outcome"]
+    assert episode.meta["record_steps"][0] == 0
+    poses = episode.object_poses
+    spec_xy = episode.meta["scene"]["objects"][0]["xy"]
+    np.testing.assert_allclose(poses[0, 0, :2], spec_xy, atol=2e-3)  # object untouched in frame 0
+    assert "pick up the" in episode.meta["instruction"] and "pad" in episode.meta["instruction"]
+
+
+def test_perturb_actions_segments_and_gripper(robot):
+    spec = sim.sample_scene(np.random.default_rng(1), "train", 32, 48)
+    a, phases = sim.scripted_pick_place(robot, spec)
+    assert a.shape[1] == 8 and [ph[0] for ph in phases][:3] == ["start", "approach", "descend"]
+    seg = np.array_split(np.arange(len(a)), 3)
+    pa = sim.perturb_actions(a, 1, 1.2, np.random.default_rng(0))
+    np.testing.assert_array_equal(pa[:, 7], a[:, 7])  # gripper untouched
+    np.testing.assert_array_equal(pa[seg[0]], a[seg[0]])  # before the segment: clean
+    d = np.linalg.norm(pa[:, :3] - a[:, :3], axis=1)
+    assert d[seg[1][-1]] > 0 and np.all(d[seg[2]] > 0)  # error held after the segment
+    assert pa[:, 2].min() >= sim.TABLE_TOP + 0.01 - 1e-9
+    np.testing.assert_allclose(np.linalg.norm(pa[:, 3:7], axis=1), 1.0, atol=1e-9)
+    # deterministic given the rng
+    np.testing.assert_array_equal(pa, sim.perturb_actions(a, 1, 1.2, np.random.default_rng(0)))
+
+
+def test_scenes_coexist_and_reset_is_deterministic(robot):
+    specs = [sim.sample_scene(np.random.default_rng(s), "train", 32, 24) for s in (3, 4)]
+    a, _ = sim.scripted_pick_place(robot, specs[0])
+    with sim.Scene(robot, specs[0]) as s0, sim.Scene(robot, specs[1]) as s1:
+        assert s0.cid != s1.cid
+        e1 = sim.run_episode(robot, specs[0], a[:40], frames=3, render_robot_pm=False, scene=s0)
+        sim.run_episode(robot, specs[1], a[:10], frames=2, render_robot_pm=False, scene=s1)
+        e2 = sim.run_episode(robot, specs[0], a[:40], frames=3, render_robot_pm=False, scene=s0)
+    np.testing.assert_array_equal(e1.q, e2.q)
+    np.testing.assert_array_equal(e1.object_poses, e2.object_poses)
+
+
+def test_ood_split_is_disjoint_from_train():
+    tr, ood = sim.split_ranges("train"), sim.split_ranges("ood")
+    assert not set(tr.shapes) & set(ood.shapes) and not set(tr.colours) & set(ood.colours)
+    assert tr.cam_elevation_deg[1] < ood.cam_elevation_deg[0]
+    spec = sim.sample_scene(np.random.default_rng(0), "ood", 48, 32)
+    assert spec.objects[0].shape in ood.shapes
+    with pytest.raises(ValueError, match="unknown split"):
+        sim.split_ranges("bogus")
+
+
+def test_failure_synthesis_changes_outcomes(robot):
+    """4 clean scripted episodes + their 9 perturbed variants each: clean succeed, perturbed mostly do not."""
+    clean, pert = [], []
+    for b in range(4):
+        spec = sim.sample_scene(np.random.default_rng(200 + b), "train", 48, 32)
+        a, _ = sim.scripted_pick_place(robot, spec)
+        with sim.Scene(robot, spec) as scene:
+            clean.append(sim.run_episode(robot, spec, a, frames=2, render_robot_pm=False, scene=scene).success)
+            for v in range(1, 10):
+                segment, sigma = variant_of(v)
+                pa = sim.perturb_actions(a, segment, sigma, np.random.default_rng(1000 * b + v))
+                pert.append(sim.run_episode(robot, spec, pa, frames=2, render_robot_pm=False, scene=scene).success)
+    clean_rate, pert_rate = np.mean(clean), np.mean(pert)
+    print(f"clean success {clean_rate:.2f} ({len(clean)}), perturbed success {pert_rate:.2f} ({len(pert)})")
+    assert clean_rate >= 0.75
+    assert pert_rate <= 0.6 and pert_rate <= clean_rate - 0.35
