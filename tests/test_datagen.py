@@ -76,7 +76,7 @@ def test_local_run_info_and_preview(local_ds, tmp_path):
     reader = imageio.get_reader(mp4)
     frames = [f for f in reader]
     reader.close()
-    assert len(frames) == 4 and frames[0].shape == (32, 3 * 48, 3)
+    assert len(frames) == 4 and frames[0].shape == (32, 3 * 48 + 2 * 4, 3)  # 3 panels, 4-px gaps
     # rerun with the same config: nothing to do; a different content config is refused
     assert datagen_main(DatagenConfig(out=out, episodes=3, **TINY))["episodes"] == 3
     with pytest.raises(ValueError, match="different config"):

@@ -360,3 +360,37 @@ def test_rotate():
     assert rot[0, 0, 0]  # -> top-left corner
     _, mask0 = rotate(pm, mask, max_deg=0.0, rng=np.random.default_rng(0))
     np.testing.assert_array_equal(mask0, mask)
+
+
+def test_simplified_urdf_matches_renderer_in_pybullet(tmp_path):
+    """pybullet drawing the simplified URDF agrees with our renderer at the same face limit (data engine path)."""
+    from kinema4d.render import simplified_urdf
+
+    robot = Robot.builtin("panda")
+    urdf = simplified_urdf(robot, 1000, cache_dir=tmp_path)
+    assert simplified_urdf(robot, 1000, cache_dir=tmp_path) == urdf  # cached
+    twin = Robot.from_urdf(urdf)
+    assert twin.joint_names == robot.joint_names
+    q = robot.random_q(2, np.random.default_rng(3))
+    for link in ("panda_hand", "panda_link4"):  # same kinematics
+        np.testing.assert_allclose(twin.fk(q)[link], robot.fk(q)[link], atol=1e-12)
+    cam = Camera.look_at(eye=[1.45, 0.4, 1.05], target=[0.3, 0.0, 0.4], width=192, height=128, fov_y_deg=50)
+    ours = render_robot(robot, q, cam, max_faces_per_link=1000)
+    cid = p.connect(p.DIRECT)
+    try:
+        body = p.loadURDF(str(urdf), useFixedBase=True, physicsClientId=cid)
+        names = {p.getJointInfo(body, j, physicsClientId=cid)[1].decode(): j
+                 for j in range(p.getNumJoints(body, physicsClientId=cid))}
+        view, proj = cam.pybullet_matrices(0.05, 5.0)
+        for t in range(len(q)):
+            for n, v in zip(robot.joint_names, q[t], strict=True):
+                p.resetJointState(body, names[n], v, physicsClientId=cid)
+            p.resetJointState(body, names["panda_finger_joint2"], q[t, -1], physicsClientId=cid)
+            _, _, _, d, seg = p.getCameraImage(192, 128, view, proj, renderer=p.ER_TINY_RENDERER, physicsClientId=cid)
+            m = np.asarray(seg).reshape(128, 192) == body
+            z = Camera.opengl_depth_to_z(np.asarray(d).reshape(128, 192), 0.05, 5.0)
+            both = m & ours.mask[t]
+            assert both.sum() / (m | ours.mask[t]).sum() >= 0.98
+            assert np.median(np.abs(z[both] - ours.depth[t][both])) < 1e-3
+    finally:
+        p.disconnect(cid)

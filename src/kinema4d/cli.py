@@ -19,8 +19,43 @@ def _control(args):
     print(f"wrote {out}/robot_pointmap.npz, robot_pointmap.mp4, control.json")
 
 
+def _datagen(args):
+    import json
+
+    import tyro
+
+    from kinema4d.datagen import DatagenConfig, datagen_main
+
+    cfg = tyro.cli(DatagenConfig, args=args, prog="kinema4d datagen")
+    print(json.dumps(datagen_main(cfg), indent=2))
+
+
+def _dataset(args):
+    import argparse
+    import json
+
+    from kinema4d.datagen import dataset_info, dataset_preview
+
+    ap = argparse.ArgumentParser(prog="kinema4d dataset")
+    sub = ap.add_subparsers(dest="action", required=True)
+    info = sub.add_parser("info", help="counts, success ratio and size on disk")
+    info.add_argument("path")
+    prev = sub.add_parser("preview", help="mp4 of one episode: RGB | world pointmap | robot pointmap")
+    prev.add_argument("path")
+    prev.add_argument("--episode", type=int, default=0, help="episode position in the split (default 0)")
+    prev.add_argument("--out", default=None, help="mp4 path (default DIR/preview_<episode>.mp4)")
+    a = ap.parse_args(args)
+    if a.action == "info":
+        print(json.dumps(dataset_info(a.path), indent=2))
+    else:
+        out = a.out or f"{a.path.rstrip('/')}/preview_{a.episode:06d}.mp4"
+        print(f"wrote {dataset_preview(a.path, a.episode, out)}")
+
+
 COMMANDS = {
     "control": (_control, "actions -> joints (FK / IK) -> robot pointmap sequence (+ mp4)"),
+    "datagen": (_datagen, "generate synthetic 4D episodes (pybullet) into a zarr dataset"),
+    "dataset": (_dataset, "`dataset info DIR` | `dataset preview DIR --episode I`"),
 }
 
 
@@ -41,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         COMMANDS[name][0](rest)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except Exception as e:  # user-facing errors become one line; anything else is a bug: keep the traceback
+        if not (isinstance(e, (ValueError, FileNotFoundError, KeyError)) or type(e).__module__.startswith("kinema4d")):
+            raise
         print(f"kinema4d {name}: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -301,33 +301,14 @@ def dataset_info(path) -> dict:
     }
 
 
-def pseudo_colour(pm: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
-    """(T, H, W, 3) metres -> (T, H, W, 3) uint8: per-channel sequence min-max of xyz as rgb, black = empty."""
-    from kinema4d.render import normalize_pointmap
-
-    mask = pm[..., 2] > 0 if mask is None else mask
-    if not mask.any():
-        return np.zeros(pm.shape, np.uint8)
-    pm01, _ = normalize_pointmap(pm, mask)
-    return (pm01 * 255).round().astype(np.uint8)
-
-
 def dataset_preview(path, episode: int, out_mp4, fps: float = 8.0) -> Path:
     """Write an mp4 of episode position ``episode``: RGB | world pointmap | robot pointmap (pseudo-colour)."""
-    import imageio.v2 as imageio
+    from kinema4d.viz import hstack_videos, pointmap_to_rgb, write_video
 
-    ds = kdata.Dataset4D(path)
-    e = ds.read_episode(episode)
-    frames = np.concatenate([e["rgb"], pseudo_colour(e["world_pointmap"]),
-                             pseudo_colour(e["robot_pointmap"], e["robot_render_mask"])], axis=2)
-    H, W = frames.shape[1:3]
-    frames = np.pad(frames, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)))  # libx264 wants even sizes
-    out = Path(out_mp4)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with imageio.get_writer(out, fps=fps, codec="libx264", macro_block_size=1, quality=8) as w:
-        for f in frames:
-            w.append_data(f)
-    return out
+    e = kdata.Dataset4D(path).read_episode(episode)
+    frames = hstack_videos(e["rgb"], pointmap_to_rgb(e["world_pointmap"], e["world_pointmap"][..., 2] > 0),
+                           pointmap_to_rgb(e["robot_pointmap"], e["robot_render_mask"]))
+    return write_video(out_mp4, frames, fps=fps)
 
 
 def main(argv: list[str] | None = None) -> int:

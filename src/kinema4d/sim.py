@@ -37,6 +37,7 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from kinema4d.camera import Camera
 from kinema4d.geometry import matrix_to_pose, pose_to_matrix
+from kinema4d.render import DEFAULT_MAX_FACES_PER_LINK, simplified_urdf
 from kinema4d.robot import Robot
 
 SPLITS = ("train", "val", "test", "ood")
@@ -325,7 +326,7 @@ class Scene:
     FINGER_FORCE = 40.0
 
     def __init__(self, robot: Robot, spec: SceneSpec, physics_hz: float = 240.0, control_hz: float = 20.0,
-                 near: float = 0.05, far: float = 5.0):
+                 near: float = 0.05, far: float = 5.0, visual_max_faces: int | None = DEFAULT_MAX_FACES_PER_LINK):
         if robot.name != "panda":
             raise ValueError(f"the pick-and-place scene is written for the Panda, got robot {robot.name!r}")
         self.robot, self.spec, self.near, self.far = robot, spec, near, far
@@ -338,7 +339,10 @@ class Scene:
             p.setTimeStep(1.0 / physics_hz, physicsClientId=c)
             self.table = p.loadURDF("table/table.urdf", [0, 0, 0], useFixedBase=True, physicsClientId=c)
             pos, quat = matrix_to_pose(robot.T_world_base)
-            self.body = p.loadURDF(str(robot.urdf_path), pos.tolist(), quat.tolist(), useFixedBase=True,
+            # the robot is drawn with the decimated link meshes the kinematic renderer uses (render.simplified_urdf):
+            # ~6x cheaper in TinyRenderer and pixel-consistent with the robot pointmap; None = original meshes
+            urdf = robot.urdf_path if visual_max_faces is None else simplified_urdf(robot, visual_max_faces)
+            self.body = p.loadURDF(str(urdf), pos.tolist(), quat.tolist(), useFixedBase=True,
                                    flags=p.URDF_ENABLE_CACHED_GRAPHICS_SHAPES, physicsClientId=c)
             names = {p.getJointInfo(self.body, j, physicsClientId=c)[1].decode(): j
                      for j in range(p.getNumJoints(self.body, physicsClientId=c))}
