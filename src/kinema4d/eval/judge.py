@@ -1,0 +1,99 @@
+"""Automatic success judge for pick-and-place from a 4D rollout (policy evaluation, paper Tab. 3).
+
+The judge sees what a world model produces: RGB frames and a camera-space pointmap in metres. It finds the target
+object by its colour, lifts its pixels to 3D with the pointmap and applies the simulator's success rule
+(:meth:`kinema4d.sim.Scene.evaluate`): the object's centre within ``xy_tol`` of the goal pad in xy and resting on
+the table (not held up).
+
+The object's reference colour is read from the initial image I0 at the object's known initial position, so the
+shading of the renderer (or of the generated video) is part of the reference; no palette value is assumed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from kinema4d.camera import Camera
+from kinema4d.geometry import transform_points
+
+
+@dataclass
+class Judgement:
+    success: bool
+    xy_err: float  # metres from the goal; inf when the object was not found
+    z_above_table: float  # metres of the object's top surface points above the table; nan when not found
+    pixels: int  # object pixels found in the judged frames
+
+
+def reference_colour(rgb0: np.ndarray, camera: Camera, p_world: np.ndarray, radius_px: int = 2,
+                     background_radius_px: int = 8, min_contrast: float = 40.0) -> np.ndarray | None:
+    """The object's colour (3,) float in I0 ``rgb0`` (H, W, 3) uint8 near the projection of ``p_world`` (3,) m.
+
+    Objects may cover only a few pixels at low resolution, so the window around the projection also holds table:
+    the background colour is the median of a wider window, and the reference is the median of the window pixels
+    at least ``min_contrast`` (0-255 Euclidean) away from it. None when no such pixel exists (object unresolved).
+    """
+    uv, z = camera.project(np.asarray(p_world, np.float64)[None])
+    if z[0] <= 0:
+        raise ValueError(f"reference point {p_world} is behind the camera")
+    c, r = np.round(uv[0]).astype(int)
+    if not (0 <= c < camera.width and 0 <= r < camera.height):
+        raise ValueError(f"reference point {p_world} projects outside the image at (u, v) = {uv[0].round(1)}")
+
+    def window(rad):
+        w = rgb0[max(r - rad, 0): r + rad + 1, max(c - rad, 0): c + rad + 1]
+        return w.reshape(-1, 3).astype(np.float64)
+
+    background = np.median(window(background_radius_px), axis=0)
+    near = window(radius_px)
+    obj = near[np.linalg.norm(near - background, axis=1) >= min_contrast]
+    return np.median(obj, axis=0) if len(obj) else None
+
+
+def judge_place(rgb: np.ndarray, world_pm: np.ndarray, camera: Camera, ref_rgb: np.ndarray, goal_xy,
+                table_z: float, object_height: float, xy_tol: float = 0.05, colour_tol: float = 40.0,
+                last_frames: int = 2, min_pixels: int = 2) -> Judgement:
+    """Judge a rollout: ``rgb`` (T, H, W, 3) uint8 and ``world_pm`` (T, H, W, 3) camera-frame metres (0 = empty).
+
+    Object pixels: RGB within ``colour_tol`` (Euclidean, 0-255 scale) of ``ref_rgb`` in the last ``last_frames``
+    frames, whose 3D points (world frame) lie between the table top and 1.5 object heights above it (points held up
+    by the gripper or on the robot are excluded). Success: at least ``min_pixels`` such pixels and their median
+    xy within ``xy_tol`` metres of ``goal_xy``.
+    """
+    rgb, world_pm = np.asarray(rgb), np.asarray(world_pm, np.float64)
+    if rgb.shape != world_pm.shape or rgb.ndim != 4 or rgb.shape[-1] != 3:
+        raise ValueError(f"rgb {rgb.shape} and world_pm {world_pm.shape} must both be (T, H, W, 3)")
+    if rgb.shape[1:3] != (camera.height, camera.width):
+        raise ValueError(f"frames are {rgb.shape[1:3]} but the camera is {(camera.height, camera.width)}")
+    rgb, pm = rgb[-last_frames:], world_pm[-last_frames:]
+    near = np.linalg.norm(rgb.astype(np.float64) - np.asarray(ref_rgb, np.float64), axis=-1) < colour_tol
+    valid = near & np.any(pm != 0, axis=-1)
+    if not valid.any():
+        return Judgement(False, float("inf"), float("nan"), 0)
+    p_world = transform_points(camera.T_world_cam, pm[valid])
+    h = p_world[:, 2] - table_z
+    on_table = (h > -0.01) & (h < 1.5 * object_height)
+    if on_table.sum() < min_pixels:
+        return Judgement(False, float("inf"), float(np.median(h)), int(on_table.sum()))
+    xy = np.median(p_world[on_table, :2], axis=0)
+    err = float(np.linalg.norm(xy - np.asarray(goal_xy, np.float64)))
+    return Judgement(err <= xy_tol, err, float(np.median(h[on_table])), int(on_table.sum()))
+
+
+def judge_episode(rgb: np.ndarray, world_pm: np.ndarray, attrs: dict, rgb0: np.ndarray | None = None,
+                  **kwargs) -> Judgement:
+    """:func:`judge_place` with the scene description of a data-engine episode (``Dataset4D.attrs(i)``).
+
+    ``rgb0`` is the initial image the reference colour is read from (default ``rgb[0]``).
+    """
+    camera = Camera.from_dict(attrs["camera"])
+    if rgb.shape[1:3] != (camera.height, camera.width):
+        camera = camera.resized(rgb.shape[2], rgb.shape[1])
+    obj = attrs["objects"][0]
+    top = np.array([*obj["xy"], attrs["table_top_z"] + obj["size"][2]])
+    ref = reference_colour(rgb[0] if rgb0 is None else rgb0, camera, top)
+    if ref is None:
+        return Judgement(False, float("inf"), float("nan"), 0)
+    return judge_place(rgb, world_pm, camera, ref, attrs["goal_xy"], attrs["table_top_z"], obj["size"][2], **kwargs)
