@@ -52,10 +52,21 @@ def _dataset(args):
         print(f"wrote {dataset_preview(a.path, a.episode, out)}")
 
 
+def _view(args):
+    import tyro
+
+    from kinema4d.view import ViewConfig, view_main
+
+    cfg = tyro.cli(ViewConfig, args=args, prog="kinema4d view")
+    for kind, path in view_main(cfg).items():
+        print(f"wrote {kind}: {path}")
+
+
 COMMANDS = {
     "control": (_control, "actions -> joints (FK / IK) -> robot pointmap sequence (+ mp4)"),
     "datagen": (_datagen, "generate synthetic 4D episodes (pybullet) into a zarr dataset"),
     "dataset": (_dataset, "`dataset info DIR` | `dataset preview DIR --episode I`"),
+    "view": (_view, "rerun recording (+ mp4 / gif / PLY) of a rollout.npz or control output: `view PATH`"),
 }
 
 
