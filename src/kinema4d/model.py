@@ -1,0 +1,760 @@
+"""The 4D generative model of Kinema4D (Sec. 3.2, Supp. B.1): a flow-matching diffusion transformer that turns the
+initial image I0 + a robot pointmap video into an RGB video and a world pointmap video.
+
+Layout (one readable file, in the spirit of facebookresearch/DiT's models.py):
+
+- codecs: ``PixelCodec`` (lossless space-to-depth, tiny models) and ``WanCodec`` (diffusers ``AutoencoderKLWan``:
+  causal 3D, 4x temporal / 8x spatial). Both map pixel values in [0, 1] (scaled to [-1, 1] inside) and share
+  ``encode(video (B,3,T,H,W)) -> (B,C,t,h,w)`` / ``decode``.
+- conditioning exactly as Sec. 3.2: every video is RGB | pointmap concatenated along the WIDTH (4DNeX format), so
+  a latent is (B, C, t, h, 2w) with the RGB half in columns [0, w) and the XYZ half in [w, 2w).
+  backbone input = cat[noisy (C) | robot mask (4) | input latents (C)] (Wan2.1-I2V order, 36 channels for C=16).
+- backbone: diffusers ``WanTransformer3DModel`` (pinned diffusers==0.42.1), extended by composition: a width-shared
+  3D RoPE replaces ``.rope``, domain embeddings are added by a forward hook on ``.patch_embedding`` and the robot
+  latents reach cross-attention through a zero-initialized 1x1 conv + a projection to ``text_dim``.
+- flow matching: x_t = (1 - t) x0 + t eps, the network predicts v = eps - x0 (rectified flow; the convention of
+  diffusers' ``FlowMatchEulerDiscreteScheduler``, which ``sample`` uses).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------------
+
+MASK_CHANNELS = 4  # Wan2.1-I2V: the mask of 4 consecutive frames per latent frame
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines the network. Tab. 4 ablations are changes of the switches below."""
+
+    # codec
+    codec: Literal["pixel", "wan"] = "pixel"
+    pixel_factor: int = 4  # PixelCodec: spatial space-to-depth factor (channels = 3 * f * f)
+    wan_base_dim: int = 16
+    wan_z_dim: int = 16
+    wan_dim_mult: tuple[int, ...] = (1, 2, 2, 2)
+    wan_num_res_blocks: int = 1
+    wan_temperal_downsample: tuple[bool, ...] = (False, True, True)
+    codec_path: str | None = None  # LOCAL diffusers AutoencoderKLWan dir (pretrained Wan VAE); None = random init
+    # backbone (WanTransformer3DModel arguments)
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    num_attention_heads: int = 4  # inner dim 128: proj_out maps it to C * 4 = 192 values per token (pixel codec)
+    attention_head_dim: int = 32
+    ffn_dim: int = 256
+    num_layers: int = 2
+    text_dim: int = 64
+    freq_dim: int = 64
+    rope_max_seq_len: int = 1024
+    image_dim: int | None = None  # Wan2.1-I2V CLIP image tokens (1280 in the real model); None = T2V-style blocks
+    added_kv_proj_dim: int | None = None
+    # large-backbone path: a LOCAL diffusers directory of a WanTransformer3DModel, wrapped with LoRA
+    backbone_path: str | None = None
+    lora_rank: int = 64
+    # conditioning switches (Tab. 4)
+    context: Literal["robot_latent", "text", "none"] = "robot_latent"
+    mask: Literal["soft", "binary", "none"] = "soft"
+    soft_ratio: float = 0.1
+    condition: Literal["pointmap", "binary_mask", "action_embedding"] = "pointmap"
+    output: Literal["rgb+pointmap", "rgb_only"] = "rgb+pointmap"
+    shared_rope: bool = True
+    domain_embedding: bool = True
+    text_tokens: int = 4  # context="text": number of learned context tokens
+    action_dim: int = 8  # condition="action_embedding": ee xyz + quat xyzw + gripper per frame
+    max_frames: int = 64  # condition="action_embedding": learned per-frame position embeddings
+
+    def __post_init__(self):
+        if self.codec not in ("pixel", "wan"):
+            raise ValueError(f"codec must be 'pixel' or 'wan', got {self.codec!r}")
+        if not 0.0 <= self.soft_ratio <= 1.0:
+            raise ValueError(f"soft_ratio must be in [0, 1], got {self.soft_ratio}")
+        if self.attention_head_dim % 2:
+            raise ValueError("attention_head_dim must be even (RoPE)")
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.pixel_factor**2 if self.codec == "pixel" else self.wan_z_dim
+
+    @property
+    def temporal_factor(self) -> int:
+        return 1 if self.codec == "pixel" else 2 ** sum(self.wan_temperal_downsample)
+
+    @property
+    def spatial_factor(self) -> int:
+        return self.pixel_factor if self.codec == "pixel" else 2 ** (len(self.wan_dim_mult) - 1)
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.latent_channels + MASK_CHANNELS
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields {sorted(unknown)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**d)
+
+
+# Wan2.1-I2V-14B shapes (the paper's backbone, Supp. B.1); 16-channel 4x/8x codec.
+PAPER_MODEL = ModelConfig(
+    codec="wan", wan_base_dim=96, wan_z_dim=16, wan_dim_mult=(1, 2, 4, 4), wan_num_res_blocks=2,
+    num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40, text_dim=4096, freq_dim=256,
+    image_dim=1280, added_kv_proj_dim=5120,
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shapes (no allocation)
+# ----------------------------------------------------------------------------------------------------------------
+
+def check_video_size(cfg: ModelConfig, T: int, H: int, W: int) -> None:
+    """Raise ValueError unless a (T, H, W) per-modality video fits the codec + patch grid."""
+    tf, sf = cfg.temporal_factor, cfg.spatial_factor
+    _, ph, pw = cfg.patch_size
+    if tf > 1 and (T - 1) % tf:
+        raise ValueError(f"T={T} frames: the causal {tf}x temporal codec needs T = 1 + {tf}k")
+    if H % (sf * ph) or W % (sf * pw):
+        raise ValueError(f"H, W = {H}, {W} must be multiples of {sf * ph}, {sf * pw} (codec {sf}x * patch)")
+
+
+def latent_shapes(cfg: ModelConfig, T: int, H: int, W: int, batch: int = 1) -> dict[str, tuple[int, ...]]:
+    """Shapes of every tensor of the conditioning for a (T, H, W) per-modality video, without allocating anything.
+
+    Returns ``latent`` (noisy / target / input latents, width-concatenated), ``mask``, ``backbone_input``,
+    ``tokens`` (transformer sequence length) and ``context`` (robot-latent cross-attention tokens).
+    """
+    check_video_size(cfg, T, H, W)
+    C, tf, sf = cfg.latent_channels, cfg.temporal_factor, cfg.spatial_factor
+    t = 1 + (T - 1) // tf if tf > 1 else T
+    h, w = H // sf, W // sf
+    pt, ph, pw = cfg.patch_size
+    n_tok = (t // pt) * (h // ph) * (2 * w // pw)
+    return {
+        "latent": (batch, C, t, h, 2 * w),
+        "mask": (batch, MASK_CHANNELS, t, h, 2 * w),
+        "backbone_input": (batch, 2 * C + MASK_CHANNELS, t, h, 2 * w),
+        "tokens": (batch, n_tok),
+        "context": (batch, (t // pt) * (h // ph) * (w // pw), cfg.text_dim),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Codecs
+# ----------------------------------------------------------------------------------------------------------------
+
+class PixelCodec(nn.Module):
+    """Lossless spatial space-to-depth codec (temporal factor 1): (B,3,T,H,W) in [0,1] -> (B,3f^2,T,H/f,W/f) in
+    [-1,1]. No parameters; ``decode(encode(x)) == x`` exactly for x in [0, 1]."""
+
+    temporal_factor = 1
+
+    def __init__(self, factor: int = 4):
+        super().__init__()
+        self.factor = factor
+        self.channels = 3 * factor * factor
+        self.spatial_factor = factor
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        B, C, T, H, W = _check_video(video)
+        x = (video * 2 - 1).transpose(1, 2).reshape(B * T, C, H, W)
+        z = F.pixel_unshuffle(x, self.factor)
+        return z.reshape(B, T, *z.shape[1:]).transpose(1, 2)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        B, C, t, h, w = z.shape
+        x = F.pixel_shuffle(z.transpose(1, 2).reshape(B * t, C, h, w), self.factor)
+        return ((x.reshape(B, t, *x.shape[1:]).transpose(1, 2) + 1) / 2).clamp(0, 1)
+
+
+class WanCodec(nn.Module):
+    """diffusers ``AutoencoderKLWan`` (causal 3D, 4x temporal, 8x spatial): (B,3,1+4k,H,W) in [0,1] -> posterior
+    mean (B,z_dim,1+k,H/8,W/8). ``training_loss`` trains it (L1 reconstruction + small KL)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        from diffusers import AutoencoderKLWan
+
+        if cfg.codec_path is not None:
+            if not (Path(cfg.codec_path) / "config.json").is_file():
+                raise FileNotFoundError(f"no diffusers AutoencoderKLWan at {cfg.codec_path!r}; pretrained Wan VAE "
+                                        "weights cannot be downloaded here: copy them to a local directory")
+            self.vae = AutoencoderKLWan.from_pretrained(cfg.codec_path)
+        else:
+            self.vae = AutoencoderKLWan(
+                base_dim=cfg.wan_base_dim, z_dim=cfg.wan_z_dim, dim_mult=list(cfg.wan_dim_mult),
+                num_res_blocks=cfg.wan_num_res_blocks, temperal_downsample=list(cfg.wan_temperal_downsample),
+            )
+        # a pretrained Wan VAE comes with per-channel latent statistics (Wan's own normalization); apply them
+        c = self.vae.config
+        use = cfg.codec_path is not None and c.latents_mean is not None
+        mean = torch.tensor(c.latents_mean if use else [0.0] * cfg.wan_z_dim).view(1, -1, 1, 1, 1)
+        std = torch.tensor(c.latents_std if use else [1.0] * cfg.wan_z_dim).view(1, -1, 1, 1, 1)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
+        self.channels = cfg.wan_z_dim
+        self.temporal_factor = cfg.temporal_factor
+        self.spatial_factor = cfg.spatial_factor
+
+    def _check(self, video):
+        T = _check_video(video)[2]
+        if (T - 1) % self.temporal_factor:
+            raise ValueError(f"WanCodec needs T = 1 + {self.temporal_factor}k frames, got {T}")
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        self._check(video)
+        return (self.vae.encode(video * 2 - 1).latent_dist.mode() - self.mean) / self.std
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return ((self.vae.decode(z * self.std + self.mean).sample + 1) / 2).clamp(0, 1)
+
+    def training_loss(self, video: torch.Tensor, kl_weight: float = 1e-6,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
+        """Autoencoder objective: L1(recon, x) + kl_weight * KL(q(z|x) || N(0, I)), x in [-1, 1]."""
+        self._check(video)
+        x = video * 2 - 1
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.sample(generator)).sample
+        l1 = (rec - x).abs().mean()
+        kl = post.kl().mean() / x[0].numel()
+        loss = l1 + kl_weight * kl
+        return loss, {"codec_l1": float(l1.detach()), "codec_kl": float(kl.detach())}
+
+
+def make_codec(cfg: ModelConfig) -> PixelCodec | WanCodec:
+    return PixelCodec(cfg.pixel_factor) if cfg.codec == "pixel" else WanCodec(cfg)
+
+
+def _check_video(video: torch.Tensor) -> tuple[int, int, int, int, int]:
+    if video.ndim != 5 or video.shape[1] != 3:
+        raise ValueError(f"expected a video (B, 3, T, H, W), got shape {tuple(video.shape)}")
+    return tuple(video.shape)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Robot mask on the latent grid
+# ----------------------------------------------------------------------------------------------------------------
+
+def downsample_mask(mask: torch.Tensor, temporal_factor: int, spatial_factor: int) -> torch.Tensor:
+    """(B, T, H, W) occupancy in {0,1} -> (B, 4, t, H/s, W/s) binary, aligned with the latents.
+
+    Spatial: max-pool over each s x s cell (a cell is occupied if any pixel is). Temporal, Wan-style: the first frame
+    is repeated ``temporal_factor`` times, then frames are grouped by ``temporal_factor`` (one group per latent frame)
+    and the group becomes the channels; with a codec of temporal factor 1 the one frame is repeated to 4 channels.
+    """
+    if mask.ndim != 4:
+        raise ValueError(f"mask must be (B, T, H, W), got {tuple(mask.shape)}")
+    B, T, H, W = mask.shape
+    m = F.max_pool2d(mask.float(), spatial_factor) if spatial_factor > 1 else mask.float()
+    tf = temporal_factor
+    if tf > 1:
+        if (T - 1) % tf:
+            raise ValueError(f"mask has T={T}; needs 1 + {tf}k frames")
+        m = torch.cat([m[:, :1].expand(B, tf, *m.shape[2:]), m[:, 1:]], dim=1)
+    m = m.reshape(B, -1, tf, *m.shape[2:]).transpose(1, 2)  # (B, tf, t, h, w)
+    idx = [c * tf // MASK_CHANNELS for c in range(MASK_CHANNELS)]
+    return m[:, idx].contiguous()
+
+
+def soften_mask(mask: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Soft strategy of Sec. 3.2: per sample, exactly round(ratio * n_occupied) random occupied positions -> 0.5."""
+    out = mask.clone()
+    flat = out.view(out.shape[0], -1)
+    for b in range(flat.shape[0]):
+        occ = torch.nonzero(flat[b] > 0.5).squeeze(1)
+        k = int(round(ratio * occ.numel()))
+        if k:
+            pick = torch.randperm(occ.numel(), generator=generator)[:k]
+            flat[b, occ[pick]] = 0.5
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Backbone extensions
+# ----------------------------------------------------------------------------------------------------------------
+
+class SharedWidthRope(nn.Module):
+    """Drop-in for diffusers' ``WanRotaryPosEmbed`` (0.42.1 contract: ``forward(hidden_states (B,C,F,H,W))`` ->
+    ``(freqs_cos, freqs_sin)`` each (1, F*H*W, 1, head_dim)) whose width position is taken modulo the half width:
+    the token at column w of the XYZ half gets exactly the rotation of column w of the RGB half."""
+
+    def __init__(self, rope: nn.Module):
+        super().__init__()
+        self.patch_size = rope.patch_size
+        self.split = [rope.t_dim, rope.h_dim, rope.w_dim]
+        self.register_buffer("freqs_cos", rope.freqs_cos, persistent=False)
+        self.register_buffer("freqs_sin", rope.freqs_sin, persistent=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        _, _, F_, H, W = hidden_states.shape
+        pt, ph, pw = self.patch_size
+        f, h, w = F_ // pt, H // ph, W // pw
+        if w % 2:
+            raise ValueError(f"width-concatenated token grid has odd width {w}")
+        dev = self.freqs_cos.device
+        pos = [torch.arange(f, device=dev), torch.arange(h, device=dev), torch.arange(w, device=dev) % (w // 2)]
+        out = []
+        for table in (self.freqs_cos, self.freqs_sin):
+            ft, fh, fw = (tab[p] for tab, p in zip(table.split(self.split, dim=1), pos, strict=True))
+            full = torch.cat([ft[:, None, None].expand(f, h, w, -1), fh[None, :, None].expand(f, h, w, -1),
+                              fw[None, None, :].expand(f, h, w, -1)], dim=-1)
+            out.append(full.reshape(1, f * h * w, 1, -1))
+        return out[0], out[1]
+
+
+class DomainEmbedding(nn.Module):
+    """Learnable RGB / XYZ domain embeddings (4DNeX), added to the patch-embedded tokens of each width half through
+    a forward hook on the backbone's ``patch_embedding`` (output (B, D, F, H, 2W'))."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(2, dim))
+
+    def hook(self, module, args, out):
+        w = out.shape[-1] // 2
+        emb = torch.cat([self.weight[0:1].expand(w, -1), self.weight[1:2].expand(w, -1)], 0)  # (2W', D)
+        return out + emb.t().to(out.dtype)[None, :, None, None, :]
+
+
+def make_backbone(cfg: ModelConfig):
+    """A randomly initialized ``WanTransformer3DModel`` with the shapes of ``cfg``."""
+    from diffusers import WanTransformer3DModel
+
+    return WanTransformer3DModel(
+        patch_size=tuple(cfg.patch_size), num_attention_heads=cfg.num_attention_heads,
+        attention_head_dim=cfg.attention_head_dim, in_channels=cfg.in_channels, out_channels=cfg.latent_channels,
+        text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim, num_layers=cfg.num_layers,
+        image_dim=cfg.image_dim, added_kv_proj_dim=cfg.added_kv_proj_dim, rope_max_seq_len=cfg.rope_max_seq_len,
+    )
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+def load_pretrained_backbone(path: str | os.PathLike, lora_rank: int = 64, lora_alpha: int | None = None,
+                             target_modules: tuple[str, ...] = LORA_TARGETS):
+    """Load a Wan2.1-I2V / 4DNeX ``WanTransformer3DModel`` from a LOCAL diffusers directory and wrap it with peft
+    LoRA (rank ``lora_rank`` on the attention projections). Base weights are frozen, LoRA weights trainable."""
+    from diffusers import WanTransformer3DModel
+    from peft import LoraConfig, inject_adapter_in_model
+
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no diffusers WanTransformer3DModel at {str(p)!r} (expected {p / 'config.json'} + safetensors). "
+            "Pretrained Wan2.1-I2V / 4DNeX weights cannot be downloaded here: copy them to a local directory "
+            "(e.g. the 'transformer' folder of a diffusers Wan2.1-I2V checkpoint) and pass its path.")
+    model = WanTransformer3DModel.from_pretrained(p)
+    model.requires_grad_(False)
+    lcfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, target_modules=list(target_modules),
+                      init_lora_weights=True)
+    model = inject_adapter_in_model(lcfg, model)
+    for n, prm in model.named_parameters():
+        prm.requires_grad_("lora_" in n)
+    return model
+
+
+def config_from_backbone(backbone, base: ModelConfig) -> ModelConfig:
+    """``base`` with the backbone fields replaced by those of a loaded ``WanTransformer3DModel``."""
+    c = backbone.config
+    return dataclasses.replace(
+        base, patch_size=tuple(c.patch_size), num_attention_heads=c.num_attention_heads,
+        attention_head_dim=c.attention_head_dim, ffn_dim=c.ffn_dim, num_layers=c.num_layers, text_dim=c.text_dim,
+        freq_dim=c.freq_dim, image_dim=c.image_dim, added_kv_proj_dim=c.added_kv_proj_dim,
+        rope_max_seq_len=c.rope_max_seq_len)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The world model
+# ----------------------------------------------------------------------------------------------------------------
+
+class WorldModel(nn.Module):
+    """Backbone + conditioning modules. ``forward(x_t, t, cond, context) -> v`` (all on the latent grid)."""
+
+    def __init__(self, cfg: ModelConfig, backbone: nn.Module | None = None):
+        super().__init__()
+        pretrained = backbone is not None or cfg.backbone_path is not None
+        if backbone is None and cfg.backbone_path is not None:
+            backbone = load_pretrained_backbone(cfg.backbone_path, cfg.lora_rank)
+        if backbone is not None:
+            cfg = config_from_backbone(backbone, cfg)
+            bc = backbone.config
+            if bc.in_channels != cfg.in_channels or bc.out_channels != cfg.latent_channels:
+                raise ValueError(f"backbone has in/out channels {bc.in_channels}/{bc.out_channels}; codec "
+                                 f"{cfg.codec!r} needs {cfg.in_channels}/{cfg.latent_channels}")
+        self.cfg = cfg
+        self.transformer = backbone if backbone is not None else make_backbone(cfg)
+        tr = self.transformer
+        inner = cfg.num_attention_heads * cfg.attention_head_dim
+        C = cfg.latent_channels
+        if cfg.shared_rope:
+            tr.rope = SharedWidthRope(tr.rope)
+        self.domain = DomainEmbedding(inner) if cfg.domain_embedding else None
+        if self.domain is not None:
+            tr.patch_embedding.register_forward_hook(self.domain.hook)
+        # cross-attention context
+        self.context_conv = self.context_proj = self.text_tokens = self.action_mlp = self.action_pos = None
+        if cfg.condition == "action_embedding":
+            self.action_mlp = nn.Sequential(nn.Linear(cfg.action_dim, cfg.text_dim), nn.SiLU(),
+                                            nn.Linear(cfg.text_dim, cfg.text_dim))
+            self.action_pos = nn.Parameter(torch.zeros(cfg.max_frames, cfg.text_dim))
+        elif cfg.context == "robot_latent":
+            self.context_conv = nn.Conv3d(C, C, 1)
+            self.context_proj = nn.Linear(C * math.prod(cfg.patch_size), cfg.text_dim)
+        elif cfg.context == "text":
+            self.text_tokens = nn.Parameter(torch.zeros(cfg.text_tokens, cfg.text_dim))
+        if cfg.image_dim is not None:  # Wan2.1-I2V blocks expect CLIP image tokens (257) ahead of 512 text tokens
+            self.image_tokens = nn.Parameter(torch.zeros(257, cfg.image_dim))
+        # (2, 2) [[rgb_mean, rgb_std], [xyz_mean, xyz_std]] latent normalization (Supp. B.1), saved with the model
+        self.register_buffer("latent_stats", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+        self.initialize_weights(backbone_too=not pretrained)
+
+    def initialize_weights(self, backbone_too: bool = True):
+        """Zero-initialized at start, and why:
+
+        - ``context_conv`` (1x1 conv on the robot latents): zero, ControlNet-style, so an untrained model's output
+          does not depend on the robot context at all and no random noise flows through it in the first steps.
+        - ``domain.weight``: zero, so a pretrained backbone starts exactly unchanged (the halves are told apart as
+          training makes the embeddings grow).
+        - ``transformer.proj_out`` (from-scratch backbone only): zero, as DiT's final layer, so the initial velocity
+          prediction is 0 and the first loss is E|eps - x0|^2.
+        Other from-scratch Linear layers get Xavier-uniform weights and zero biases (DiT); the learned text /
+        action position / image tokens start at zero.
+        """
+        if backbone_too:
+            for m in self.transformer.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+            w = self.transformer.patch_embedding.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(self.transformer.proj_out.weight)
+            nn.init.zeros_(self.transformer.proj_out.bias)
+        if self.context_conv is not None:
+            nn.init.zeros_(self.context_conv.weight)
+            nn.init.zeros_(self.context_conv.bias)
+            nn.init.xavier_uniform_(self.context_proj.weight)
+            nn.init.zeros_(self.context_proj.bias)
+
+    # -- latent normalization ------------------------------------------------------------------------------------
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        w = z.shape[-1] // 2
+        s = self.latent_stats.to(z.dtype)
+        return torch.cat([(z[..., :w] - s[0, 0]) / s[0, 1], (z[..., w:] - s[1, 0]) / s[1, 1]], dim=-1)
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        w = z.shape[-1] // 2
+        s = self.latent_stats.to(z.dtype)
+        return torch.cat([z[..., :w] * s[0, 1] + s[0, 0], z[..., w:] * s[1, 1] + s[1, 0]], dim=-1)
+
+    # -- conditioning ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prepare(self, codec, rgb0: torch.Tensor, robot_pointmap: torch.Tensor, robot_mask: torch.Tensor,
+                action: torch.Tensor | None = None, rgb: torch.Tensor | None = None,
+                world_pointmap: torch.Tensor | None = None, generator: torch.Generator | None = None) -> dict:
+        """Build the latents of Sec. 3.2 from pixel-space tensors (batch-first, dataset layout).
+
+        rgb0 (B,3,H,W) = I0; robot_pointmap (B,T,3,H,W) in [0,1]; robot_mask (B,T,H,W); action (B,T,A) for
+        condition="action_embedding"; rgb / world_pointmap (B,T,3,H,W) for the training target.
+        Returns ``cond`` (B, 4+C, t, h, 2w) = [mask | input latents], ``robot`` (B, C, t, h, w) the robot latents
+        (XYZ half of the input latents), ``action`` and, with a target, ``x0`` (B, C, t, h, 2w).
+        """
+        cfg = self.cfg
+        B, T, _, H, W = robot_pointmap.shape
+        if rgb0.shape != (B, 3, H, W) or robot_mask.shape != (B, T, H, W):
+            raise ValueError(f"shape mismatch: rgb0 {tuple(rgb0.shape)} robot_pointmap {tuple(robot_pointmap.shape)}"
+                             f" robot_mask {tuple(robot_mask.shape)}; expected (B,3,H,W), (B,T,3,H,W), (B,T,H,W)")
+        check_video_size(cfg, T, H, W)
+        dev = rgb0.device
+        # I0 zero-padded over time, zeros in the codec's [-1, 1] space (= 0.5 here), as Wan2.1-I2V pads its image
+        first = torch.full((B, 3, T, H, W), 0.5, device=dev)
+        first[:, :, 0] = rgb0
+        if cfg.condition == "pointmap":
+            right = robot_pointmap.transpose(1, 2)
+        elif cfg.condition == "binary_mask":
+            right = robot_mask[:, None].expand(B, 3, T, H, W).float()
+        else:  # action_embedding: the input is only I0
+            right = torch.zeros(B, 3, T, H, W, device=dev)
+            if action is None:
+                raise ValueError("condition='action_embedding' needs per-frame actions (batch key 'action', (B,T,A))")
+            if action.shape[:2] != (B, T) or action.shape[2] != cfg.action_dim:
+                raise ValueError(f"action must be (B, T, {cfg.action_dim}), got {tuple(action.shape)}")
+        inp = self.normalize(codec.encode(torch.cat([first, right], dim=-1)))
+        w = inp.shape[-1] // 2
+        if cfg.mask == "none":
+            m = torch.zeros(B, MASK_CHANNELS, *inp.shape[2:], device=dev)
+        else:
+            m = downsample_mask(robot_mask, codec.temporal_factor, codec.spatial_factor)
+            if cfg.mask == "soft":
+                m = soften_mask(m, cfg.soft_ratio, generator)
+            m = torch.cat([m, m], dim=-1)  # the same occupancy for the RGB and XYZ halves (pixel-aligned)
+        out = {"cond": torch.cat([m.to(inp.dtype), inp], dim=1), "robot": inp[..., w:], "action": action}
+        if rgb is not None:
+            wpm = world_pointmap if cfg.output == "rgb+pointmap" else torch.zeros_like(rgb)
+            x0 = self.normalize(codec.encode(torch.cat([rgb, wpm], dim=-1).transpose(1, 2)))
+            if cfg.output == "rgb_only":
+                x0[..., w:] = 0
+            out["x0"] = x0
+        return out
+
+    def context(self, robot: torch.Tensor, action: torch.Tensor | None = None,
+                drop: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-attention tokens (B, L, text_dim). ``drop`` (B,) bool: the null context (classifier-free guidance);
+        for robot latents the null context is the one of all-zero robot latents."""
+        cfg, B = self.cfg, robot.shape[0]
+        keep = None if drop is None else (~drop).to(robot.dtype)
+        if self.action_mlp is not None:
+            T = action.shape[1]
+            tok = self.action_mlp(action.to(robot.dtype)) + self.action_pos[:T]
+            ctx = tok if keep is None else tok * keep[:, None, None]
+        elif self.context_conv is not None:
+            r = robot if keep is None else robot * keep[:, None, None, None, None]
+            r = self.context_conv(r)
+            pt, ph, pw = cfg.patch_size
+            b, c, t, h, w = r.shape
+            r = r.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
+            ctx = self.context_proj(r.reshape(b, (t // pt) * (h // ph) * (w // pw), -1))
+        elif self.text_tokens is not None:
+            ctx = self.text_tokens[None].expand(B, -1, -1)
+            if keep is not None:
+                ctx = ctx * keep[:, None, None]
+        else:
+            ctx = robot.new_zeros(B, 1, cfg.text_dim)
+        if cfg.added_kv_proj_dim is not None and ctx.shape[1] < 512:  # I2V blocks: text part is 512 tokens
+            ctx = F.pad(ctx, (0, 0, 0, 512 - ctx.shape[1]))
+        return ctx
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, robot: torch.Tensor,
+                action: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t (B,C,t,h,2w) noisy latents, t (B,) in [0,1] (noise level), cond (B,4+C,t,h,2w), robot (B,C,t,h,w)
+        robot latents, action (B,T,A), drop (B,) bool null context -> predicted velocity eps - x0 (B,C,t,h,2w)."""
+        return self.velocity(x_t, t, cond, self.context(robot, action, drop))
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """As ``forward`` with precomputed cross-attention tokens ``context`` (B, L, text_dim)."""
+        if x_t.shape[1] != self.cfg.latent_channels or cond.shape[1] != self.cfg.in_channels - x_t.shape[1]:
+            raise ValueError(f"x_t {tuple(x_t.shape)} / cond {tuple(cond.shape)} do not match the config "
+                             f"({self.cfg.latent_channels} + {self.cfg.in_channels - self.cfg.latent_channels} ch)")
+        if self.cfg.output == "rgb_only":  # the XYZ half carries no signal: keep it at 0 in training and sampling
+            w = x_t.shape[-1] // 2
+            x_t = torch.cat([x_t[..., :w], torch.zeros_like(x_t[..., w:])], dim=-1)
+        img = None
+        if self.cfg.image_dim is not None:
+            img = self.image_tokens[None].expand(x_t.shape[0], -1, -1).to(x_t.dtype)
+        h = torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
+        return self.transformer(h, t * 1000, context.to(x_t.dtype), encoder_hidden_states_image=img,
+                                return_dict=False)[0]
+
+    def loss_weight(self, x0: torch.Tensor) -> torch.Tensor:
+        """(1, 1, 1, 1, 2w) weights: 1 everywhere, the XYZ half 0 for output='rgb_only'."""
+        wt = torch.ones(x0.shape[-1], device=x0.device)
+        if self.cfg.output == "rgb_only":
+            wt[x0.shape[-1] // 2:] = 0
+        return wt.view(1, 1, 1, 1, -1)
+
+    def trainable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def flow_matching_loss(model: nn.Module, wm: WorldModel, batch: dict, t: torch.Tensor, noise: torch.Tensor,
+                       drop: torch.Tensor | None = None) -> torch.Tensor:
+    """Rectified-flow loss: x_t = (1-t) x0 + t noise; MSE(model(x_t), noise - x0). ``model`` may be the DDP
+    wrapper of ``wm``; ``batch`` is the output of ``WorldModel.prepare``."""
+    x0 = batch["x0"]
+    tt = t.view(-1, 1, 1, 1, 1).to(x0.dtype)
+    x_t = (1 - tt) * x0 + tt * noise
+    v = model(x_t, t, batch["cond"], batch["robot"], batch.get("action"), drop)
+    wt = wm.loss_weight(x0)
+    return (((v.float() - (noise - x0)) ** 2) * wt).sum() / (wt.sum() * x0[..., :1].numel())
+
+
+def sample_timesteps(n: int, mode: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n,) noise levels in (0, 1): 'logit_normal' (sigmoid of N(0,1), SD3) or 'uniform'."""
+    if mode == "logit_normal":
+        return torch.sigmoid(torch.randn(n, generator=generator))
+    if mode == "uniform":
+        return torch.rand(n, generator=generator)
+    raise ValueError(f"unknown timestep sampling {mode!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sampling (Simulator-ready)
+# ----------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: torch.Tensor,
+           robot_mask: torch.Tensor, steps: int = 20, cfg_scale: float = 1.0, seed: int = 0,
+           action: torch.Tensor | None = None, shift: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Generate one rollout. image0 (3,H,W) in [0,1], robot_pointmap01 (T,3,H,W) in [0,1] (sequence min-max),
+    robot_mask (T,H,W), action (T,A) for condition='action_embedding'.
+
+    Returns rgb (T,3,H,W) in [0,1] and world_pointmap01 (T,3,H,W) in [0,1] (None for output='rgb_only'). Euler
+    steps of diffusers' ``FlowMatchEulerDiscreteScheduler``; ``cfg_scale`` != 1 adds classifier-free guidance
+    against the null robot context. The same seed gives the same output.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    if image0.ndim != 3 or robot_pointmap01.ndim != 4 or robot_mask.ndim != 3:
+        raise ValueError(f"expected image0 (3,H,W), robot_pointmap01 (T,3,H,W), robot_mask (T,H,W); got "
+                         f"{tuple(image0.shape)}, {tuple(robot_pointmap01.shape)}, {tuple(robot_mask.shape)}")
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    prep = model.prepare(codec, image0[None].to(dev), robot_pointmap01[None].to(dev), robot_mask[None].to(dev),
+                         None if action is None else action[None].to(dev), generator=g)
+    T, _, H, W = robot_pointmap01.shape
+    shp = latent_shapes(model.cfg, T, H, W)["latent"]
+    x = torch.randn(shp, generator=g).to(dev)
+    ctx = model.context(prep["robot"], prep["action"])
+    ctx_null = model.context(prep["robot"], prep["action"], drop=torch.ones(1, dtype=torch.bool, device=dev))
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    sched.set_timesteps(steps, device=dev)
+    for ts in sched.timesteps:
+        t = (ts / 1000).expand(1).to(x.dtype)
+        v = model.velocity(x, t, prep["cond"], ctx)
+        if cfg_scale != 1.0:
+            v_u = model.velocity(x, t, prep["cond"], ctx_null)
+            v = v_u + cfg_scale * (v - v_u)
+        x = sched.step(v, ts, x, return_dict=False)[0]
+    video = codec.decode(model.denormalize(x))[0].transpose(0, 1)  # (T, 3, H, 2W)
+    model.train(was_training)
+    rgb, wpm = video[..., :W], video[..., W:]
+    return rgb, (None if model.cfg.output == "rgb_only" else wpm)
+
+
+def denormalize_world_pointmap(world01: torch.Tensor, robot_pointmap01: torch.Tensor, robot_mask: torch.Tensor,
+                               robot_stats: torch.Tensor, min_pixels: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generated normalized world pointmap (T,3,H,W) -> metres, and the (2,3) [scale; offset] used.
+
+    The world's own min/max are unknown at inference, but on robot pixels (robot_mask) the world pointmap must
+    coincide with the known robot pointmap in metres (robot_pointmap01 * (max - min) + min, from ``robot_stats``
+    (2,3) [min; max]). So per channel c we fit metres ~= scale_c * world01 + offset_c by least squares on those
+    pixels. If fewer than ``min_pixels`` robot pixels exist, the generated values have no spread there, or the fit
+    gives a non-positive scale, that channel falls back to the robot stats (scale = max - min, offset = min).
+    """
+    lo, hi = robot_stats[0].float(), robot_stats[1].float()
+    robot_m = robot_pointmap01.float() * (hi - lo)[None, :, None, None] + lo[None, :, None, None]
+    sel = robot_mask > 0.5
+    scale, offset = (hi - lo).clone(), lo.clone()
+    if int(sel.sum()) >= min_pixels:
+        for c in range(3):
+            g = world01[:, c][sel].double()
+            y = robot_m[:, c][sel].double()
+            var = g.var(unbiased=False)
+            if var > 1e-8:
+                a = ((g - g.mean()) * (y - y.mean())).mean() / var
+                if a > 0:
+                    scale[c], offset[c] = float(a), float(y.mean() - a * g.mean())
+    out = world01.float() * scale[None, :, None, None] + offset[None, :, None, None]
+    return out, torch.stack([scale, offset])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Latent statistics, save / load
+# ----------------------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def compute_latent_stats(codec, batches, max_samples: int = 5000) -> torch.Tensor:
+    """Empirical scalar mean / std of the RGB and XYZ halves of target latents (Supp. B.1: 4DNeX normalization,
+    5000 samples in the paper). ``batches`` yields dicts with ``rgb`` / ``world_pointmap`` (B,T,3,H,W).
+    Returns (2, 2) [[rgb_mean, rgb_std], [xyz_mean, xyz_std]] for ``WorldModel.latent_stats``."""
+    acc = torch.zeros(2, 3, dtype=torch.float64)  # per half: n, sum, sumsq
+    n = 0
+    for b in batches:
+        z = codec.encode(torch.cat([b["rgb"], b["world_pointmap"]], dim=-1).transpose(1, 2)).double()
+        w = z.shape[-1] // 2
+        for i, half in enumerate((z[..., :w], z[..., w:])):
+            acc[i] += torch.stack([torch.tensor(half.numel(), dtype=torch.float64), half.sum(), (half**2).sum()])
+        n += z.shape[0]
+        if n >= max_samples:
+            break
+    if n == 0:
+        raise ValueError("compute_latent_stats: no samples")
+    mean = acc[:, 1] / acc[:, 0]
+    std = (acc[:, 2] / acc[:, 0] - mean**2).clamp_min(1e-12).sqrt()
+    return torch.stack([mean, std], dim=1).float()
+
+
+def _state_to_save(model: WorldModel) -> dict[str, torch.Tensor]:
+    sd = model.state_dict()
+    if model.cfg.backbone_path is not None:  # LoRA: the frozen base stays in its own directory
+        keep = {n for n, p in model.named_parameters() if p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k in keep or not k.startswith("transformer.")}
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def save_model(path: str | os.PathLike, model: WorldModel, codec=None, state: dict | None = None) -> Path:
+    """Write ``model.safetensors`` (+ ``codec.safetensors``) + ``model_config.json`` in directory ``path``."""
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    save_file(state if state is not None else _state_to_save(model), str(p / "model.safetensors"))
+    if codec is not None and len(codec.state_dict()):
+        save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(p / "codec.safetensors"))
+    (p / "model_config.json").write_text(model.cfg.to_json())
+    return p
+
+
+def load_model(path: str | os.PathLike, cfg: ModelConfig | None = None,
+               weights: str = "model.safetensors") -> tuple[WorldModel, PixelCodec | WanCodec]:
+    """Load a directory written by ``save_model`` / the trainer -> (model, codec), both in eval mode.
+
+    ``cfg`` (optional) must equal the saved config. ``weights='ema.safetensors'`` loads the EMA weights.
+    """
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not (p / "model_config.json").is_file() or not (p / weights).is_file():
+        raise FileNotFoundError(f"no checkpoint at {str(p)!r}: expected {p / 'model_config.json'} and {p / weights}")
+    saved = ModelConfig.from_dict(json.loads((p / "model_config.json").read_text()))
+    if cfg is not None and cfg != saved:
+        diff = {f.name: (getattr(saved, f.name), getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+                if getattr(saved, f.name) != getattr(cfg, f.name)}
+        raise ValueError(f"checkpoint {p} was saved with a different ModelConfig; (saved, given): {diff}")
+    model = WorldModel(saved)
+    load_state(model, load_file(str(p / weights)), str(p / weights))
+    codec = make_codec(saved)
+    if (p / "codec.safetensors").is_file():
+        codec.load_state_dict(load_file(str(p / "codec.safetensors")))
+    return model.eval(), codec.eval()
+
+
+def load_state(model: WorldModel, sd: dict[str, torch.Tensor], where: str = "state dict") -> None:
+    """Load (a possibly LoRA-only) state dict with clear errors on missing / unexpected / mis-shaped tensors."""
+    own = model.state_dict()
+    bad = [f"{k}: saved {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
+           if k in own and own[k].shape != v.shape]
+    unexpected = sorted(set(sd) - set(own))
+    missing = sorted(set(_state_to_save(model)) - set(sd))
+    if bad or unexpected or missing:
+        raise ValueError(f"{where} does not match the model config: shape mismatches {bad[:5]}, unexpected keys "
+                         f"{unexpected[:5]}, missing keys {missing[:5]}")
+    model.load_state_dict(sd, strict=False)
+
+
+__all__ = [
+    "ModelConfig", "PAPER_MODEL", "PixelCodec", "WanCodec", "make_codec", "latent_shapes", "check_video_size",
+    "downsample_mask", "soften_mask", "SharedWidthRope", "DomainEmbedding", "make_backbone",
+    "load_pretrained_backbone", "WorldModel", "flow_matching_loss", "sample_timesteps", "sample",
+    "denormalize_world_pointmap", "compute_latent_stats", "save_model", "load_model", "load_state",
+]

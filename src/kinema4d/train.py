@@ -1,0 +1,610 @@
+"""Training of the 4D world model (flow matching), single process or DDP under torchrun (gloo on CPU).
+
+    python -m kinema4d.train tiny --out-dir runs/tiny             # presets: tiny | default | paper
+    torchrun --nproc_per_node 2 -m kinema4d.train tiny --steps 4
+    python -m kinema4d.train default --data data/robo --resume
+
+A checkpoint is a directory ``<out_dir>/ckpt/step_XXXXXXX/`` of safetensors + JSON (never pickle):
+``model.safetensors``, ``ema.safetensors``, ``codec.safetensors``, ``optimizer.safetensors`` + ``optimizer.json``,
+``rng.safetensors``, ``state.json`` (step, RNG of python / numpy), ``model_config.json``, ``train_config.json``;
+``<out_dir>/ckpt/latest.json`` names the newest. Every training step is a pure function of (weights, step): batch
+indices, t, noise, CFG drops and the soft mask come from generators seeded with (seed, step, rank), so a resumed
+run follows the same loss trajectory as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from kinema4d.model import (
+    PAPER_MODEL,
+    ModelConfig,
+    WorldModel,
+    compute_latent_stats,
+    flow_matching_loss,
+    latent_shapes,
+    load_state,
+    make_codec,
+    sample,
+    sample_timesteps,
+)
+
+# ----------------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``batch_size`` is the GLOBAL batch (split over DDP ranks)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: str | None = None  # dataset dir for kinema4d.data.TorchEpisodes; None = SyntheticEpisodes
+    val_split: str | None = "val"  # TorchEpisodes split for validation samples (falls back to the train data)
+    size: tuple[int, int] = (16, 16)  # (H, W) per modality
+    frames: int = 5
+    synthetic_episodes: int = 8
+    batch_size: int = 2
+    steps: int = 4
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup: int = 0
+    schedule: Literal["cosine", "constant"] = "constant"  # after linear warmup
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    precision: Literal["fp32", "bf16"] = "fp32"
+    p_uncond: float = 0.1  # probability of dropping the robot context (classifier-free guidance)
+    t_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    codec_steps: int = 0  # WanCodec: autoencoder steps before the diffusion training (0 = keep the codec as is)
+    codec_lr: float = 1e-3
+    codec_kl_weight: float = 1e-6
+    stats_samples: int = 0  # samples for the RGB/XYZ latent normalization (Supp. B.1; 5000 in the paper); 0 = off
+    out_dir: str = "runs/tiny"
+    resume: bool = False
+    seed: int = 0
+    log_every: int = 1
+    ckpt_every: int = 0  # 0: only at the end
+    val_every: int = 0  # 0: only at the end
+    val_steps: int = 8
+    val_cfg_scale: float = 1.0
+    num_workers: int = 0
+    cache_latents: bool = True  # memoize the frozen codec's encodings per video (hash of its bytes), in RAM
+    progress: bool = True
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        d["model"] = ModelConfig.from_dict(d["model"])
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+PRESETS: dict[str, tuple[str, TrainConfig]] = {
+    "tiny": ("tests: 0.64M params, 5 frames of 16x16, pixel codec, synthetic data", TrainConfig()),
+    "default": (
+        "the bundled CPU checkpoint: 17 frames of 64x96, tiny Wan VAE (trained first), 6-layer 4x48-head DiT",
+        TrainConfig(
+            model=ModelConfig(codec="wan", num_attention_heads=4, attention_head_dim=48, ffn_dim=768, num_layers=6,
+                              text_dim=128, freq_dim=128),
+            size=(64, 96), frames=17, synthetic_episodes=256, batch_size=8, steps=20000, lr=3e-4, weight_decay=0.01,
+            warmup=500, schedule="cosine", ema_decay=0.999, codec_steps=2000, stats_samples=256,
+            out_dir="runs/default", ckpt_every=1000, val_every=1000, val_steps=20,
+        ),
+    ),
+    "paper": (
+        "Wan2.1-14B-I2V / 4DNeX shapes (Supp. B.1): 49 x 480x720, LoRA 64, lr 2e-5, batch 32, bf16, 5000 steps; "
+        "needs the local weights",
+        TrainConfig(
+            model=dataclasses.replace(PAPER_MODEL, backbone_path="checkpoints/4dnex/transformer",
+                                      codec_path="checkpoints/wan2.1-i2v/vae", lora_rank=64),
+            size=(480, 720), frames=49, batch_size=32, steps=5000, lr=2e-5, warmup=100, schedule="constant",
+            precision="bf16", stats_samples=5000, out_dir="runs/paper", ckpt_every=500, val_every=500,
+            val_steps=50, val_cfg_scale=1.0,
+        ),
+    ),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Synthetic data (same keys as kinema4d.data.TorchEpisodes, plus 'action')
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class SyntheticEpisodes(torch.utils.data.Dataset):
+    """Moving boxes pushed by a fake robot blob, with the keys of ``kinema4d.data.TorchEpisodes`` (+ ``action``
+    (T, 8): blob centre xyz in metres, identity quaternion xyzw, gripper 1). Deterministic per (seed, index).
+
+    A camera (f = W, centre of the image) looks at a back plane z = 1.2 m; a box (z = 1.0) sits in the middle; the
+    robot (a disk, z = 0.9) moves in from the left and pushes the box right once they touch.
+    """
+
+    def __init__(self, n: int = 8, frames: int = 5, size: tuple[int, int] = (16, 16), seed: int = 0):
+        self.n, self.T, (self.H, self.W), self.seed = n, frames, size, seed
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        rng = np.random.default_rng([self.seed, i])
+        T, H, W = self.T, self.H, self.W
+        v, u = np.mgrid[0:H, 0:W].astype(np.float32)
+        bg = rng.uniform(0.2, 0.8, 3).astype(np.float32)
+        box_col, bot_col = rng.uniform(0, 1, 3).astype(np.float32), np.array([0.9, 0.9, 0.9], np.float32)
+        bw, bh = rng.integers(max(2, W // 8), max(3, W // 4)), rng.integers(max(2, H // 8), max(3, H // 4))
+        by = rng.integers(0, H - bh)
+        bx0 = W // 2 - bw // 2
+        r = max(1.5, min(H, W) / 8)
+        cy = by + bh / 2 + rng.uniform(-1, 1)
+        reach = rng.uniform(0.55, 0.9)  # how far right the robot goes (fraction of W)
+        rgb = np.zeros((T, H, W, 3), np.float32)
+        z = np.zeros((T, H, W), np.float32)
+        rmask = np.zeros((T, H, W), bool)
+        cxs = np.linspace(r, reach * W, T)
+        for k in range(T):
+            cx = cxs[k]
+            bx = max(bx0, int(math.ceil(cx + r)))  # pushed by the blob
+            img = np.broadcast_to(bg * (0.8 + 0.2 * v[..., None] / H), (H, W, 3)).copy()
+            depth = np.full((H, W), 1.2, np.float32)
+            box = (u >= bx) & (u < bx + bw) & (v >= by) & (v < by + bh)
+            img[box], depth[box] = box_col, 1.0
+            bot = (u - cx) ** 2 + (v - cy) ** 2 <= r * r
+            img[bot], depth[bot] = bot_col, 0.9
+            rgb[k], z[k], rmask[k] = img, depth, bot
+        f = float(W)
+        K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]], np.float32)
+        xyz = np.stack([(u - K[0, 2]) * z / f, (v - K[1, 2]) * z / f, z], axis=-1)  # (T, H, W, 3)
+        wpm01, wst = _minmax(xyz, np.ones_like(rmask))
+        rpm01, rst = _minmax(xyz, rmask)
+        action = np.zeros((T, 8), np.float32)
+        action[:, 0], action[:, 1], action[:, 2] = (cxs - K[0, 2]) * 0.9 / f, (cy - K[1, 2]) * 0.9 / f, 0.9
+        action[:, 6] = action[:, 7] = 1.0
+        t = lambda a: torch.from_numpy(np.ascontiguousarray(a))
+        return {
+            "rgb": t(rgb).permute(0, 3, 1, 2).contiguous(),
+            "world_pointmap": t(wpm01).permute(0, 3, 1, 2).contiguous(),
+            "robot_pointmap": t(rpm01).permute(0, 3, 1, 2).contiguous(),
+            "robot_mask": t(rmask.astype(np.float32)),
+            "world_valid": torch.ones(T, H, W),
+            "world_stats": t(wst),
+            "robot_stats": t(rst),
+            "K": t(K),
+            "success": torch.tensor(bool(reach > 0.7)),
+            "index": int(i),
+            "action": t(action),
+        }
+
+
+def _minmax(pm: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    pts = pm[valid]
+    lo, hi = pts.min(0), pts.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    out = np.zeros_like(pm)
+    out[valid] = (pts - lo) / span
+    return out.astype(np.float32), np.stack([lo, hi]).astype(np.float32)
+
+
+def make_dataset(cfg: TrainConfig, split: str = "train", seed_offset: int = 0):
+    """TorchEpisodes at ``cfg.data`` (resized to ``cfg.size``, ``cfg.frames`` frames) or SyntheticEpisodes."""
+    if cfg.data is None:
+        return SyntheticEpisodes(cfg.synthetic_episodes, cfg.frames, cfg.size, cfg.seed + seed_offset)
+    try:
+        from kinema4d.data import TorchEpisodes
+    except ImportError as e:
+        raise ImportError(f"cfg.data={cfg.data!r} needs kinema4d.data.TorchEpisodes (import failed: {e})") from e
+    return TorchEpisodes(cfg.data, split=split, size=tuple(cfg.size), frames=cfg.frames)
+
+
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Yields this rank's batch indices for steps start..steps-1; step s draws the global batch with a generator
+    seeded by (seed, s), so the data order does not depend on where a run was resumed."""
+
+    def __init__(self, n: int, global_batch: int, start: int, steps: int, seed: int, rank: int, world: int):
+        self.n, self.gb, self.start, self.steps, self.seed, self.rank, self.world = (
+            n, global_batch, start, steps, seed, rank, world)
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start)
+
+    def __iter__(self):
+        per = self.gb // self.world
+        for s in range(self.start, self.steps):
+            g = torch.Generator().manual_seed(_seed(self.seed, s, 0, 1))
+            idx = torch.randint(self.n, (self.gb,), generator=g).tolist()
+            yield idx[self.rank * per:(self.rank + 1) * per]
+
+
+def _seed(*xs: int) -> int:
+    h = 1469598103934665603
+    for x in xs:
+        h = ((h ^ (x & 0xFFFFFFFF)) * 1099511628211) % (1 << 63)
+    return h
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints (safetensors + JSON)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _optimizer_to_files(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {"param_groups": sd["param_groups"], "state": {}}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars["state"].setdefault(str(pid), {})[k] = v
+    return tensors, scalars
+
+
+def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict, scalars: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for pid, st in scalars["state"].items():
+        state.setdefault(int(pid), {}).update(st)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in scalars["param_groups"]]
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(out_dir: str | os.PathLike, step: int, cfg: TrainConfig, model: WorldModel, codec,
+                    ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> Path:
+    """Write ``<out_dir>/ckpt/step_XXXXXXX`` and point ``latest.json`` at it (rank 0 only)."""
+    from safetensors.torch import save_file
+
+    from kinema4d.model import _state_to_save, save_model
+
+    d = Path(out_dir) / "ckpt" / f"step_{step:07d}"
+    tmp = d.with_name(d.name + ".tmp")
+    sd = _state_to_save(model)
+    save_model(tmp, model, codec, state=sd)
+    save_file({k: (ema[k] if k in ema else v).contiguous() for k, v in sd.items()}, str(tmp / "ema.safetensors"))
+    ot, osc = _optimizer_to_files(opt)
+    save_file(ot, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(osc))
+    save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
+    npst = np.random.get_state()
+    state = {"step": step, "python_random": _jsonable(random.getstate()),
+             "numpy_random": [npst[0], npst[1].tolist(), *npst[2:]]}
+    (tmp / "state.json").write_text(json.dumps(state))
+    (tmp / "train_config.json").write_text(cfg.to_json())
+    if d.exists():
+        import shutil
+
+        shutil.rmtree(d)
+    tmp.rename(d)
+    (Path(out_dir) / "ckpt" / "latest.json").write_text(json.dumps({"step": step, "path": d.name}))
+    return d
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, tuple | list) else x
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    f = Path(out_dir) / "ckpt" / "latest.json"
+    if not f.is_file():
+        return None
+    return f.parent / json.loads(f.read_text())["path"]
+
+
+def load_checkpoint(d: Path, cfg: TrainConfig, model: WorldModel, codec, opt) -> tuple[int, dict]:
+    """Restore model, codec, optimizer, RNG from ``d`` -> (step, ema). The saved ModelConfig must equal cfg.model."""
+    from safetensors.torch import load_file
+
+    if not (d / "state.json").is_file():
+        raise FileNotFoundError(f"checkpoint {str(d)!r} is missing or incomplete (no state.json)")
+    saved = ModelConfig.from_dict(json.loads((d / "model_config.json").read_text()))
+    if saved != cfg.model:
+        diff = {f.name: (getattr(saved, f.name), getattr(cfg.model, f.name)) for f in dataclasses.fields(saved)
+                if getattr(saved, f.name) != getattr(cfg.model, f.name)}
+        raise ValueError(f"checkpoint {d} was written with a different ModelConfig; (saved, now): {diff}")
+    load_state(model, load_file(str(d / "model.safetensors")), str(d / "model.safetensors"))
+    if (d / "codec.safetensors").is_file():
+        codec.load_state_dict(load_file(str(d / "codec.safetensors")))
+    _optimizer_from_files(opt, load_file(str(d / "optimizer.safetensors")),
+                          json.loads((d / "optimizer.json").read_text()))
+    ema_sd = load_file(str(d / "ema.safetensors"))
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    ema = {k: v for k, v in ema_sd.items() if k in names}
+    torch.set_rng_state(load_file(str(d / "rng.safetensors"))["torch"])
+    st = json.loads((d / "state.json").read_text())
+    pr = st["python_random"]
+    random.setstate((pr[0], tuple(pr[1]), pr[2]))
+    nr = st["numpy_random"]
+    np.random.set_state((nr[0], np.array(nr[1], dtype=np.uint32), *nr[2:]))
+    return int(st["step"]), ema
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warmup to ``cfg.lr``, then constant or cosine decay to 0 at ``cfg.steps``."""
+    if cfg.warmup and step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    p = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * min(1.0, p)))
+
+
+class CachedCodec:
+    """Wraps a FROZEN codec; ``encode`` memoizes each sample's latent under a hash of its pixel bytes (the codec is
+    deterministic: posterior mean), so a dataset is encoded once however many epochs run (a Wan VAE encode costs
+    far more than a small DiT step on CPU). ``max_items`` bounds the cache (FIFO)."""
+
+    def __init__(self, codec, max_items: int = 100_000):
+        self.codec, self.max_items, self.cache, self.hits, self.misses = codec, max_items, {}, 0, 0
+        self.temporal_factor, self.spatial_factor = codec.temporal_factor, codec.spatial_factor
+
+    def _key(self, x: torch.Tensor) -> bytes:
+        import hashlib
+
+        h = hashlib.blake2b(x.detach().cpu().contiguous().numpy().tobytes(), digest_size=16)
+        h.update(str(tuple(x.shape)).encode())
+        return h.digest()
+
+    @torch.no_grad()
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        keys = [self._key(v) for v in video]
+        miss = [i for i, k in enumerate(keys) if k not in self.cache]
+        if miss:
+            z = self.codec.encode(video[miss])
+            for j, i in enumerate(miss):
+                if len(self.cache) >= self.max_items:
+                    self.cache.pop(next(iter(self.cache)))
+                self.cache[keys[i]] = z[j].clone()
+        self.hits += len(keys) - len(miss)
+        self.misses += len(miss)
+        return torch.stack([self.cache[k] for k in keys]).to(video.device)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.codec.decode(z)
+
+
+def _collate(items: list[dict]) -> dict:
+    return torch.utils.data.default_collate(items)
+
+
+def prepare_batch(model: WorldModel, codec, batch: dict, generator: torch.Generator | None = None) -> dict:
+    """A collated dataset batch (TorchEpisodes keys) -> ``WorldModel.prepare`` output with the training target."""
+    return model.prepare(codec, batch["rgb"][:, 0], batch["robot_pointmap"], batch["robot_mask"],
+                         action=batch.get("action"), rgb=batch["rgb"], world_pointmap=batch["world_pointmap"],
+                         generator=generator)
+
+
+def train_codec(cfg: TrainConfig, codec, dataset, rank: int = 0, world: int = 1) -> list[float]:
+    """Autoencoder stage (WanCodec): L1 + KL on the target (RGB | world pointmap) and input (I0 | robot pointmap)
+    videos. Every rank runs the same seeded steps; rank 0's weights are broadcast afterwards."""
+    opt = torch.optim.AdamW(codec.parameters(), lr=cfg.codec_lr)
+    losses = []
+    codec.train()
+    for s in range(cfg.codec_steps):
+        g = torch.Generator().manual_seed(_seed(cfg.seed, s, 0, 2))
+        idx = torch.randint(len(dataset), (max(1, cfg.batch_size // world),), generator=g).tolist()
+        b = _collate([dataset[i] for i in idx])
+        target = torch.cat([b["rgb"], b["world_pointmap"]], dim=-1)
+        inp = torch.cat([b["rgb"][:, :1].expand_as(b["rgb"]), b["robot_pointmap"]], dim=-1)
+        video = torch.cat([target, inp]).transpose(1, 2)
+        loss, _ = codec.training_loss(video, cfg.codec_kl_weight, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+    if world > 1:
+        for p in codec.parameters():
+            dist.broadcast(p.data, 0)
+    codec.eval()
+    return losses
+
+
+def _dist_env() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl", rank=rank, world_size=world)
+    return rank, world
+
+
+def param_checksum(model: torch.nn.Module) -> float:
+    return float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
+
+
+def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: int = 8) -> None:
+    """(T, 3, H, W) in [0, 1] -> mp4 (imageio / ffmpeg)."""
+    import imageio.v2 as imageio
+
+    arr = (frames.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+    imageio.mimwrite(str(path), list(arr), fps=fps, macro_block_size=1)
+
+
+def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, step: int) -> Path:
+    """Sample validation episode 0 with the EMA weights; write [GT rgb | rgb | GT pointmap | pointmap] as mp4."""
+    params = dict(model.named_parameters())
+    backup = {k: params[k].detach().clone() for k in ema}
+    with torch.no_grad():
+        for k, v in ema.items():
+            params[k].copy_(v)
+    e = val_set[0]
+    rgb, wpm = sample(model, codec, e["rgb"][0], e["robot_pointmap"], e["robot_mask"], steps=cfg.val_steps,
+                      cfg_scale=cfg.val_cfg_scale, seed=cfg.seed, action=e.get("action"))
+    with torch.no_grad():
+        for k, v in backup.items():
+            params[k].copy_(v)
+    wpm = torch.zeros_like(rgb) if wpm is None else wpm
+    d = Path(cfg.out_dir) / "val"
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"step_{step:07d}.mp4"
+    write_video(path, torch.cat([e["rgb"], rgb, e["world_pointmap"], wpm], dim=-1))
+    return path
+
+
+def train_main(cfg: TrainConfig) -> dict:
+    """Train (or resume) per ``cfg``; returns a summary dict (also written to ``<out_dir>/summary.json``)."""
+    from tqdm import tqdm
+
+    rank, world = _dist_env()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_config.json").write_text(cfg.to_json())
+    latent_shapes(cfg.model, cfg.frames, *cfg.size)  # validates the video size early
+
+    dataset = make_dataset(cfg, "train")
+    try:
+        val_set = make_dataset(cfg, cfg.val_split or "train", seed_offset=1) if cfg.data is None or cfg.val_split \
+            else dataset
+    except FileNotFoundError:
+        val_set = dataset
+    model = WorldModel(cfg.model)
+    codec = make_codec(cfg.model)
+    codec.requires_grad_(False)
+    params = model.trainable_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    start = 0
+    ck = latest_checkpoint(out) if cfg.resume else None
+    if ck is not None:
+        start, ema = load_checkpoint(ck, cfg, model, codec, opt)
+    else:
+        if cfg.model.codec == "wan" and cfg.codec_steps > 0:
+            codec.requires_grad_(True)
+            train_codec(cfg, codec, dataset, rank, world)
+            codec.requires_grad_(False)
+        if cfg.stats_samples > 0:
+            it = (_collate([dataset[i]]) for i in range(min(len(dataset), cfg.stats_samples)))
+            model.latent_stats.copy_(compute_latent_stats(codec, it, cfg.stats_samples))
+        if world > 1:
+            for t in [*model.state_dict().values(), *codec.state_dict().values()]:
+                dist.broadcast(t, 0)
+            ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    codec.eval()
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, cfg.steps, cfg.seed, rank, world)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
+                                         collate_fn=_collate)
+    writer = csv_f = csv_w = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out / "tb"), purge_step=start)
+        new = not (out / "metrics.csv").is_file() or start == 0
+        csv_f = open(out / "metrics.csv", "w" if new else "a", newline="")
+        csv_w = csv.writer(csv_f)
+        if new:
+            csv_w.writerow(["step", "loss", "lr", "grad_norm", "sec_per_step"])
+    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress, desc="train", unit="step")
+    losses: list[float] = []
+    step, t_last = start, time.perf_counter()
+    model.train()
+    amp = torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16,
+                         enabled=cfg.precision == "bf16")
+    enc = CachedCodec(codec) if cfg.cache_latents else codec
+    for batch in loader:
+        g = torch.Generator().manual_seed(_seed(cfg.seed, step, rank, 3))
+        prep = prepare_batch(model, enc, batch, g)
+        B = prep["x0"].shape[0]
+        t = sample_timesteps(B, cfg.t_sampling, g)
+        noise = torch.randn(prep["x0"].shape, generator=g)
+        drop = torch.rand(B, generator=g) < cfg.p_uncond
+        lr = lr_at(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with amp:
+            loss = flow_matching_loss(net, model, prep, t, noise, drop)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        opt.step()
+        with torch.no_grad():
+            pd = dict(model.named_parameters())
+            for n in names:
+                ema[n].lerp_(pd[n].detach(), 1 - cfg.ema_decay)
+        step += 1
+        lv = float(loss.detach())
+        if world > 1:
+            lt = torch.tensor([lv])
+            dist.all_reduce(lt)
+            lv = float(lt) / world
+        losses.append(lv)
+        now = time.perf_counter()
+        dt, t_last = now - t_last, now
+        if rank == 0:
+            bar.update(1)
+            bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr:.2e}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                csv_w.writerow([step, f"{lv:.6g}", f"{lr:.6g}", f"{gn:.6g}", f"{dt:.4f}"])
+                csv_f.flush()
+                writer.add_scalar("train/loss", lv, step)
+                writer.add_scalar("train/lr", lr, step)
+                writer.add_scalar("train/grad_norm", gn, step)
+        last = step == cfg.steps
+        if rank == 0 and (last or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+            save_checkpoint(out, step, cfg, model, codec, ema, opt)
+        if rank == 0 and (last or (cfg.val_every and step % cfg.val_every == 0)):
+            validate(cfg, model, codec, ema, val_set, step)
+        if world > 1 and (last or cfg.ckpt_every or cfg.val_every):
+            dist.barrier()
+    bar.close()
+    summary = {"rank": rank, "world_size": world, "start_step": start, "step": step, "losses": losses,
+               "param_checksum": param_checksum(model),
+               "num_params": sum(p.numel() for p in model.parameters()),
+               "num_trainable": sum(p.numel() for p in params)}
+    if world > 1:
+        cs = [None] * world
+        dist.all_gather_object(cs, summary["param_checksum"])
+        summary["rank_checksums"] = cs
+        summary["ranks_identical"] = len(set(cs)) == 1
+    if rank == 0:
+        writer.close()
+        csv_f.close()
+    (out / f"summary_rank{rank}.json").write_text(json.dumps(summary))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return summary
+
+
+def main(args: list[str] | None = None) -> dict:
+    """CLI: ``python -m kinema4d.train {tiny,default,paper} [--field value ...]`` (tyro)."""
+    import tyro
+
+    cfg = tyro.extras.overridable_config_cli(PRESETS, args=args, description="Train the kinema4d world model")
+    return train_main(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""kinema4d.train: tiny runs, checkpoint files, resume, DDP (2 gloo ranks), Wan codec stage, presets."""
+
+import dataclasses
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import tyro
+from safetensors.torch import load_file
+
+from kinema4d.model import ModelConfig
+from kinema4d.train import PRESETS, SyntheticEpisodes, TrainConfig, load_checkpoint, make_dataset, train_main
+
+torch.set_num_threads(1)
+TINY = PRESETS["tiny"][1]
+
+
+def _cfg(tmp_path, **kw):
+    return dataclasses.replace(TINY, out_dir=str(tmp_path), progress=False, **kw)
+
+
+def test_synthetic_episodes_contract():
+    e = SyntheticEpisodes(2, 5, (16, 24), seed=3)[1]
+    assert e["rgb"].shape == e["world_pointmap"].shape == e["robot_pointmap"].shape == (5, 3, 16, 24)
+    assert e["robot_mask"].shape == e["world_valid"].shape == (5, 16, 24)
+    assert e["world_stats"].shape == e["robot_stats"].shape == (2, 3) and e["K"].shape == (3, 3)
+    for k in ("rgb", "world_pointmap", "robot_pointmap"):
+        assert e[k].dtype == torch.float32 and 0 <= e[k].min() and e[k].max() <= 1
+    assert e["robot_mask"].sum() > 0 and (e["robot_pointmap"].sum(1)[e["robot_mask"] == 0] == 0).all()
+    assert e["success"].dtype == torch.bool and e["index"] == 1 and e["action"].shape == (5, 8)
+    assert torch.equal(e["rgb"], SyntheticEpisodes(2, 5, (16, 24), seed=3)[1]["rgb"])
+
+
+def test_tiny_run_writes_everything(tmp_path):
+    s = train_main(_cfg(tmp_path, steps=3))
+    assert s["step"] == 3 and len(s["losses"]) == 3 and all(map(lambda x: x == x, s["losses"]))
+    ck = tmp_path / "ckpt" / "step_0000003"
+    for f in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json", "rng.safetensors",
+              "state.json", "model_config.json", "train_config.json"):
+        assert (ck / f).is_file(), f
+    assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
+    assert TrainConfig.from_dict(json.loads((ck / "train_config.json").read_text())) == _cfg(tmp_path, steps=3)
+    assert (tmp_path / "metrics.csv").read_text().count("\n") == 4
+    assert list((tmp_path / "tb").iterdir()) and (tmp_path / "val" / "step_0000003.mp4").stat().st_size > 0
+
+
+def test_resume_same_trajectory(tmp_path):
+    full = train_main(_cfg(tmp_path / "a", steps=6, ckpt_every=3))
+    train_main(_cfg(tmp_path / "b", steps=3))
+    resumed = train_main(_cfg(tmp_path / "b", steps=6, resume=True))
+    assert resumed["start_step"] == 3 and resumed["step"] == 6
+    assert resumed["losses"] == full["losses"][3:]
+    ma = load_file(str(tmp_path / "a" / "ckpt" / "step_0000006" / "model.safetensors"))
+    mb = load_file(str(tmp_path / "b" / "ckpt" / "step_0000006" / "model.safetensors"))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    oa = load_file(str(tmp_path / "a" / "ckpt" / "step_0000006" / "optimizer.safetensors"))
+    ob = load_file(str(tmp_path / "b" / "ckpt" / "step_0000006" / "optimizer.safetensors"))
+    assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
+
+
+def test_resume_restores_exact_state(tmp_path):
+    from kinema4d.model import WorldModel, make_codec
+
+    cfg = _cfg(tmp_path, steps=2)
+    train_main(cfg)
+    ck = tmp_path / "ckpt" / "step_0000002"
+    model, codec = WorldModel(cfg.model), make_codec(cfg.model)
+    opt = torch.optim.AdamW(model.trainable_parameters(), lr=cfg.lr)
+    step, ema = load_checkpoint(ck, cfg, model, codec, opt)
+    assert step == 2
+    saved = load_file(str(ck / "model.safetensors"))
+    assert all(torch.equal(v, saved[k]) for k, v in model.state_dict().items())
+    ema_saved = load_file(str(ck / "ema.safetensors"))
+    assert all(torch.equal(v, ema_saved[k]) for k, v in ema.items())
+    osaved = load_file(str(ck / "optimizer.safetensors"))
+    st = opt.state_dict()["state"]
+    assert all(torch.equal(st[int(k.split(".")[0])][k.split(".", 1)[1]], v) for k, v in osaved.items())
+
+
+def test_resume_config_mismatch_and_missing(tmp_path):
+    train_main(_cfg(tmp_path, steps=1))
+    bad = _cfg(tmp_path, steps=2, resume=True, model=dataclasses.replace(TINY.model, num_layers=3))
+    with pytest.raises(ValueError, match="different ModelConfig"):
+        train_main(bad)
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "ckpt" / "nope", TINY, None, None, None)
+    with pytest.raises(FileNotFoundError, match="no_data"):
+        make_dataset(_cfg(tmp_path, data=str(tmp_path / "no_data")))
+
+
+def test_wan_codec_stage(tmp_path):
+    cfg = _cfg(tmp_path, steps=2, model=dataclasses.replace(TINY.model, codec="wan"), codec_steps=2,
+               stats_samples=2, val_steps=2)
+    s = train_main(cfg)
+    ck = tmp_path / "ckpt" / "step_0000002"
+    assert s["step"] == 2 and (ck / "codec.safetensors").is_file()
+    stats = load_file(str(ck / "model.safetensors"))["latent_stats"]
+    assert not torch.equal(stats, torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_ranks_gloo(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "kinema4d.train", "tiny", "--out-dir", str(tmp_path),
+           "--steps", "2", "--batch-size", "4", "--no-progress", "--val-steps", "1"]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    s0, s1 = (json.loads((tmp_path / f"summary_rank{r}.json").read_text()) for r in (0, 1))
+    assert s0["world_size"] == s1["world_size"] == 2 and s0["step"] == s1["step"] == 2
+    assert s0["ranks_identical"] and s0["param_checksum"] == s1["param_checksum"]
+    assert s0["losses"] == s1["losses"]  # the all-reduced mean loss
+    assert (Path(tmp_path) / "ckpt" / "step_0000002" / "model.safetensors").is_file()
+
+
+def test_presets_cli():
+    cfgs = {name: tyro.extras.overridable_config_cli(PRESETS, args=[name]) for name in PRESETS}
+    p = cfgs["paper"]
+    assert (p.frames, p.size, p.batch_size, p.lr, p.model.lora_rank) == (49, (480, 720), 32, 2e-5, 64)
+    assert p.model.num_layers == 40 and p.model.in_channels == 36 and p.precision == "bf16"
+    t = tyro.extras.overridable_config_cli(PRESETS, args=["tiny", "--steps", "7", "--model.mask", "binary"])
+    assert t.steps == 7 and t.model.mask == "binary" and isinstance(t.model, ModelConfig)
+    with pytest.raises(FileNotFoundError, match="cannot be downloaded"):
+        from kinema4d.model import WorldModel
+
+        WorldModel(p.model)
+
+
+def test_trains_on_torch_episodes(tmp_path):
+    """The data engineer's TorchEpisodes (zarr episodes written with kinema4d.data) feeds the trainer as is."""
+    import numpy as np
+
+    kdata = pytest.importorskip("kinema4d.data")
+    from kinema4d.camera import Camera
+
+    T, H, W = 5, 24, 32
+    root = kdata.init_dataset(tmp_path / "data" / "train", "train")
+    rng, entries = np.random.default_rng(0), {}
+    cam = Camera.look_at([1.0, 0.2, 1.0], [0.0, 0.0, 0.6], width=W, height=H)
+    for ep in range(2):
+        wpm = cam.depth_to_pointmap(rng.uniform(0.8, 1.5, (T, H, W)).astype(np.float32))
+        rmask = np.zeros((T, H, W), bool)
+        rmask[:, 8:16, 10 + ep:20 + ep] = True
+        arrays = {"rgb": rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8), "world_pointmap": wpm,
+                  "robot_pointmap": np.where(rmask[..., None], wpm, 0).astype(np.float32), "robot_mask": rmask,
+                  "robot_render_mask": rmask, "q": rng.normal(size=(T, 8)), "actions": rng.normal(size=(T, 8)),
+                  "object_poses": rng.normal(size=(T, 2, 7))}
+        attrs = {"success": True, "instruction": "x", "split": "train", "camera": cam.to_dict(),
+                 "variant": {"kind": "clean"}, "frames": T}
+        entries[ep] = kdata.write_episode(root, ep, arrays, attrs)
+    kdata.write_index(root, "train", entries)
+    s = train_main(_cfg(tmp_path / "run", data=str(tmp_path / "data"), size=(16, 16), frames=5, steps=2,
+                        val_steps=1))
+    assert s["step"] == 2 and all(x == x for x in s["losses"])
+
+
+def test_cached_codec_matches_codec():
+    from kinema4d.model import make_codec
+    from kinema4d.train import CachedCodec
+
+    codec = make_codec(dataclasses.replace(TINY.model, codec="wan")).eval()
+    x = torch.rand(2, 3, 5, 16, 32)
+    cc = CachedCodec(codec)
+    a = cc.encode(x)
+    b = cc.encode(torch.stack([x[1], x[0]]))
+    with torch.no_grad():
+        ref = codec.encode(x)
+    assert torch.equal(a, ref) and torch.equal(b, ref.flip(0)) and (cc.hits, cc.misses) == (2, 2)
