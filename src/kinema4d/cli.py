@@ -62,10 +62,54 @@ def _view(args):
         print(f"wrote {kind}: {path}")
 
 
+def _simulate(args):
+    import tyro
+
+    from kinema4d.simulator import SimulateConfig, simulate_main
+
+    cfg = tyro.cli(SimulateConfig, args=args, prog="kinema4d simulate")
+    for kind, path in simulate_main(cfg).items():
+        print(f"wrote {kind}: {path}")
+
+
+def _train(args):
+    import json
+
+    import tyro
+
+    from kinema4d.train import PRESETS, train_main
+
+    cfg = tyro.extras.overridable_config_cli(PRESETS, args=args, prog="kinema4d train",
+                                             description="Train the kinema4d world model (presets: "
+                                             f"{', '.join(PRESETS)}; any field can be overridden)")
+    s = train_main(cfg)
+    keep = ("step", "num_params", "num_trainable", "world_size")
+    print(json.dumps({**{k: s[k] for k in keep if k in s}, "last_loss": s["losses"][-1] if s["losses"] else None,
+                      "out_dir": cfg.out_dir}, indent=2))
+
+
+def _eval(args):
+    import tyro
+
+    from kinema4d.eval.evaluate import EvalConfig, compare, evaluate
+
+    if args[:1] == ["compare"]:
+        if len(args) != 3:
+            raise ValueError("usage: kinema4d eval compare REPORT_DIR_A REPORT_DIR_B")
+        print(compare(args[1], args[2]))
+        return
+    cfg = tyro.cli(EvalConfig, args=args, prog="kinema4d eval")
+    evaluate(cfg)
+    print(f"wrote {cfg.out}/report.md, report.html, report.json, per_frame.png, videos/")
+
+
 COMMANDS = {
     "control": (_control, "actions -> joints (FK / IK) -> robot pointmap sequence (+ mp4)"),
     "datagen": (_datagen, "generate synthetic 4D episodes (pybullet) into a zarr dataset"),
     "dataset": (_dataset, "`dataset info DIR` | `dataset preview DIR --episode I`"),
+    "train": (_train, "train the world model: `train PRESET [--field value ...]` (tiny | default | ...)"),
+    "simulate": (_simulate, "image + actions -> 4D rollout (rgb.mp4, pointmap.mp4, rollout.npz); `simulate --demo`"),
+    "eval": (_eval, "score a checkpoint vs baselines on a split -> report.md/html; `eval compare A B`"),
     "view": (_view, "rerun recording (+ mp4 / gif / PLY) of a rollout.npz or control output: `view PATH`"),
 }
 

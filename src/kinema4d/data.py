@@ -249,8 +249,9 @@ class Dataset4D:
     def attrs(self, i: int) -> dict:
         return read_attrs(self.path, self._id(i))
 
-    def read_episode(self, i: int) -> dict:
-        """Episode at position ``i``; verifies shapes and checksums, raises CorruptEpisodeError naming it."""
+    def read_episode(self, i: int, keys: tuple[str, ...] | None = None) -> dict:
+        """Episode at position ``i`` (only arrays ``keys``; None = all); verifies shapes and checksums, raises
+        CorruptEpisodeError naming it."""
         import zarr
 
         ep = self._id(i)
@@ -261,7 +262,9 @@ class Dataset4D:
             g = zarr.open_group(str(path), mode="r")
         except Exception as e:  # zarr raises several types for a broken group
             raise CorruptEpisodeError(ep, path, f"cannot open group ({type(e).__name__}: {e})") from None
-        for k in ARRAYS:
+        for k in ARRAYS if keys is None else keys:
+            if k not in ARRAYS:
+                raise KeyError(f"unknown episode array {k!r}; known: {list(ARRAYS)}")
             try:
                 a = g[k][...]
             except Exception as e:  # missing array, undecodable chunk, ...
@@ -360,7 +363,7 @@ class TorchEpisodes(torch.utils.data.Dataset):
     def _load(self, i: int) -> dict:
         from kinema4d.render import normalize_pointmap
 
-        e = self.ds.read_episode(i)
+        e = self.ds.read_episode(i, keys=("rgb", "world_pointmap", "robot_pointmap", "robot_render_mask"))
         T = e["rgb"].shape[0]
         idx = np.arange(T) if self.frames is None else np.round(np.linspace(0, T - 1, self.frames)).astype(int)
         rgb = torch.from_numpy(e["rgb"][idx]).permute(0, 3, 1, 2).float() / 255.0

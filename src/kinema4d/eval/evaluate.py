@@ -1,0 +1,210 @@
+"""``kinema4d eval``: score a checkpoint against baselines on a dataset split, write report.md / report.html.
+
+Protocol (every method sees exactly what the model sees at inference, per episode of the split):
+
+- inputs: the episode's first RGB frame I0, the kinematic robot pointmap sequence and its mask (the dataset's
+  ``robot_pointmap`` / ``robot_mask``, rendered by ``kinema4d.render``), at the checkpoint's training size and
+  frame count (``TorchEpisodes(size, frames)``: uniform temporal subsampling of the recorded episode);
+- ``kinema4d``: ``model.sample`` with ``steps`` Euler steps, seed = ``seed + episode position``;
+- ``static``: I0 and the frame-0 world pointmap repeated over time (a baseline that knows frame 0's geometry).
+
+Metrics (definitions in :mod:`kinema4d.eval.metrics`): PSNR / SSIM on uint8 frames; Chamfer L1 / L2 and
+F-Score@0.01 between predicted and GT world pointmaps in the GT sequence's min-max normalized frame (the model's
+normalized output is compared there directly, as the paper does), plus their "(temp)" consecutive-frame versions;
+robot adherence (mm) after converting the generated pointmap to metres from the robot pixels alone
+(``denormalize_world_pointmap``, the inference path). Frame 0 is excluded from the per-sequence means (it is the
+given image for every method). Predicted pixels count as valid where any normalized channel exceeds 0.02 (the
+training target is 0 on empty pixels).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kinema4d.eval import metrics as M
+from kinema4d.geometry import save_atomic_text
+
+METHODS = ("kinema4d", "static")
+COLUMNS = (("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("chamfer_l1", "CD-L1 ↓", "{:.4f}"),
+           ("chamfer_l2", "CD-L2 ↓", "{:.5f}"), ("fscore", "F@0.01 ↑", "{:.3f}"),
+           ("chamfer_l1_temp", "CD-L1 (temp) ↓", "{:.4f}"), ("fscore_temp", "F (temp) ↑", "{:.3f}"),
+           ("adherence_mm", "adherence mm ↓", "{:.1f}"))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """``kinema4d eval``: score ``checkpoint`` (None = the bundled default) on ``data/<split>``."""
+
+    checkpoint: Path | None = None
+    data: Path = Path("data/synth")
+    split: str = "test"
+    out: Path = Path("out/eval")
+    episodes: int | None = None  # first N episodes of the split (None = all)
+    steps: int = 20  # sampling steps
+    cfg_scale: float = 1.0
+    seed: int = 0
+    videos: int = 4  # GT | prediction mp4s for the first N episodes
+    progress: bool = True
+
+
+def _np_video(x) -> np.ndarray:
+    """(T, 3, H, W) float [0, 1] tensor -> (T, H, W, 3) uint8."""
+    return (x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def _to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) normalized + (2, 3) [min; max] -> metres (0 stays 0 only where the GT is empty: caller masks)."""
+    return pm01 * (stats[1] - stats[0]) + stats[0]
+
+
+def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_m: np.ndarray | None = None) -> dict:
+    """Metrics of one prediction. pred_rgb (T,H,W,3) uint8, pred_w01 (T,H,W,3) GT-normalized, ``item`` a
+    TorchEpisodes item, ``world_m`` the prediction in metres for adherence (None: skip)."""
+    gt_rgb = _np_video(item["rgb"])
+    gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
+    gt_valid = item["world_valid"].numpy() > 0.5
+    stats = item["world_stats"].numpy().astype(np.float64)
+    pred_valid = pred_w01.max(-1) > 0.02
+    geo = M.geometric_metrics(_to_metres(pred_w01[1:], stats), _to_metres(gt01[1:], stats), pred_valid[1:],
+                              gt_valid[1:])
+    out = {"psnr": float(np.mean(M.psnr_per_frame(pred_rgb[1:], gt_rgb[1:]))),
+           "ssim": M.ssim(pred_rgb[1:], gt_rgb[1:]) if min(gt_rgb.shape[1:3]) >= 11 else float("nan"),
+           "psnr_per_frame": M.psnr_per_frame(pred_rgb, gt_rgb).tolist(),
+           "chamfer_l1_per_frame": [float("nan"), *geo["chamfer_l1_per_frame"].tolist()]}
+    for k in ("chamfer_l1", "chamfer_l2", "fscore", "chamfer_l1_temp", "fscore_temp"):
+        out[k] = float(geo[k])
+    out["adherence_mm"] = float("nan")
+    if world_m is not None:
+        rstats = item["robot_stats"].numpy().astype(np.float64)
+        robot_m = _to_metres(item["robot_pointmap"].permute(0, 2, 3, 1).numpy(), rstats)
+        mask = item["robot_mask"].numpy() > 0.5
+        out["adherence_mm"] = M.robot_adherence(world_m[1:], np.where(mask[1:, ..., None], robot_m[1:], 0),
+                                                mask[1:])["mean_mm"]
+    return out
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run the protocol of the module docstring; write ``report.json``, ``report.md``, ``report.html``, plots and
+    videos into ``cfg.out``. Returns the report dict."""
+    import torch
+    from tqdm import tqdm
+
+    from kinema4d.data import TorchEpisodes
+    from kinema4d.model import denormalize_world_pointmap, load_model, sample
+    from kinema4d.simulator import DEFAULT_CHECKPOINT, resolve_checkpoint
+    from kinema4d.viz import hstack_videos, pointmap_to_rgb, write_video
+
+    ck = resolve_checkpoint(cfg.checkpoint if cfg.checkpoint is not None else DEFAULT_CHECKPOINT)
+    model, codec = load_model(ck.dir, weights=ck.weights)
+    tcfg = ck.train_config or {}
+    size, frames = tuple(tcfg.get("size", (32, 48))), int(tcfg.get("frames", 9))
+    ds = TorchEpisodes(cfg.data, split=cfg.split, size=size, frames=frames)
+    n = len(ds) if cfg.episodes is None else min(cfg.episodes, len(ds))
+    if n == 0:
+        raise ValueError(f"split {cfg.split!r} of {cfg.data} has no episodes")
+    out = Path(cfg.out)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    rows: dict[str, list[dict]] = {m: [] for m in METHODS}
+    for i in tqdm(range(n), desc=f"eval {cfg.split}", unit="ep", disable=not cfg.progress):
+        item = ds[i]
+        with torch.no_grad():
+            rgb, w01 = sample(model, codec, item["rgb"][0], item["robot_pointmap"], item["robot_mask"],
+                              steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed + i)
+            world_m, _ = denormalize_world_pointmap(w01, item["robot_pointmap"], item["robot_mask"],
+                                                    item["robot_stats"])
+        pred_rgb, pred01 = _np_video(rgb), w01.permute(0, 2, 3, 1).numpy()
+        rows["kinema4d"].append(score_episode(pred_rgb, pred01, item, world_m.permute(0, 2, 3, 1).numpy()))
+        T = pred_rgb.shape[0]
+        s_rgb = np.repeat(_np_video(item["rgb"][:1]), T, 0)
+        s01 = np.repeat(item["world_pointmap"][:1].permute(0, 2, 3, 1).numpy(), T, 0)
+        stats = item["world_stats"].numpy().astype(np.float64)
+        rows["static"].append(score_episode(s_rgb, s01, item, _to_metres(s01, stats)))
+        if i < cfg.videos:
+            gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
+            vid = hstack_videos(_np_video(item["rgb"]), pred_rgb, pointmap_to_rgb(gt01, None, 0, 1),
+                                pointmap_to_rgb(pred01, None, 0, 1))
+            vid = np.repeat(np.repeat(vid, 4, 1), 4, 2)  # tiny training sizes: upscale for viewing
+            write_video(out / "videos" / f"episode_{i:04d}_gt_pred.mp4", vid, fps=4)
+    summary = {m: {k: float(np.nanmean([r[k] for r in rs])) for k, _, _ in COLUMNS} for m, rs in rows.items()}
+    report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
+              "checkpoint": str(ck.dir / ck.weights), "size": list(size), "frames": frames, "episodes": n,
+              "summary": summary,
+              "per_frame": {m: {"psnr": np.nanmean([r["psnr_per_frame"] for r in rs], 0).tolist(),
+                                "chamfer_l1": np.nanmean([r["chamfer_l1_per_frame"][1:] for r in rs], 0).tolist()}
+                            for m, rs in rows.items()}}
+    _write_plots(report, out)
+    save_atomic_text(out / "report.json", json.dumps(report, indent=2))
+    save_atomic_text(out / "report.md", render_markdown(report))
+    save_atomic_text(out / "report.html", render_html(report))
+    return report
+
+
+def _write_plots(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    for m, pf in report["per_frame"].items():
+        ax[0].plot(range(len(pf["psnr"]))[1:], pf["psnr"][1:], marker="o", label=m)
+        ax[1].plot(range(1, len(pf["chamfer_l1"]) + 1), pf["chamfer_l1"], marker="o", label=m)
+    ax[0].set(xlabel="frame", ylabel="PSNR (dB)", title="per-frame PSNR")
+    ax[1].set(xlabel="frame", ylabel="Chamfer L1 (normalized)", title="per-frame Chamfer L1")
+    ax[0].legend()
+    fig.tight_layout()
+    fig.savefig(out / "per_frame.png", dpi=110)
+    plt.close(fig)
+
+
+def _table(summary: dict) -> list[list[str]]:
+    rows = [["method", *[h for _, h, _ in COLUMNS]]]
+    for m, s in summary.items():
+        rows.append([m, *[f.format(s[k]) for k, _, f in COLUMNS]])
+    return rows
+
+
+def render_markdown(report: dict) -> str:
+    t = _table(report["summary"])
+    lines = [f"# kinema4d eval: split {report['config']['split']!r}, {report['episodes']} episodes", "",
+             f"checkpoint `{report['checkpoint']}`, {report['frames']} frames of {report['size'][0]}x"
+             f"{report['size'][1]}, {report['config']['steps']} sampling steps; frame 0 (the given image) excluded.",
+             "", "| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in t[1:]]
+    lines += ["", "![per-frame PSNR and Chamfer](per_frame.png)", "",
+              "Videos (GT RGB | predicted RGB | GT pointmap | predicted pointmap): `videos/`.", ""]
+    return "\n".join(lines)
+
+
+def render_html(report: dict) -> str:
+    t = _table(report["summary"])
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in t[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in t[1:])
+    vids = sorted((Path(report["config"]["out"]) / "videos").glob("*.mp4"))
+    vhtml = "".join(f'<video src="videos/{v.name}" controls loop width="480"></video>' for v in vids)
+    return (f"<!doctype html><meta charset=utf-8><title>kinema4d eval</title><h1>kinema4d eval: "
+            f"{html.escape(report['config']['split'])}, {report['episodes']} episodes</h1>"
+            f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table><img src=per_frame.png><h2>GT | prediction"
+            f"</h2>{vhtml}")
+
+
+def compare(report_a: str | Path, report_b: str | Path) -> str:
+    """Markdown table of two reports' summaries side by side (B - A per metric)."""
+    ra, rb = (json.loads((Path(p) / "report.json").read_text()) for p in (report_a, report_b))
+    lines = ["| method | metric | A | B | B - A |", "|---|---|---|---|---|"]
+    for m in ra["summary"]:
+        if m not in rb["summary"]:
+            continue
+        for k, h, f in COLUMNS:
+            a, b = ra["summary"][m][k], rb["summary"][m][k]
+            lines.append(f"| {m} | {h} | {f.format(a)} | {f.format(b)} | {f.format(b - a)} |")
+    return "\n".join(lines)
+
+
+__all__ = ["EvalConfig", "evaluate", "score_episode", "render_markdown", "render_html", "compare"]

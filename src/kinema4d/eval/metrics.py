@@ -1,0 +1,534 @@
+"""Quality metrics of 4D rollouts (paper Sec. 4.1, Tab. 1 and Tab. 2) plus robot-specific checks.
+
+Every definition used here, so numbers are reproducible and comparable:
+
+Images / videos (``rgb`` (H, W, C) or (T, H, W, C), uint8 in [0, 255] or float in [0, 1]):
+
+- ``data_range`` R: 255 for uint8 inputs, 1.0 for float inputs, unless passed explicitly.
+- PSNR of one image = 10 log10(R^2 / MSE), MSE over all pixels and channels in float64; identical images give
+  ``inf``. :func:`psnr` of a video (4-D input) is the mean of :func:`psnr_per_frame` (the usual video protocol,
+  not the PSNR of the pooled MSE).
+- SSIM (Wang et al. 2004) with scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+  use_sample_covariance=False, channel_axis=-1, data_range=R)`` conventions: local statistics from a Gaussian
+  window (sigma 1.5, truncated at 3.5 sigma = 11 taps, ``reflect`` borders), K1 = 0.01, K2 = 0.03,
+  population (biased) covariances, the SSIM map averaged over the pixels at least 5 px from the border and over
+  channels. :func:`ssim` of a video is the mean of :func:`ssim_per_frame`. Needs H, W >= 11.
+- Latent L2 (:func:`latent_l2`) = mean over all elements of (z_pred - z_gt)^2, i.e. the per-element mean squared
+  error between the codec latents of prediction and ground truth (``F.mse_loss``), not a norm per sample.
+
+Geometry (pointmaps (T, H, W, 3) camera-frame metres, validity masks (T, H, W) bool; see docs/CONVENTIONS.md):
+
+- Normalization (:func:`normalize_pair`): prediction and ground truth are both mapped with the *ground truth
+  sequence's* per-channel min-max over its valid points, ``x01 = (x - min_gt) / (max_gt - min_gt)`` per x/y/z,
+  the same sequence-level normalization the model sees (Supp. B.1, ``kinema4d.render.normalize_pointmap``) but
+  with the GT's statistics for both, so a scale error of the prediction is *not* normalized away. Distances are
+  therefore in units of the scene extent (per axis) and the F-Score threshold 0.01 means 1 % of the extent. A
+  channel with zero GT extent keeps scale 1 (translated only) so its errors stay visible.
+- Chamfer distance between clouds P and Q with nearest-neighbour distances d_P(p) = min_q ||p - q||_2:
+  CD-L1 = 0.5 (mean_p d_Q(p) + mean_q d_P(q)), CD-L2 = 0.5 (mean_p d_Q(p)^2 + mean_q d_P(q)^2) (squared
+  Euclidean distances). Nearest neighbours come from ``scipy.spatial.cKDTree`` (exact).
+- F-Score@tau (:func:`fscore`, tau = 0.01): precision = fraction of P with d_Q(p) < tau, recall = fraction of Q
+  with d_P(q) < tau (strict, as in Tanks and Temples), F = 2 P R / (P + R), 0 when P + R = 0.
+- Per sequence (:func:`geometric_metrics`): after normalization, frame t compares the valid predicted points with
+  the valid GT points; "(temp)" self-consistency compares predicted frame t with predicted frame t + 1 (T - 1
+  values). Each cloud is uniformly subsampled without replacement to at most ``max_points`` points with a seeded
+  generator. A comparison with an empty cloud is ``nan``; sequence means ignore ``nan`` frames (``nan`` if all are).
+
+Robot checks:
+
+- Robot adherence (:func:`robot_adherence`): Euclidean distance in millimetres between the generated world
+  pointmap and the kinematic robot pointmap (the control signal) at robot pixels: the pixels of ``robot_mask``
+  where the robot pointmap holds a point (non-zero). ``mean_mm`` / ``median_mm`` pool all such pixels of the
+  sequence, ``per_frame_mm`` is the per-frame mean. No robot pixel -> ``nan`` (silently, no RuntimeWarning).
+- Penetration rate (:func:`penetration_rate`): fraction of the generated scene points (non-empty, not in
+  ``exclude_mask`` i.e. not robot pixels) lying strictly inside a posed robot link. Each link's volume is the
+  *convex hull* of its visual mesh (visual meshes are not watertight, so ray-parity tests such as
+  ``trimesh.Trimesh.contains`` are unreliable on them); the hull over-approximates concave parts within one link,
+  but links are tested separately so e.g. the gap between the two Panda fingers (separate links) is free space.
+  The test is exact and vectorized: points are moved into each link frame (with the robot's FK at that frame's
+  ``q``) and checked against the hull's half-spaces, ``n . x <= d - margin`` for all faces.
+
+Model-based metrics (LPIPS, FID, FVD): their feature networks are loaded *only* from a local weights path (no
+downloads). Without one, :class:`MetricUnavailable` is raised - never a made-up number. A feature network is a
+directory (or a ``<name>.safetensors`` file next to ``<name>.json``) holding ``config.json`` + ``model.safetensors``
+that describe a small :class:`FeatureNet` (stacked 2-D or 3-D convolutions with ReLU, see :func:`save_feature_net`).
+Values are comparable only between runs with the same weights; they are not the paper's Inception/I3D/AlexNet
+numbers unless weights that reproduce those networks are supplied.
+
+- LPIPS = sum over tapped layers l of mean_{h,w} sum_c w_{l,c} (f^l_c(x) / ||f^l(x)|| - f^l_c(y) / ||f^l(y)||)^2,
+  channel-unit-normalized activations (eps 1e-10) and non-negative per-layer linear weights ``lin.<l>`` stored in
+  the safetensors file. Inputs are scaled to [-1, 1]. A video's LPIPS is the mean over frames.
+- FID / FVD = Frechet distance between Gaussian fits (mean, sample covariance) of the features of real and
+  generated images / videos: ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}) with ``scipy.linalg.sqrtm``
+  (imaginary round-off dropped; a 1e-6 diagonal offset when the product is singular, as in pytorch-fid; the
+  result is clamped at 0). The features are the global average of the network's last activation. Both accept
+  pre-computed features (N, D) directly, which need no network.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+from scipy import ndimage
+from scipy.spatial import ConvexHull, cKDTree
+
+__all__ = [
+    "MetricUnavailable", "psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "latent_l2", "normalize_pair",
+    "chamfer", "fscore", "geometric_metrics", "robot_adherence", "penetration_rate", "link_hulls", "lpips", "fid",
+    "fvd", "frechet_distance", "gaussian_fit", "FeatureNet", "load_feature_net", "save_feature_net",
+]
+
+
+class MetricUnavailable(RuntimeError):
+    """A model-based metric whose network weights are not available locally."""
+
+
+# ---------------------------------------------------------------------------------------------------- images
+def _pair(pred, gt, data_range):
+    pred, gt = np.asarray(pred), np.asarray(gt)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred {pred.shape} and gt {gt.shape} differ in shape")
+    if data_range is None:
+        ints = [np.issubdtype(a.dtype, np.integer) for a in (pred, gt)]
+        if all(ints):
+            if pred.dtype != np.uint8 or gt.dtype != np.uint8:
+                raise ValueError(f"integer images must be uint8 (got {pred.dtype}, {gt.dtype}); pass data_range")
+            data_range = 255.0
+        elif not any(ints):
+            data_range = 1.0
+        else:
+            raise ValueError(f"mixed dtypes {pred.dtype} / {gt.dtype}: convert both or pass data_range")
+    return pred.astype(np.float64), gt.astype(np.float64), float(data_range)
+
+
+def _frames(a: np.ndarray, name: str) -> np.ndarray:
+    if a.ndim == 3:
+        return a[None]
+    if a.ndim != 4:
+        raise ValueError(f"{name} must be (H, W, C) or (T, H, W, C), got {a.shape}")
+    return a
+
+
+def psnr_per_frame(pred, gt, data_range: float | None = None) -> np.ndarray:
+    """PSNR (dB) of each frame of (T, H, W, C) videos -> (T,) float64; ``inf`` where a frame is identical."""
+    p, g, r = _pair(pred, gt, data_range)
+    p, g = _frames(p, "pred"), _frames(g, "gt")
+    mse = ((p - g) ** 2).reshape(len(p), -1).mean(1)
+    out = np.full(len(p), np.inf)
+    nz = mse > 0
+    out[nz] = 10.0 * np.log10(r * r / mse[nz])
+    return out
+
+
+def psnr(pred, gt, data_range: float | None = None) -> float:
+    """PSNR (dB) of an image (H, W, C), or the mean per-frame PSNR of a video (T, H, W, C)."""
+    return float(psnr_per_frame(pred, gt, data_range).mean())
+
+
+def ssim_per_frame(pred, gt, data_range: float | None = None, sigma: float = 1.5) -> np.ndarray:
+    """SSIM of each frame of (T, H, W, C) videos -> (T,), matching skimage's Gaussian-window SSIM (module doc)."""
+    p, g, r = _pair(pred, gt, data_range)
+    p, g = _frames(p, "pred"), _frames(g, "gt")
+    truncate = 3.5
+    pad = int(truncate * sigma + 0.5)
+    if min(p.shape[1:3]) < 2 * pad + 1:
+        raise ValueError(f"SSIM needs images of at least {2 * pad + 1} px per side, got {p.shape[1:3]}")
+    sig = (0.0, sigma, sigma, 0.0)
+
+    def filt(x):
+        return ndimage.gaussian_filter(x, sig, mode="reflect", truncate=truncate)
+
+    mu_p, mu_g = filt(p), filt(g)
+    vpp = filt(p * p) - mu_p * mu_p
+    vgg = filt(g * g) - mu_g * mu_g
+    vpg = filt(p * g) - mu_p * mu_g
+    c1, c2 = (0.01 * r) ** 2, (0.03 * r) ** 2
+    s = ((2 * mu_p * mu_g + c1) * (2 * vpg + c2)) / ((mu_p ** 2 + mu_g ** 2 + c1) * (vpp + vgg + c2))
+    s = s[:, pad:-pad, pad:-pad]
+    return s.reshape(len(s), -1, s.shape[-1]).mean(1).mean(1)
+
+
+def ssim(pred, gt, data_range: float | None = None) -> float:
+    """SSIM of an image (H, W, C), or the mean per-frame SSIM of a video (T, H, W, C)."""
+    return float(ssim_per_frame(pred, gt, data_range).mean())
+
+
+def latent_l2(z_pred, z_gt) -> float:
+    """Mean over all elements of (z_pred - z_gt)^2 between codec latents (numpy arrays or torch tensors)."""
+    a, b = (np.asarray(z.detach().cpu().float() if hasattr(z, "detach") else z, np.float64) for z in (z_pred, z_gt))
+    if a.shape != b.shape:
+        raise ValueError(f"latent shapes differ: {a.shape} vs {b.shape}")
+    return float(((a - b) ** 2).mean())
+
+
+# ---------------------------------------------------------------------------------------------------- geometry
+def normalize_pair(pred_pm, gt_pm, gt_valid) -> tuple[np.ndarray, np.ndarray]:
+    """Map ``pred_pm`` and ``gt_pm`` (..., 3) metres with the GT's per-channel min-max over ``gt_valid`` points.
+
+    Returns ``(pred_n, gt_n)`` float64 of the input shapes: ``(x - min_gt) / (max_gt - min_gt)`` per channel at
+    every pixel (masks select the points that count). A zero-extent channel is only translated. Raises if
+    ``gt_valid`` holds no point or non-finite coordinates.
+    """
+    pred, gt = np.asarray(pred_pm, np.float64), np.asarray(gt_pm, np.float64)
+    valid = np.asarray(gt_valid, bool)
+    if gt.shape[-1] != 3 or valid.shape != gt.shape[:-1]:
+        raise ValueError(f"gt_pm {gt.shape} must be (..., 3) with gt_valid {valid.shape} = its leading shape")
+    if not valid.any():
+        raise ValueError("normalize_pair: gt_valid holds no point")
+    pts = gt[valid]
+    if not np.isfinite(pts).all():
+        raise ValueError("normalize_pair: gt_pm has non-finite values at valid pixels")
+    lo, span = pts.min(0), np.ptp(pts, 0)
+    span = np.where(span > 0, span, 1.0)
+    return (pred - lo) / span, (gt - lo) / span
+
+
+def _nn(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Nearest-neighbour distances of p in q and of q in p."""
+    return cKDTree(q).query(p, k=1)[0], cKDTree(p).query(q, k=1)[0]
+
+
+def _check_cloud(p, name) -> np.ndarray:
+    p = np.asarray(p, np.float64)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"{name} must be (N, 3), got {p.shape}")
+    return p
+
+
+def _cd_f(p, q, threshold):
+    if len(p) == 0 or len(q) == 0:
+        return np.nan, np.nan, np.nan
+    dp, dq = _nn(p, q)
+    l1 = 0.5 * (dp.mean() + dq.mean())
+    l2 = 0.5 * ((dp ** 2).mean() + (dq ** 2).mean())
+    prec, rec = (dp < threshold).mean(), (dq < threshold).mean()
+    f = 0.0 if prec + rec == 0 else 2 * prec * rec / (prec + rec)
+    return float(l1), float(l2), float(f)
+
+
+def chamfer(p, q) -> dict:
+    """Chamfer distance of clouds p (N, 3), q (M, 3) -> {"l1": CD-L1, "l2": CD-L2} (module doc); nan if empty."""
+    l1, l2, _ = _cd_f(_check_cloud(p, "p"), _check_cloud(q, "q"), 0.0)
+    return {"l1": l1, "l2": l2}
+
+
+def fscore(p, q, threshold: float = 0.01) -> float:
+    """F-Score of prediction p (N, 3) against reference q (M, 3) at distance ``threshold``; nan if empty."""
+    return _cd_f(_check_cloud(p, "p"), _check_cloud(q, "q"), threshold)[2]
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if len(x) else float("nan")
+
+
+def geometric_metrics(pred_pm, gt_pm, pred_valid, gt_valid, max_points: int = 20000, seed: int = 0,
+                      threshold: float = 0.01) -> dict:
+    """Chamfer / F-Score of a predicted pointmap sequence vs GT and between consecutive predicted frames.
+
+    ``pred_pm``, ``gt_pm`` (T, H, W, 3) camera-frame metres; ``pred_valid``, ``gt_valid`` (T, H, W) bool. Both are
+    normalized with :func:`normalize_pair`. Returns ``{name: mean}`` and ``{name + "_per_frame": array}`` for
+    ``chamfer_l1``, ``chamfer_l2``, ``fscore`` ((T,) arrays) and ``chamfer_l1_temp``, ``chamfer_l2_temp``,
+    ``fscore_temp`` ((T - 1,) arrays, frame t vs t + 1 of the prediction).
+    """
+    pred_valid, gt_valid = np.asarray(pred_valid, bool), np.asarray(gt_valid, bool)
+    pred_pm, gt_pm = np.asarray(pred_pm), np.asarray(gt_pm)
+    if pred_pm.ndim != 4 or pred_pm.shape != gt_pm.shape or pred_valid.shape != pred_pm.shape[:3] \
+            or gt_valid.shape != pred_valid.shape:
+        raise ValueError(f"expected pointmaps (T, H, W, 3) and masks (T, H, W) of one shape, got {pred_pm.shape}, "
+                         f"{gt_pm.shape}, {pred_valid.shape}, {gt_valid.shape}")
+    pred_n, gt_n = normalize_pair(pred_pm, gt_pm, gt_valid)
+    rng = np.random.default_rng(seed)
+
+    def cloud(pm, valid):
+        pts = pm[valid]
+        if len(pts) > max_points:
+            pts = pts[rng.choice(len(pts), max_points, replace=False)]
+        return pts
+
+    n = len(pred_n)
+    preds = [cloud(pred_n[t], pred_valid[t]) for t in range(n)]
+    acc = np.array([_cd_f(preds[t], cloud(gt_n[t], gt_valid[t]), threshold) for t in range(n)]).reshape(n, 3)
+    tmp = np.array([_cd_f(preds[t + 1], preds[t], threshold) for t in range(n - 1)]).reshape(n - 1, 3)
+    out = {}
+    for k, name in enumerate(("chamfer_l1", "chamfer_l2", "fscore")):
+        for suffix, arr in (("", acc[:, k]), ("_temp", tmp[:, k])):
+            out[name + suffix + "_per_frame"] = arr
+            out[name + suffix] = _nanmean(arr)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- robot
+def robot_adherence(world_pointmap, robot_pointmap, robot_mask) -> dict:
+    """Distance (mm) between the generated world pointmap and the kinematic robot pointmap at robot pixels.
+
+    Inputs (T, H, W, 3) metres and (T, H, W) bool. Returns ``mean_mm``, ``median_mm`` (pooled over the sequence)
+    and ``per_frame_mm`` (T,) (nan for frames without robot pixels); nan everywhere without robot pixels.
+    """
+    w, r = np.asarray(world_pointmap, np.float64), np.asarray(robot_pointmap, np.float64)
+    m = np.asarray(robot_mask, bool)
+    if w.ndim != 4 or w.shape != r.shape or m.shape != w.shape[:3]:
+        raise ValueError(f"expected (T, H, W, 3) pointmaps and a (T, H, W) mask, got {w.shape}, {r.shape}, {m.shape}")
+    m = m & np.any(r != 0, axis=-1)
+    err = np.linalg.norm(w - r, axis=-1) * 1000.0
+    cnt = m.sum((1, 2))
+    tot = np.where(m, err, 0.0).sum((1, 2))
+    per_frame = np.full(len(w), np.nan)
+    per_frame[cnt > 0] = tot[cnt > 0] / cnt[cnt > 0]
+    e = err[m]
+    if len(e) == 0:
+        return {"mean_mm": float("nan"), "median_mm": float("nan"), "per_frame_mm": per_frame}
+    return {"mean_mm": float(e.mean()), "median_mm": float(np.median(e)), "per_frame_mm": per_frame}
+
+
+_HULLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def link_hulls(robot) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{link: (equations (F, 4), bounds (2, 3))} of the convex hull of each link's visual mesh, link frame; cached.
+
+    A point x (link frame) is inside when ``n . x + e <= 0`` for every row [n, e] (unit outward normals n);
+    ``bounds`` is the hull's axis-aligned box [min; max]. Flat links (no volume) are left out.
+    """
+    if robot not in _HULLS:
+        from scipy.spatial import QhullError
+
+        hulls = {}
+        for link, mesh in robot.link_meshes.items():
+            v = np.asarray(mesh.vertices, np.float64)
+            try:
+                hull = ConvexHull(v)
+            except QhullError:
+                continue
+            eq = np.unique(np.round(hull.equations, 9), axis=0)  # coplanar triangles share a plane
+            pts = v[hull.vertices]
+            hulls[link] = (eq, np.stack([pts.min(0), pts.max(0)]))
+        _HULLS[robot] = hulls
+    return _HULLS[robot]
+
+
+def penetration_rate(points, exclude_mask, robot, q, T_cam_world=None, margin: float = 0.0,
+                     chunk: int = 65536) -> float:
+    """Fraction of generated scene points strictly inside the posed robot links (convex hull per link).
+
+    ``points`` (T, H, W, 3) pointmap (0 = empty) or (N, 3) cloud, in the camera frame when ``T_cam_world``
+    (4, 4) is given, else in the world frame (the frame of ``robot.fk``). ``exclude_mask`` (T, H, W) / (N,) bool
+    marks robot pixels (or None); ``q`` (T, dof) joints per frame ((dof,) or (1, dof) for an (N, 3) cloud).
+    A point counts when it is deeper than ``margin`` metres inside some link hull. nan when no point remains.
+    """
+    from kinema4d.geometry import invert_rigid
+
+    pts = np.asarray(points, np.float64)
+    q = np.atleast_2d(np.asarray(q, np.float64))
+    if pts.ndim == 2:
+        pts = pts[None]
+        if len(q) != 1:
+            raise ValueError(f"an (N, 3) cloud needs a single joint vector, got q {q.shape}")
+    if pts.shape[-1] != 3 or len(pts) != len(q):
+        raise ValueError(f"points {np.shape(points)} do not match q {q.shape} (one joint vector per frame)")
+    pts = pts.reshape(len(pts), -1, 3)
+    keep = np.any(pts != 0, axis=-1) & np.isfinite(pts).all(-1)
+    if exclude_mask is not None:
+        keep &= ~np.asarray(exclude_mask, bool).reshape(keep.shape)
+    total = int(keep.sum())
+    if total == 0:
+        return float("nan")
+    if T_cam_world is not None:
+        T_world_cam = invert_rigid(np.asarray(T_cam_world, np.float64))
+        pts = pts @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+    hulls = link_hulls(robot)
+    poses = robot.fk(q, links=list(hulls))
+    inside_n = 0
+    for t in range(len(pts)):
+        p_world = pts[t][keep[t]]
+        inside = np.zeros(len(p_world), bool)
+        for link, (eq, (lo, hi)) in hulls.items():
+            T_link_world = invert_rigid(poses[link][t])
+            p = p_world @ T_link_world[:3, :3].T + T_link_world[:3, 3]
+            cand = np.flatnonzero(np.all((p >= lo) & (p <= hi), axis=1) & ~inside)
+            for s in range(0, len(cand), chunk):
+                idx = cand[s: s + chunk]
+                inside[idx] = np.all(p[idx] @ eq[:, :3].T + eq[:, 3] <= -margin, axis=1)
+        inside_n += int(inside.sum())
+    return inside_n / total
+
+
+# ---------------------------------------------------------------------------------------------------- networks
+def _torch():
+    import torch
+
+    return torch
+
+
+class FeatureNet:
+    """A small convolutional feature extractor defined by a JSON config (torch, CPU, eval mode).
+
+    Config: ``{"dims": 2 or 3, "in_channels": 3, "channels": [c1, ...], "kernel_size": k, "strides": [s1, ...],
+    "lpips_layers": [i, ...]}``. Layer i is ``Conv{dims}d(c_{i-1}, c_i, k, stride s_i, padding k // 2)`` + ReLU.
+    Tensors in the safetensors file: ``convs.<i>.weight`` / ``.bias`` and, for LPIPS, ``lin.<i>`` (c_i,)
+    non-negative weights for each layer in ``lpips_layers``.
+    """
+
+    def __init__(self, config: dict, state: dict | None = None):
+        torch = _torch()
+        self.config = dict(config)
+        dims = int(config.get("dims", 2))
+        if dims not in (2, 3):
+            raise ValueError(f"FeatureNet dims must be 2 or 3, got {dims}")
+        conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
+        chans = [int(config.get("in_channels", 3))] + [int(c) for c in config["channels"]]
+        strides = config.get("strides", [1] * (len(chans) - 1))
+        k = int(config.get("kernel_size", 3))
+        self.dims = dims
+        self.convs = torch.nn.ModuleList(conv(chans[i], chans[i + 1], k, stride=int(strides[i]), padding=k // 2)
+                                         for i in range(len(chans) - 1))
+        self.lpips_layers = [int(i) for i in config.get("lpips_layers", [])]
+        self.lin = {i: torch.ones(chans[i + 1]) for i in self.lpips_layers}
+        if state is not None:
+            self.load_state(state)
+        self.convs.eval()
+
+    def load_state(self, state: dict) -> None:
+        conv_state = {k[len("convs."):]: v for k, v in state.items() if k.startswith("convs.")}
+        self.convs.load_state_dict(conv_state, strict=True)
+        for i in self.lpips_layers:
+            if f"lin.{i}" not in state:
+                raise ValueError(f"weights lack the LPIPS linear head lin.{i}")
+            w = state[f"lin.{i}"].float().reshape(-1)
+            if w.shape != self.lin[i].shape or bool((w < 0).any()):
+                raise ValueError(f"lin.{i} must be {tuple(self.lin[i].shape)} non-negative weights")
+            self.lin[i] = w
+
+    def state_dict(self) -> dict:
+        out = {f"convs.{k}": v.detach().contiguous() for k, v in self.convs.state_dict().items()}
+        out.update({f"lin.{i}": w.contiguous() for i, w in self.lin.items()})
+        return out
+
+    def activations(self, x):
+        """x (B, C, H, W) or (B, C, T, H, W) float in [-1, 1] -> list of every layer's activation."""
+        torch = _torch()
+        acts = []
+        with torch.no_grad():
+            for c in self.convs:
+                x = torch.relu(c(x))
+                acts.append(x)
+        return acts
+
+    def features(self, x) -> np.ndarray:
+        """Global-average-pooled last activation -> (B, D) float64."""
+        a = self.activations(x)[-1]
+        return a.flatten(2).mean(2).double().numpy()
+
+
+def save_feature_net(net: FeatureNet, path) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` of ``net`` into directory ``path`` (created)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "config.json").write_text(json.dumps(net.config, indent=1))
+    save_file(net.state_dict(), str(path / "model.safetensors"))
+    return path
+
+
+def load_feature_net(weights_path) -> FeatureNet:
+    """Load a :class:`FeatureNet`: a directory (config.json + model.safetensors) or ``x.safetensors`` + ``x.json``."""
+    from safetensors.torch import load_file
+
+    p = Path(weights_path)
+    if p.is_dir():
+        cfg, st = p / "config.json", p / "model.safetensors"
+    else:
+        cfg, st = p.with_suffix(".json"), p
+    if not cfg.is_file() or not st.is_file():
+        raise FileNotFoundError(f"feature network weights not found: need {cfg} and {st}")
+    return FeatureNet(json.loads(cfg.read_text()), load_file(str(st)))
+
+
+def _require(weights_path, metric: str) -> FeatureNet:
+    if weights_path is None:
+        raise MetricUnavailable(f"{metric} needs local weights of its feature network (weights_path=...); they are "
+                                "not available offline, so no value is computed")
+    return load_feature_net(weights_path)
+
+
+def _to_tensor(x, dims: int):
+    """uint8 / float images (..., H, W, C) -> float tensor in [-1, 1], channels first ((B, C, [T,] H, W))."""
+    torch = _torch()
+    a = np.asarray(x)
+    a = a.astype(np.float32) / 255.0 if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
+    t = torch.from_numpy(a * 2.0 - 1.0)
+    if dims == 2:
+        if t.ndim == 3:
+            t = t[None]
+        return t.permute(0, 3, 1, 2)
+    if t.ndim == 4:
+        t = t[None]
+    return t.permute(0, 4, 1, 2, 3)
+
+
+def lpips(pred, gt, weights_path=None) -> float:
+    """LPIPS of images (H, W, 3) / videos (T, H, W, 3) (mean over frames) with a local 2-D :class:`FeatureNet`."""
+    net = _require(weights_path, "LPIPS")
+    if net.dims != 2 or not net.lpips_layers:
+        raise ValueError("LPIPS needs a 2-D FeatureNet with lpips_layers and lin.<i> weights")
+    if np.shape(pred) != np.shape(gt):
+        raise ValueError(f"pred {np.shape(pred)} and gt {np.shape(gt)} differ in shape")
+    a, b = net.activations(_to_tensor(pred, 2)), net.activations(_to_tensor(gt, 2))
+    total = 0.0
+    for i in net.lpips_layers:
+        fa = a[i] / (a[i].pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        fb = b[i] / (b[i].pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+        d = ((fa - fb) ** 2 * net.lin[i].view(1, -1, 1, 1)).sum(1)  # (B, h, w)
+        total += d.mean(dim=(1, 2)).double().numpy()
+    return float(np.mean(total))
+
+
+def gaussian_fit(feats) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (D,) and sample covariance (D, D) of features (N, D), N >= 2."""
+    f = np.asarray(feats, np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise ValueError(f"features must be (N >= 2, D), got {f.shape}")
+    return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+    """||mu1 - mu2||^2 + tr(S1 + S2 - 2 sqrt(S1 S2)) between two Gaussians."""
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(s1 @ s2)
+    if caught or not np.isfinite(covmean).all():  # singular product (few samples / dead features)
+        off = np.eye(len(s1)) * eps
+        covmean = scipy.linalg.sqrtm((s1 + off) @ (s2 + off))
+    covmean = np.real(covmean)
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean), 0.0))
+
+
+def _feats(x, net_loader, dims: int, batch: int = 16) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 2 and not np.issubdtype(a.dtype, np.integer):  # pre-computed features
+        return a.astype(np.float64)
+    net = net_loader()
+    if net.dims != dims:
+        raise ValueError(f"expected a {dims}-D FeatureNet, the weights describe a {net.dims}-D one")
+    return np.concatenate([net.features(_to_tensor(a[s: s + batch], dims)) for s in range(0, len(a), batch)])
+
+
+def fid(real, fake, weights_path=None) -> float:
+    """FID between real and generated images (N, H, W, 3), or between features (N, D) (no network needed)."""
+    loader = lambda: _require(weights_path, "FID")  # noqa: E731
+    return frechet_distance(*gaussian_fit(_feats(real, loader, 2)), *gaussian_fit(_feats(fake, loader, 2)))
+
+
+def fvd(real, fake, weights_path=None) -> float:
+    """FVD between real and generated videos (N, T, H, W, 3) (3-D FeatureNet), or features (N, D)."""
+    loader = lambda: _require(weights_path, "FVD")  # noqa: E731
+    return frechet_distance(*gaussian_fit(_feats(real, loader, 3)), *gaussian_fit(_feats(fake, loader, 3)))

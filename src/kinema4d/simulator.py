@@ -1,0 +1,435 @@
+"""The end-to-end simulator: initial image + action sequence -> 4D rollout (RGB video + world pointmap video).
+
+    from kinema4d import Simulator
+    sim = Simulator()                                    # the bundled checkpoint, Panda, its demo camera
+    ro = sim.rollout("init.png", actions)                # actions (T, 8) ee_pose: xyz, quat xyzw, gripper
+    ro.save("out/run")                                   # rgb.mp4, pointmap.mp4, rollout.npz (+ ply/ on request)
+
+Stages (paper Sec. 3): the kinematic stage (``robot.actions_to_joints`` with a seeded IK, ``render.render_robot``)
+turns the actions into a robot pointmap sequence seen by the camera; it is min-max normalized over the sequence
+(``render.normalize_pointmap``) and conditions the generative model (``model.sample``), whose normalized world
+pointmap is brought back to metres by fitting it to the known robot pointmap on robot pixels
+(``model.denormalize_world_pointmap``).
+
+``kinema4d simulate`` (:class:`SimulateConfig`, :func:`simulate_main`) is the command-line entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import kinema4d
+from kinema4d.camera import Camera
+from kinema4d.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim
+
+ASSETS = Path(kinema4d.__file__).parent / "assets"
+DEFAULT_CHECKPOINT = ASSETS / "default_model"
+"""Bundled model: model_config.json, train_config.json, model.safetensors (EMA weights)."""
+DEMO_DIR = ASSETS / "demo"
+"""Bundled demo inputs: init.png, camera.json (Camera JSON), actions.npy (T, 8) ee_pose, demo.json."""
+DEMO_FILES = ("init.png", "camera.json", "actions.npy", "demo.json")
+
+_TRAIN_HINT = ("train one with `kinema4d train default --out-dir runs/default` (the `default` preset, after "
+               "`kinema4d datagen` wrote its data) and pass `--checkpoint runs/default`, or copy a checkpoint "
+               "directory (model_config.json, train_config.json, model.safetensors) there")
+
+
+# ---------------------------------------------------------------------- checkpoints
+@dataclass(frozen=True)
+class ResolvedCheckpoint:
+    """Where the weights of a checkpoint live: ``dir`` holds ``model_config.json`` and ``weights`` (a file name in
+    ``dir``: ema.safetensors preferred, else model.safetensors); ``train_config`` is the parsed train_config.json
+    (dict) of the checkpoint or its run directory, or None."""
+
+    dir: Path
+    weights: str
+    train_config: dict | None
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> ResolvedCheckpoint:
+    """A trainer checkpoint dir (``ckpt/step_XXXXXXX``), a run dir (uses ``ckpt/latest.json``) or a bundled model
+    dir -> :class:`ResolvedCheckpoint`. Raises FileNotFoundError saying what is expected."""
+    p = Path(path)
+    bundled = p.resolve() == DEFAULT_CHECKPOINT.resolve()
+    if not p.is_dir():
+        if bundled:
+            raise FileNotFoundError(f"the bundled model is missing ({p} does not exist); {_TRAIN_HINT}")
+        raise FileNotFoundError(f"checkpoint directory not found: {p}")
+    run_dir = None
+    if not (p / "model_config.json").is_file() and (p / "ckpt" / "latest.json").is_file():
+        from kinema4d.train import latest_checkpoint
+
+        run_dir, p = p, latest_checkpoint(p)
+        if not p.is_dir():
+            raise FileNotFoundError(f"{run_dir / 'ckpt' / 'latest.json'} names {p}, which does not exist")
+    if not (p / "model_config.json").is_file():
+        hint = f"; {_TRAIN_HINT}" if bundled else ""
+        raise FileNotFoundError(f"no checkpoint at {p}: expected model_config.json + ema.safetensors or "
+                                f"model.safetensors (a trainer ckpt/step_XXXXXXX dir or a run dir with "
+                                f"ckpt/latest.json){hint}")
+    weights = next((w for w in ("ema.safetensors", "model.safetensors") if (p / w).is_file()), None)
+    if weights is None:
+        raise FileNotFoundError(f"checkpoint {p} has model_config.json but no ema.safetensors / model.safetensors")
+    tc = None
+    for d in (p, run_dir):
+        if d is not None and (d / "train_config.json").is_file():
+            try:
+                tc = json.loads((d / "train_config.json").read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"checkpoint {p}: {d / 'train_config.json'} is not valid JSON: {e}") from None
+            break
+    return ResolvedCheckpoint(dir=p, weights=weights, train_config=tc)
+
+
+# ---------------------------------------------------------------------- the rollout
+@dataclass(frozen=True)
+class Rollout:
+    """One generated 4D rollout of T frames of H x W pixels (camera space, OpenCV frame, docs/CONVENTIONS.md).
+
+    - ``rgb``: (T, H, W, 3) uint8 generated frames (frame 0 re-generates the initial image).
+    - ``world_pointmap``: (T, H, W, 3) float32 camera-space metres of the whole scene, de-normalized by fitting
+      the generated values to ``robot_pointmap`` on ``robot_mask`` pixels (``model.denormalize_world_pointmap``).
+      Dense: every pixel holds a point (points with z <= 0 are not physical; viewers skip them). None for a
+      model with ``output='rgb_only'``.
+    - ``world_pointmap01``: (T, H, W, 3) float32 in [0, 1], the normalized world pointmap as generated (None for
+      ``rgb_only``).
+    - ``robot_pointmap``: (T, H, W, 3) float32 camera-space metres of the robot (kinematic render), 0 where empty.
+    - ``robot_mask``: (T, H, W) bool robot pixels.
+    - ``q``: (T, dof) float64 joints in ``robot.joint_names`` order.
+    - ``camera``: the :class:`Camera` (W x H) everything is expressed in.
+    - ``robot_name``: builtin robot name or URDF path.
+    - ``fps``: frames per second of the videos.
+    - ``robot_stats``: (2, 3) float64 [min; max] metres of the robot pointmap (its normalization).
+    - ``world_fit``: (2, 3) float64 [scale; offset] per channel, metres = scale * world01 + offset (or None).
+    - ``info``: timings (seconds) and sampling settings.
+    """
+
+    rgb: np.ndarray
+    world_pointmap: np.ndarray | None
+    world_pointmap01: np.ndarray | None
+    robot_pointmap: np.ndarray
+    robot_mask: np.ndarray
+    q: np.ndarray
+    camera: Camera
+    robot_name: str
+    fps: float = 10.0
+    robot_stats: np.ndarray | None = None
+    world_fit: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def T(self) -> int:
+        return int(self.rgb.shape[0])
+
+    def to_sequence(self):
+        """-> :class:`kinema4d.view.Sequence4D` (for the viewer and exporters)."""
+        from kinema4d.view import Sequence4D
+
+        return Sequence4D(camera=self.camera, rgb=self.rgb, world_pointmap=self.world_pointmap,
+                          robot_pointmap=self.robot_pointmap, robot_mask=self.robot_mask, q=self.q,
+                          robot_name=self.robot_name, fps=self.fps)
+
+    def pointmap_video(self) -> np.ndarray:
+        """uint8 (T, H, W', 3): pseudo-coloured world pointmap | robot pointmap, one colour scale (the world's)."""
+        from kinema4d.viz import hstack_videos, pointmap_to_rgb
+
+        if self.world_pointmap is None:
+            return pointmap_to_rgb(self.robot_pointmap, self.robot_mask)
+        valid = self.world_pointmap[..., 2] > 0
+        pts = self.world_pointmap[valid] if valid.any() else self.robot_pointmap[self.robot_mask]
+        lo, hi = (pts.min(0), pts.max(0)) if len(pts) else (None, None)
+        return hstack_videos(pointmap_to_rgb(self.world_pointmap, valid, lo, hi),
+                             pointmap_to_rgb(self.robot_pointmap, self.robot_mask, lo, hi))
+
+    def save(self, out_dir: str | os.PathLike, ply: bool = False) -> dict[str, Path]:
+        """Write ``rgb.mp4``, ``pointmap.mp4`` (world | robot pointmap), ``rollout.npz`` (the rollout format of
+        :mod:`kinema4d.view`, readable by ``kinema4d view``) and, with ``ply``, ``ply/frame_<t>.ply`` (world points
+        coloured by rgb; robot points without a world pointmap). All writes are atomic. Returns {kind: path}."""
+        from kinema4d.view import ROLLOUT_FILE, export_ply, save_rollout_npz
+        from kinema4d.viz import write_video
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        seq = self.to_sequence()
+        written = {
+            "rgb": write_video(out / "rgb.mp4", self.rgb, fps=self.fps),
+            "pointmap": write_video(out / "pointmap.mp4", self.pointmap_video(), fps=self.fps),
+            "rollout": save_rollout_npz(out / ROLLOUT_FILE, seq),
+        }
+        if ply:
+            export_ply(seq, out / "ply", source="world" if self.world_pointmap is not None else "robot")
+            written["ply"] = out / "ply"
+        return written
+
+
+# ---------------------------------------------------------------------- the simulator
+def load_image(image) -> np.ndarray:
+    """Path (png / jpg, ...) or array -> uint8 (H, W, 3) RGB (alpha dropped, grey replicated)."""
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        import imageio.v2 as imageio
+
+        try:
+            image = imageio.imread(path)
+        except Exception as e:  # imageio raises several types for unreadable files
+            raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        raise ValueError(f"image must be (H, W, 3) RGB, got shape {a.shape}")
+    if a.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got {a.dtype}")
+    return np.ascontiguousarray(a[..., :3])
+
+
+class Simulator:
+    """Action-conditioned 4D simulator around one trained checkpoint.
+
+    - ``checkpoint``: a trainer checkpoint dir (``<run>/ckpt/step_XXXXXXX``), a run dir (its ``ckpt/latest.json``)
+      or the bundled :data:`DEFAULT_CHECKPOINT`; ``ema.safetensors`` is preferred over ``model.safetensors``.
+    - ``robot``: builtin name (panda, kuka_iiwa, xarm6), a URDF path, or a :class:`Robot`.
+    - ``camera``: a :class:`Camera`, a Camera JSON path, or None = ``control.demo_camera`` at the training size.
+    - ``mode``: action mode (joint_pos | joint_vel | ee_pose), see ``robot.actions_to_joints``.
+    - ``steps`` / ``cfg_scale`` / ``seed``: sampling (Euler flow-matching steps, classifier-free guidance scale,
+      default noise seed); ``dt`` seconds per action step (joint_vel); ``fps`` of the saved videos.
+
+    ``size`` (H, W) and ``train_frames`` come from the checkpoint's train_config.json (None without it).
+    """
+
+    def __init__(self, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, robot: str | Robot = "panda",
+                 camera: Camera | str | os.PathLike | None = None, mode: str = "ee_pose", steps: int = 20,
+                 cfg_scale: float = 1.0, seed: int = 0, dt: float = 0.1, fps: float = 10.0):
+        from kinema4d.model import load_model
+
+        if mode not in ACTION_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {ACTION_MODES}")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        self.ckpt = resolve_checkpoint(checkpoint)
+        self.checkpoint = self.ckpt.dir
+        try:
+            self.model, self.codec = load_model(self.ckpt.dir, weights=self.ckpt.weights)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # config / weights mismatch, unreadable JSON or safetensors
+            raise ValueError(f"checkpoint {self.ckpt.dir} cannot be loaded ({self.ckpt.weights}): "
+                             f"{type(e).__name__}: {e}") from None
+        tc = self.ckpt.train_config or {}
+        self.size: tuple[int, int] | None = tuple(int(v) for v in tc["size"]) if "size" in tc else None
+        self.train_frames: int | None = int(tc["frames"]) if "frames" in tc else None
+        if isinstance(robot, Robot):
+            self.robot = robot
+            self.robot_name = robot.name if robot.name in BUILTIN_ROBOTS else str(robot.urdf_path)
+        else:
+            from kinema4d.control import load_robot
+
+            self.robot, self.robot_name = load_robot(str(robot)), str(robot)
+        if camera is None:
+            if self.size is None:
+                raise ValueError(f"checkpoint {self.ckpt.dir} has no train_config.json to take the image size "
+                                 "from: pass a camera")
+            from kinema4d.control import demo_camera
+
+            camera = demo_camera(width=self.size[1], height=self.size[0])
+        elif not isinstance(camera, Camera):
+            camera = Camera.load(camera)
+        self.camera = camera
+        if self.size is not None and (camera.height, camera.width) != self.size:
+            raise ValueError(f"camera is {camera.width}x{camera.height} (W x H) but the model was trained at "
+                             f"{self.size[1]}x{self.size[0]} (checkpoint {self.ckpt.dir}): use Camera.resized")
+        self.mode, self.steps, self.cfg_scale, self.seed, self.dt, self.fps = mode, steps, cfg_scale, seed, dt, fps
+
+    def __repr__(self) -> str:
+        return (f"Simulator(checkpoint={str(self.ckpt.dir)!r}, weights={self.ckpt.weights!r}, robot="
+                f"{self.robot_name!r}, size={self.size}, train_frames={self.train_frames}, mode={self.mode!r})")
+
+    @property
+    def action_dim(self) -> int:
+        return action_dim(self.robot, self.mode)
+
+    def describe(self) -> dict:
+        """JSON-able summary of the simulator (checkpoint, weights, sizes, sampling settings)."""
+        return {"checkpoint": str(self.ckpt.dir), "weights": self.ckpt.weights, "robot": self.robot_name,
+                "mode": self.mode, "size_hw": None if self.size is None else list(self.size),
+                "train_frames": self.train_frames, "steps": self.steps, "cfg_scale": self.cfg_scale,
+                "camera": self.camera.to_dict(), "model": dataclasses.asdict(self.model.cfg)}
+
+    def kinematic_stage(self, actions, q0=None):
+        """actions (T, action_dim) -> (JointTrajectory, RobotRender) in this simulator's camera."""
+        from kinema4d.render import render_robot
+        from kinema4d.robot import actions_to_joints
+
+        a = np.asarray(actions, dtype=np.float64)
+        D = self.action_dim
+        if a.ndim != 2 or a.shape[1] != D or a.shape[0] < 1:
+            raise ValueError(f"actions must have shape (T, {D}) for mode {self.mode!r} on {self.robot.name}, got "
+                             f"{a.shape}")
+        traj = actions_to_joints(self.robot, a, self.mode, q0=q0, dt=self.dt)
+        return traj, render_robot(self.robot, traj.q, self.camera)
+
+    def rollout(self, image, actions, q0=None, seed: int | None = None) -> Rollout:
+        """Generate a rollout from the initial image and an action sequence.
+
+        ``image``: path or (H, W, 3) uint8, the size of the camera and of the training data. ``actions``:
+        (T, action_dim) in ``self.mode`` (any T the codec allows; the pixel codec allows any). ``q0``: (dof,) IK /
+        integration seed (default ``robot.home``). ``seed``: sampling noise (default ``self.seed``).
+        """
+        import torch
+
+        from kinema4d.model import check_video_size, denormalize_world_pointmap, sample
+        from kinema4d.render import normalize_pointmap
+
+        img = load_image(image)
+        H, W = img.shape[:2]
+        if (H, W) != (self.camera.height, self.camera.width):
+            raise ValueError(f"image is {W}x{H} (W x H) but the camera is {self.camera.width}x{self.camera.height}")
+        if self.size is not None and (H, W) != self.size:
+            raise ValueError(f"image is {W}x{H} (W x H) but the model was trained at {self.size[1]}x{self.size[0]} "
+                             f"(checkpoint {self.ckpt.dir}): resize the image (and the camera, Camera.resized)")
+        a = np.asarray(actions)
+        if a.ndim != 2 or a.shape[1] != self.action_dim:
+            raise ValueError(f"actions must have shape (T, {self.action_dim}) for mode {self.mode!r} on "
+                             f"{self.robot.name}, got {a.shape}")
+        check_video_size(self.model.cfg, a.shape[0], H, W)
+        cfg = self.model.cfg
+        action_t = None
+        if cfg.condition == "action_embedding":
+            if a.shape[1] != cfg.action_dim or a.shape[0] > cfg.max_frames:
+                raise ValueError(f"this model embeds actions (T <= {cfg.max_frames}, {cfg.action_dim}); got {a.shape}")
+            action_t = torch.from_numpy(a.astype(np.float32))
+
+        t0 = time.perf_counter()
+        traj, r = self.kinematic_stage(a, q0)
+        t1 = time.perf_counter()
+        if not r.mask.any():
+            raise ValueError(f"the robot is not visible from the camera in any of the {a.shape[0]} frames: check the "
+                             "camera pose and the actions' frame (world = robot base)")
+        pm01, stats = normalize_pointmap(r.pointmap, r.mask)
+        rpm01 = torch.from_numpy(pm01).permute(0, 3, 1, 2).contiguous()
+        mask = torch.from_numpy(r.mask.astype(np.float32))
+        image0 = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+        s = self.seed if seed is None else int(seed)
+        rgb, w01 = sample(self.model, self.codec, image0, rpm01, mask, steps=self.steps, cfg_scale=self.cfg_scale,
+                          seed=s, action=action_t)
+        t2 = time.perf_counter()
+        world = world01 = fit = None
+        if w01 is not None:
+            rstats = torch.from_numpy(np.stack([stats.min, stats.max]).astype(np.float32))
+            wm, fit_t = denormalize_world_pointmap(w01, rpm01, mask, rstats)
+            world = wm.permute(0, 2, 3, 1).numpy().astype(np.float32)
+            world01 = w01.permute(0, 2, 3, 1).numpy().astype(np.float32)
+            fit = fit_t.double().numpy()
+        rgb8 = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        info = {"seed": s, "steps": self.steps, "cfg_scale": self.cfg_scale, "frames": int(a.shape[0]),
+                "seconds": {"kinematic": t1 - t0, "generate": t2 - t1},
+                "ik_max_pos_err_m": None if traj.ik is None else float(traj.ik.pos_err.max()),
+                "robot_pixels_per_frame": float(r.mask.reshape(len(r.mask), -1).sum(1).mean())}
+        return Rollout(rgb=np.ascontiguousarray(rgb8), world_pointmap=world, world_pointmap01=world01,
+                       robot_pointmap=r.pointmap.astype(np.float32), robot_mask=r.mask.astype(bool),
+                       q=traj.q, camera=self.camera, robot_name=self.robot_name, fps=self.fps,
+                       robot_stats=np.stack([stats.min, stats.max]), world_fit=fit, info=info)
+
+
+# ---------------------------------------------------------------------- command line
+@dataclass(frozen=True)
+class SimulateConfig:
+    """Generate a 4D rollout (rgb.mp4, pointmap.mp4, rollout.npz, simulate.json) from an initial image + actions,
+    or run the bundled demo (``--demo``)."""
+
+    checkpoint: Path | None = None
+    """Checkpoint dir (trainer ckpt/step_XXXXXXX or run dir). Default: the bundled model."""
+    robot: str = "panda"
+    """Builtin robot name (panda, kuka_iiwa, xarm6) or a path to a URDF file."""
+    camera: Path | None = None
+    """Camera JSON (kinema4d Camera.save format). Default: the demo camera at the model's training size."""
+    image: Path | None = None
+    """Initial image (png / jpg), of the camera's and the model's size."""
+    actions: Path | None = None
+    """Action array (.npy), shape (T, D); see docs/CONVENTIONS.md for the layout of each mode."""
+    mode: str = "ee_pose"
+    """joint_pos | joint_vel | ee_pose."""
+    out: Path | None = None
+    """Output directory. Default: out/simulate (out/simulate_demo with --demo)."""
+    ply: bool = False
+    """Also write ply/frame_<t>.ply (world points coloured by the generated RGB)."""
+    steps: int = 20
+    """Sampling steps."""
+    cfg_scale: float = 1.0
+    """Classifier-free guidance scale (1 = off)."""
+    seed: int = 0
+    """Sampling noise seed."""
+    fps: float = 10.0
+    demo: bool = False
+    """Run the bundled model on the bundled demo inputs (init.png, camera.json, actions.npy)."""
+
+
+def demo_inputs(demo_dir: str | os.PathLike | None = None) -> dict:
+    """The bundled demo (``demo_dir`` default :data:`DEMO_DIR`): {"image": path, "camera": path, "actions": (T, D)
+    array, "robot": str, "mode": str}."""
+    d = Path(demo_dir) if demo_dir is not None else DEMO_DIR
+    missing = [f for f in DEMO_FILES if not (d / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"the bundled demo inputs are missing in {d} ({missing}); they ship with the bundled "
+                                f"model: {_TRAIN_HINT}, or pass --image/--camera/--actions yourself")
+    from kinema4d.control import load_actions
+
+    meta = json.loads((d / "demo.json").read_text())
+    return {"image": d / "init.png", "camera": d / "camera.json", "actions": load_actions(d / "actions.npy"),
+            "robot": meta.get("robot", "panda"), "mode": meta.get("mode", "ee_pose"),
+            "q0": None if meta.get("q0") is None else np.asarray(meta["q0"], dtype=np.float64)}
+
+
+def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
+    """Run ``kinema4d simulate``; returns {kind: path} of everything written (incl. ``simulate.json``)."""
+    from kinema4d.control import load_actions
+    from kinema4d.geometry import save_atomic_text
+
+    checkpoint = cfg.checkpoint if cfg.checkpoint is not None else DEFAULT_CHECKPOINT
+    resolve_checkpoint(checkpoint)  # a missing checkpoint is reported before anything else
+    if cfg.demo:
+        given = [n for n in ("image", "camera", "actions") if getattr(cfg, n) is not None]
+        if given:
+            raise ValueError(f"--demo uses the bundled inputs: drop {', '.join('--' + n for n in given)}")
+        demo = demo_inputs()
+        robot, mode, image, camera, actions = demo["robot"], demo["mode"], demo["image"], demo["camera"], \
+            demo["actions"]
+        q0 = demo["q0"]  # the recorded start configuration: IK is seeded from it
+    else:
+        if cfg.image is None or cfg.actions is None:
+            raise ValueError("give --image INIT.png and --actions ACTIONS.npy (or --demo)")
+        robot, mode, image, camera, actions = cfg.robot, cfg.mode, cfg.image, cfg.camera, load_actions(cfg.actions)
+        q0 = None
+    out = cfg.out if cfg.out is not None else Path("out/simulate_demo" if cfg.demo else "out/simulate")
+    t0 = time.perf_counter()
+    sim = Simulator(checkpoint, robot=robot,
+                    camera=camera, mode=mode, steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed, fps=cfg.fps)
+    t1 = time.perf_counter()
+    ro = sim.rollout(image, actions, q0=q0)
+    written = ro.save(out, ply=cfg.ply)
+    summary = {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "inputs": {"image": str(image), "camera": None if camera is None else str(camera), "robot": robot,
+                   "mode": mode, "actions_shape": list(np.shape(actions))},
+        "simulator": {k: v for k, v in sim.describe().items() if k != "model"},
+        "rollout": {**ro.info, "seconds": {**ro.info["seconds"], "load": t1 - t0},
+                    "robot_stats_m": ro.robot_stats.tolist(),
+                    "world_fit_scale_offset": None if ro.world_fit is None else ro.world_fit.tolist()},
+        "outputs": {k: str(v) for k, v in written.items()},
+    }
+    save_atomic_text(Path(out) / "simulate.json", json.dumps(summary, indent=2))
+    written["json"] = Path(out) / "simulate.json"
+    return written
+
+
+__all__ = ["DEFAULT_CHECKPOINT", "DEMO_DIR", "Rollout", "Simulator", "SimulateConfig", "ResolvedCheckpoint",
+           "resolve_checkpoint", "load_image", "demo_inputs", "simulate_main"]

@@ -1,0 +1,276 @@
+"""kinema4d.eval.metrics against independent references (scikit-image, brute force, closed forms)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import trimesh
+from scipy.spatial import cKDTree
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from kinema4d.eval import metrics as M
+from kinema4d.robot import Robot
+
+
+def _videos(seed=0, t=3, h=24, w=32, dtype=np.uint8):
+    rng = np.random.default_rng(seed)
+    gt = rng.integers(0, 256, (t, h, w, 3)).astype(np.uint8)
+    gt = (0.5 * gt + 0.5 * np.roll(gt, 1, axis=2)).astype(np.uint8)  # some spatial structure
+    pred = np.clip(gt.astype(int) + rng.integers(-30, 31, gt.shape), 0, 255).astype(np.uint8)
+    if dtype != np.uint8:
+        return pred.astype(dtype) / 255, gt.astype(dtype) / 255
+    return pred, gt
+
+
+# ------------------------------------------------------------------------------------------------ images
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64])
+def test_psnr_ssim_match_skimage(dtype):
+    pred, gt = _videos(dtype=dtype)
+    r = 255 if dtype == np.uint8 else 1.0
+    ref_psnr = [peak_signal_noise_ratio(g, p, data_range=r) for p, g in zip(pred, gt, strict=True)]
+    ref_ssim = [structural_similarity(p, g, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+                                      channel_axis=-1, data_range=r) for p, g in zip(pred, gt, strict=True)]
+    np.testing.assert_allclose(M.psnr_per_frame(pred, gt), ref_psnr, rtol=1e-5)
+    np.testing.assert_allclose(M.ssim_per_frame(pred, gt), ref_ssim, atol=1e-5)
+    assert M.psnr(pred, gt) == pytest.approx(np.mean(ref_psnr), rel=1e-5)
+    assert M.ssim(pred, gt) == pytest.approx(np.mean(ref_ssim), abs=1e-5)
+    assert M.psnr(pred[0], gt[0]) == pytest.approx(ref_psnr[0], rel=1e-5)  # single image (H, W, 3)
+    assert M.ssim(pred[1], gt[1]) == pytest.approx(ref_ssim[1], abs=1e-5)
+
+
+def test_psnr_identical_is_inf_and_ssim_one():
+    _, gt = _videos()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.psnr(gt, gt) == np.inf
+    assert M.ssim(gt, gt) == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        M.psnr(gt, gt.astype(np.float32))  # mixed dtypes: ambiguous data range
+    with pytest.raises(ValueError):
+        M.ssim(gt[:, :8, :8], gt[:, :8, :8])  # smaller than the 11-tap window
+
+
+def test_latent_l2():
+    import torch
+
+    a = np.zeros((2, 4, 3, 3), np.float32)
+    b = a.copy()
+    b[0, 0, 0, 0] = 2.0
+    assert M.latent_l2(a, b) == pytest.approx(4.0 / a.size)
+    assert M.latent_l2(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(4.0 / a.size)
+    assert M.latent_l2(a, a) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ geometry
+def test_chamfer_matches_brute_force():
+    rng = np.random.default_rng(1)
+    p, q = rng.normal(size=(200, 3)), rng.normal(size=(170, 3)) + 0.1
+    d = np.linalg.norm(p[:, None] - q[None], axis=-1)
+    l1 = 0.5 * (d.min(1).mean() + d.min(0).mean())
+    l2 = 0.5 * ((d.min(1) ** 2).mean() + (d.min(0) ** 2).mean())
+    out = M.chamfer(p, q)
+    assert out["l1"] == pytest.approx(l1, rel=1e-10)
+    assert out["l2"] == pytest.approx(l2, rel=1e-10)
+    thr = float(np.median(d.min(1)))
+    prec, rec = (d.min(1) < thr).mean(), (d.min(0) < thr).mean()
+    assert M.fscore(p, q, thr) == pytest.approx(2 * prec * rec / (prec + rec))
+    assert M.chamfer(p, p) == {"l1": 0.0, "l2": 0.0}
+
+
+def test_fscore_hand_computed():
+    q = np.array([[0.0, 0, 0]])
+    p = np.array([[0.005, 0, 0], [0.02, 0, 0]])
+    # precision: 1 of 2 predicted points within 0.01 of q; recall: q's nearest prediction is 0.005 away
+    assert M.fscore(p, q, 0.01) == pytest.approx(2 * 0.5 * 1.0 / 1.5)
+    assert M.fscore(p, q, 0.03) == pytest.approx(1.0)
+    assert M.fscore(p, q, 0.001) == 0.0
+    assert np.isnan(M.fscore(np.zeros((0, 3)), q))
+
+
+def _grid_pm(t=3):
+    """(t, 4, 5, 3) pointmap: a 0.25 m grid in x/y, z in [2, 3], pixel (0, 0) empty in every frame."""
+    r, c = np.meshgrid(np.arange(4), np.arange(5), indexing="ij")
+    pm = np.stack([c * 0.25, r * 0.25, 2.0 + (r + c) / 7.0], -1)
+    pm = np.repeat(pm[None], t, 0)
+    valid = np.ones(pm.shape[:3], bool)
+    valid[:, 0, 0] = False
+    pm[~valid] = 0
+    return pm, valid
+
+
+def test_normalize_pair_uses_gt_extent():
+    gt, valid = _grid_pm()
+    pred_n, gt_n = M.normalize_pair(gt * 2, gt, valid)
+    assert gt_n[valid].min() == pytest.approx(0) and gt_n[valid].max() == pytest.approx(1)
+    lo = gt[valid].min(0)
+    span = gt[valid].max(0) - lo
+    np.testing.assert_allclose(pred_n[valid], (2 * gt[valid] - lo) / span)  # scale error is not normalized away
+
+
+def test_geometric_metrics_constructed():
+    gt, valid = _grid_pm()
+    out = M.geometric_metrics(gt, gt, valid, valid)
+    assert out["chamfer_l1"] == 0 and out["chamfer_l2"] == 0 and out["fscore"] == 1
+    assert out["chamfer_l1_temp"] == 0 and out["fscore_temp"] == 1  # static scene
+    assert out["chamfer_l1_per_frame"].shape == (3,) and out["fscore_temp_per_frame"].shape == (2,)
+
+    pred = gt.copy()
+    pred[..., 0] += 0.005  # 5 mm in x; the GT x extent is 1 m -> 0.005 in normalized units
+    pred[1:, ..., 0] += 0.02  # frames 1, 2 move 2 cm more -> 0.02 between frames 0 and 1
+    pred_valid = valid.copy()
+    pred_valid[2] = False  # an empty predicted frame -> nan, ignored by the means
+    out = M.geometric_metrics(pred, gt, pred_valid, valid)
+    np.testing.assert_allclose(out["chamfer_l1_per_frame"], [0.005, 0.025, np.nan])
+    np.testing.assert_allclose(out["chamfer_l2_per_frame"], [0.005 ** 2, 0.025 ** 2, np.nan])
+    np.testing.assert_allclose(out["fscore_per_frame"], [1.0, 0.0, np.nan])
+    np.testing.assert_allclose(out["chamfer_l1_temp_per_frame"], [0.02, np.nan])
+    np.testing.assert_allclose(out["fscore_temp_per_frame"], [0.0, np.nan])
+    assert out["chamfer_l1"] == pytest.approx(0.015) and out["fscore"] == pytest.approx(0.5)
+
+
+def test_geometric_metrics_subsampling_is_seeded():
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(0, 1, (2, 30, 40, 3))
+    pred = gt + rng.normal(0, 0.01, gt.shape)
+    v = np.ones(gt.shape[:3], bool)
+    a = M.geometric_metrics(pred, gt, v, v, max_points=300, seed=3)
+    b = M.geometric_metrics(pred, gt, v, v, max_points=300, seed=3)
+    c = M.geometric_metrics(pred, gt, v, v, max_points=300, seed=4)
+    assert a["chamfer_l1"] == b["chamfer_l1"] != c["chamfer_l1"]
+    full = M.geometric_metrics(pred, gt, v, v)
+    assert a["chamfer_l1"] > full["chamfer_l1"]  # sparser clouds -> larger NN distances
+
+
+# ------------------------------------------------------------------------------------------------ robot
+def test_robot_adherence_constructed_offset():
+    rng = np.random.default_rng(0)
+    robot_pm = rng.uniform(0.2, 1.0, (3, 6, 8, 3))
+    world_pm = robot_pm + np.array([0.003, 0, 0])
+    mask = np.zeros((3, 6, 8), bool)
+    mask[0, 1:3] = True
+    mask[1, 4, 2:6] = True  # frame 2: no robot pixel
+    world_pm[~mask] = 5.0  # errors outside the mask are ignored
+    out = M.robot_adherence(world_pm, robot_pm, mask)
+    assert out["mean_mm"] == pytest.approx(3.0) and out["median_mm"] == pytest.approx(3.0)
+    np.testing.assert_allclose(out["per_frame_mm"], [3.0, 3.0, np.nan])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = M.robot_adherence(world_pm, robot_pm, np.zeros_like(mask))
+    assert np.isnan(empty["mean_mm"]) and np.isnan(empty["median_mm"]) and np.isnan(empty["per_frame_mm"]).all()
+
+
+BOX_URDF = """<robot name="slider">
+  <link name="base"/>
+  <link name="block"><visual><geometry><box size="0.2 0.2 0.2"/></geometry></visual></link>
+  <joint name="slide" type="prismatic"><parent link="base"/><child link="block"/><axis xyz="1 0 0"/>
+    <limit lower="-1" upper="1" effort="1" velocity="1"/></joint>
+</robot>"""
+
+
+def test_penetration_posed_box(tmp_path):
+    (tmp_path / "slider.urdf").write_text(BOX_URDF)
+    robot = Robot.from_urdf(tmp_path / "slider.urdf")
+    pts = np.array([[0.5, 0, 0], [0.55, 0.05, -0.05], [0.02, 0, 0.05], [0.75, 0, 0], [0.5, 0.15, 0]])
+    assert M.penetration_rate(pts, None, robot, [0.5]) == pytest.approx(2 / 5)  # box centred at x = 0.5
+    assert M.penetration_rate(pts, None, robot, [0.0]) == pytest.approx(1 / 5)
+    assert M.penetration_rate(pts, None, robot, [0.5], margin=0.06) == pytest.approx(1 / 5)
+
+    # pointmap in a camera frame 2 m along +z looking back, robot pixels excluded, empty pixels ignored
+    T_cam_world = np.diag([1.0, -1.0, -1.0, 1.0])
+    T_cam_world[2, 3] = 2.0
+    pm = np.zeros((2, 2, 3, 3))
+    pm[:, 0, :] = (pts[:3] @ T_cam_world[:3, :3].T + T_cam_world[:3, 3])
+    pm[:, 1, :2] = (pts[3:] @ T_cam_world[:3, :3].T + T_cam_world[:3, 3])
+    exclude = np.zeros((2, 2, 3), bool)
+    exclude[1, 0, 0] = True  # frame 1: the point at the box centre is a robot pixel
+    rate = M.penetration_rate(pm, exclude, robot, [[0.5], [0.5]], T_cam_world=T_cam_world)
+    assert rate == pytest.approx((2 + 1) / (5 + 4))
+    assert np.isnan(M.penetration_rate(np.zeros((1, 2, 2, 3)), None, robot, [[0.0]]))
+
+
+def test_penetration_panda():
+    robot = Robot.builtin("panda")
+    q = robot.home[None]
+    poses = robot.fk(q)
+    rng = np.random.default_rng(0)
+    inside, surface = [], []
+    for link, mesh in robot.link_meshes.items():
+        T = poses[link][0]
+        m = mesh.copy()
+        m.apply_transform(T)
+        pts, fid = trimesh.sample.sample_surface(m, 400, seed=1)
+        surface.append(pts)
+        if link.endswith(("link1", "link2", "link3", "link4", "link5")):
+            inside.append(pts[:40] - 0.003 * m.face_normals[fid[:40]])  # 3 mm below the surface
+    inside, surface = np.concatenate(inside), np.concatenate(surface)
+    box = rng.uniform(surface.min(0) - 0.4, surface.max(0) + 0.4, (4000, 3))
+    far = box[cKDTree(surface).query(box)[0] > 0.2][:200]
+    assert len(inside) >= 100 and len(far) >= 100
+    assert M.penetration_rate(inside, None, robot, q) == pytest.approx(1.0)
+    assert M.penetration_rate(far, None, robot, q) == 0.0
+    both = np.concatenate([inside, far])
+    assert M.penetration_rate(both, np.arange(len(both)) < 10, robot, q) == pytest.approx(
+        (len(inside) - 10) / (len(both) - 10))
+
+
+# ------------------------------------------------------------------------------------------------ networks
+def _tiny_net(tmp_path, dims, seed=0):
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = {"dims": dims, "in_channels": 3, "channels": [6, 5], "kernel_size": 3, "strides": [1, 2],
+           "lpips_layers": [0, 1] if dims == 2 else []}
+    net = M.FeatureNet(cfg)
+    for i in net.lpips_layers:
+        net.lin[i] = torch.rand(cfg["channels"][i]) + 0.1
+    return M.save_feature_net(net, tmp_path / f"net{dims}d")
+
+
+def test_model_metrics_need_local_weights():
+    pred, gt = _videos()
+    with pytest.raises(M.MetricUnavailable, match="LPIPS"):
+        M.lpips(pred, gt)
+    with pytest.raises(M.MetricUnavailable, match="FID"):
+        M.fid(pred, gt)
+    with pytest.raises(M.MetricUnavailable, match="FVD"):
+        M.fvd(pred[None], gt[None])
+
+
+def test_lpips_plumbing(tmp_path):
+    path = _tiny_net(tmp_path, 2)
+    pred, gt = _videos()
+    assert M.lpips(gt, gt, weights_path=path) == 0.0
+    d = M.lpips(pred, gt, weights_path=path)
+    assert d > 0
+    assert M.lpips(pred, gt, weights_path=path) == d  # deterministic
+    assert M.lpips(pred[0], gt[0], weights_path=path) > 0  # single image
+    far = M.lpips(255 - gt, gt, weights_path=path)
+    assert far > d  # a bigger change is further
+    net = M.load_feature_net(path)
+    assert set(net.lin) == {0, 1} and (net.lin[0] > 0).all()
+
+
+def test_frechet_closed_form():
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, -1.0, 2.0])
+    v1, v2 = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 0.25])
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(v1) - np.sqrt(v2)) ** 2)  # = 5 + 1 + 1 + 0
+    assert M.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(expected)
+    assert M.frechet_distance(mu1, np.diag(v1), mu1, np.diag(v1)) == pytest.approx(0, abs=1e-9)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 4)), rng.normal(size=(60, 4)) * 2 + 1
+    ref = M.frechet_distance(a.mean(0), np.cov(a.T), b.mean(0), np.cov(b.T))
+    assert M.fid(a, b) == pytest.approx(ref) and M.fvd(a, b) == pytest.approx(ref)  # features need no network
+
+
+def test_fid_fvd_plumbing(tmp_path):
+    p2, p3 = _tiny_net(tmp_path, 2), _tiny_net(tmp_path, 3, seed=1)
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (12, 16, 16, 3)).astype(np.uint8)
+    other = (imgs // 2).astype(np.uint8)
+    assert M.fid(imgs, imgs, weights_path=p2) == pytest.approx(0, abs=1e-6)
+    assert M.fid(imgs, other, weights_path=p2) > 1e-4
+    vids = rng.integers(0, 256, (10, 4, 16, 16, 3)).astype(np.uint8)
+    assert M.fvd(vids, vids, weights_path=p3) == pytest.approx(0, abs=1e-6)
+    assert M.fvd(vids, vids // 2, weights_path=p3) > 1e-4
+    with pytest.raises(ValueError):
+        M.fvd(vids, vids, weights_path=p2)  # a 2-D network cannot embed videos

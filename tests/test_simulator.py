@@ -1,0 +1,261 @@
+"""kinema4d.simulator: Simulator / Rollout on a tiny trained checkpoint, `kinema4d simulate`, `kinema4d train`.
+
+The tiny checkpoint has 2 training steps: its outputs are not meaningful pictures, so these tests check contracts
+(shapes, dtypes, determinism, the kinematic stage, the metric de-normalization, files), not image quality.
+"""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import kinema4d
+from kinema4d import cli
+from kinema4d.camera import Camera
+from kinema4d.control import demo_actions, demo_camera
+from kinema4d.render import normalize_pointmap, render_robot
+from kinema4d.robot import Robot
+from kinema4d.simulator import DEFAULT_CHECKPOINT, DEMO_DIR, DEMO_FILES, Rollout, Simulator, resolve_checkpoint
+from kinema4d.train import TrainConfig, train_main
+from kinema4d.view import load_rollout_npz
+
+torch.set_num_threads(1)
+H = W = 16
+T = 5
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("tiny_run")
+    train_main(TrainConfig(out_dir=str(d), steps=2, size=(H, W), frames=T, progress=False, val_steps=2))
+    return d
+
+
+@pytest.fixture(scope="module")
+def robot():
+    return Robot.builtin("panda")  # shared: the renderer (meshes) is cached per Robot object
+
+
+@pytest.fixture(scope="module")
+def camera():
+    return demo_camera(width=W, height=H)
+
+
+@pytest.fixture(scope="module")
+def actions(robot):
+    return demo_actions(robot, 49)[::12]  # (5, 8) ee_pose
+
+
+@pytest.fixture(scope="module")
+def image():
+    return np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def sim(run_dir, robot, camera):
+    return Simulator(run_dir, robot=robot, camera=camera, steps=3)
+
+
+@pytest.fixture(scope="module")
+def rollout(sim, image, actions):
+    return sim.rollout(image, actions)
+
+
+def test_checkpoint_resolution(run_dir, sim):
+    r = resolve_checkpoint(run_dir)
+    assert r.dir == run_dir / "ckpt" / "step_0000002" and r.weights == "ema.safetensors"
+    assert r.train_config["size"] == [H, W] and r.train_config["frames"] == T
+    assert sim.size == (H, W) and sim.train_frames == T and sim.action_dim == 8
+    assert resolve_checkpoint(r.dir).dir == r.dir  # the checkpoint dir itself works too
+
+
+def test_rollout_contract(rollout, robot, camera, actions):
+    ro = rollout
+    assert isinstance(ro, Rollout) and ro.T == T and ro.robot_name == "panda" and ro.camera is camera
+    assert ro.rgb.shape == (T, H, W, 3) and ro.rgb.dtype == np.uint8
+    for pm in (ro.world_pointmap, ro.world_pointmap01, ro.robot_pointmap):
+        assert pm.shape == (T, H, W, 3) and pm.dtype == np.float32 and np.isfinite(pm).all()
+    assert ro.world_pointmap01.min() >= 0 and ro.world_pointmap01.max() <= 1
+    assert ro.robot_mask.shape == (T, H, W) and ro.robot_mask.dtype == bool and ro.robot_mask.any(axis=(1, 2)).all()
+    assert ro.q.shape == (T, robot.dof)
+    # the kinematic stage is exactly render_robot at the IK joints, and the IK reaches the actions' poses
+    ref = render_robot(robot, ro.q, camera)
+    np.testing.assert_array_equal(ro.robot_pointmap, ref.pointmap)
+    np.testing.assert_array_equal(ro.robot_mask, ref.mask)
+    assert ro.info["ik_max_pos_err_m"] < 1e-3
+    _, stats = normalize_pointmap(ref.pointmap, ref.mask)
+    np.testing.assert_allclose(ro.robot_stats, np.stack([stats.min, stats.max]))
+
+
+def test_world_pointmap_least_squares_fit(rollout):
+    """Untrained model: the generated world pointmap is not a scene, but its de-normalization must be the
+    per-channel least-squares affine fit to the robot pointmap on robot pixels, so on those pixels it is at least
+    as close to the robot pointmap as the fallback mapping through the robot's own min-max stats."""
+    ro = rollout
+    m = ro.robot_mask
+    lo, hi = ro.robot_stats
+    for c in range(3):
+        y = ro.robot_pointmap[..., c][m].astype(np.float64)
+        g = ro.world_pointmap01[..., c][m].astype(np.float64)
+        scale, offset = ro.world_fit[:, c]
+        np.testing.assert_allclose(ro.world_pointmap[..., c], scale * ro.world_pointmap01[..., c] + offset,
+                                   rtol=1e-5, atol=1e-5)
+        sse_fit = ((scale * g + offset - y) ** 2).sum()
+        sse_fallback = (((hi[c] - lo[c]) * g + lo[c] - y) ** 2).sum()
+        assert sse_fit <= sse_fallback * (1 + 1e-5) + 1e-9
+
+
+def test_world_pointmap_recovers_metres(sim, image, actions, monkeypatch):
+    """If the model generates a world pointmap that is an affine image of the (normalized) robot pointmap on robot
+    pixels, the simulator's de-normalization returns the robot pointmap in metres there."""
+    import kinema4d.model as model_mod
+
+    def fake_sample(model, codec, image0, rpm01, mask, **kw):
+        wpm = 0.25 + 0.5 * rpm01
+        return image0[None].expand(rpm01.shape[0], -1, -1, -1), wpm
+
+    monkeypatch.setattr(model_mod, "sample", fake_sample)
+    ro = sim.rollout(image, actions)
+    m = ro.robot_mask
+    np.testing.assert_allclose(ro.world_pointmap[m], ro.robot_pointmap[m], atol=1e-4)
+    assert (ro.rgb == image[None]).all()
+
+
+def test_seeded_determinism(sim, image, actions):
+    a = sim.rollout(image, actions, seed=7)
+    b = sim.rollout(image, actions, seed=7)
+    c = sim.rollout(image, actions, seed=8)
+    np.testing.assert_array_equal(a.rgb, b.rgb)
+    np.testing.assert_array_equal(a.world_pointmap, b.world_pointmap)
+    assert not np.array_equal(a.world_pointmap01, c.world_pointmap01)
+    assert not np.array_equal(a.rgb, c.rgb)
+
+
+def test_other_frame_counts(sim, image, actions):
+    ro = sim.rollout(image, actions[:3])  # T != the training T: the pixel codec accepts any T
+    assert ro.rgb.shape == (3, H, W, 3) and np.isfinite(ro.world_pointmap).all()
+
+
+def test_save_and_reload(rollout, tmp_path):
+    written = rollout.save(tmp_path / "ro", ply=True)
+    for k in ("rgb", "pointmap", "rollout"):
+        assert written[k].is_file() and written[k].stat().st_size > 0, k
+    assert written["rollout"].name == "rollout.npz"
+    assert len(list(written["ply"].glob("frame_*.ply"))) == T
+    assert not list((tmp_path / "ro").glob(".*tmp*"))
+    seq = load_rollout_npz(written["rollout"])
+    np.testing.assert_array_equal(seq.rgb, rollout.rgb)
+    np.testing.assert_array_equal(seq.world_pointmap, rollout.world_pointmap)
+    np.testing.assert_array_equal(seq.robot_pointmap, rollout.robot_pointmap)
+    np.testing.assert_array_equal(seq.robot_mask, rollout.robot_mask)
+    np.testing.assert_allclose(seq.q, rollout.q, atol=1e-6)  # stored float32
+    assert seq.camera.to_dict() == rollout.camera.to_dict() and seq.robot_name == "panda" and seq.fps == rollout.fps
+
+
+def _write_inputs(d, image, actions, camera):
+    import imageio.v2 as imageio
+
+    d.mkdir(parents=True, exist_ok=True)
+    imageio.imwrite(d / "init.png", image)
+    np.save(d / "actions.npy", actions)
+    camera.save(d / "camera.json")
+    return d / "init.png", d / "actions.npy", d / "camera.json"
+
+
+def test_cli_simulate(run_dir, robot, image, actions, camera, tmp_path, monkeypatch):
+    import kinema4d.control
+
+    monkeypatch.setattr(kinema4d.control, "load_robot", lambda spec: robot)  # reuse the cached renderer
+    png, npy, cam = _write_inputs(tmp_path / "in", image, actions, camera)
+    out = tmp_path / "out"
+    rc = cli.main(["simulate", "--checkpoint", str(run_dir), "--robot", "panda", "--camera", str(cam), "--image",
+                   str(png), "--actions", str(npy), "--mode", "ee_pose", "--out", str(out), "--ply", "--steps", "2",
+                   "--seed", "3"])
+    assert rc == 0
+    for f in ("rgb.mp4", "pointmap.mp4", "rollout.npz", "simulate.json", "ply/frame_000000.ply"):
+        assert (out / f).is_file(), f
+    js = json.loads((out / "simulate.json").read_text())
+    assert js["config"]["seed"] == 3 and js["rollout"]["frames"] == T and js["simulator"]["steps"] == 2
+    assert js["simulator"]["checkpoint"].endswith("step_0000002")
+    seq = load_rollout_npz(out / "rollout.npz")
+    ref = Simulator(run_dir, robot=robot, camera=camera, steps=2, seed=3).rollout(png, actions)
+    np.testing.assert_array_equal(seq.rgb, ref.rgb)  # the PNG round trip is lossless
+
+
+def test_image_size_mismatch(sim, actions):
+    with pytest.raises(ValueError, match=r"image is 24x16 .*camera is 16x16"):
+        sim.rollout(np.zeros((16, 24, 3), np.uint8), actions)
+
+
+def test_camera_size_mismatch(run_dir, robot):
+    with pytest.raises(ValueError, match=r"camera is 24x16 .* trained at 16x16"):
+        Simulator(run_dir, robot=robot, camera=demo_camera(width=24, height=16))
+
+
+def test_wrong_action_dim(sim, image, actions):
+    with pytest.raises(ValueError, match=r"\(T, 8\) for mode 'ee_pose'.*got \(5, 7\)"):
+        sim.rollout(image, actions[:, :7])
+
+
+def test_missing_checkpoint(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        Simulator(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="model_config.json"):
+        Simulator(tmp_path / "empty")
+    assert cli.main(["simulate", "--checkpoint", str(tmp_path / "nope"), "--image", "x.png", "--actions",
+                     "a.npy"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kinema4d simulate: error:") and "nope" in err and len(err.splitlines()) == 1
+
+
+def test_checkpoint_config_mismatch(run_dir, tmp_path, image, actions, camera, capsys):
+    bad = tmp_path / "bad"
+    shutil.copytree(run_dir / "ckpt" / "step_0000002", bad)
+    mc = json.loads((bad / "model_config.json").read_text())
+    mc["num_layers"] += 1
+    (bad / "model_config.json").write_text(json.dumps(mc))
+    with pytest.raises(ValueError, match=f"checkpoint {bad}.*missing keys"):
+        Simulator(bad)
+    png, npy, cam = _write_inputs(tmp_path / "in", image, actions, camera)
+    assert cli.main(["simulate", "--checkpoint", str(bad), "--image", str(png), "--actions", str(npy), "--camera",
+                     str(cam), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and len(err.strip().splitlines()) == 1
+
+
+def test_lazy_exports():
+    code = "import sys, kinema4d; assert 'torch' not in sys.modules; print(kinema4d.Simulator.__module__)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.strip() == "kinema4d.simulator", res.stderr
+    assert kinema4d.Rollout is Rollout and kinema4d.Simulator is Simulator
+
+
+def test_cli_train(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0 and "tiny" in capsys.readouterr().out
+    assert cli.main(["train", "tiny", "--out-dir", str(tmp_path), "--steps", "1", "--val-steps", "1",
+                     "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out)["step"] == 1
+    assert (tmp_path / "ckpt" / "step_0000001" / "ema.safetensors").is_file()
+
+
+def test_simulate_demo(tmp_path):
+    """The bundled model + demo inputs must ship with the package: this FAILS (not skips) when they are missing."""
+    missing = [str(p) for p in (DEFAULT_CHECKPOINT / "model_config.json",
+                                *(DEFAULT_CHECKPOINT / f for f in ("train_config.json", "model.safetensors")),
+                                *(DEMO_DIR / f for f in DEMO_FILES)) if not p.is_file()]
+    assert not missing, f"bundled assets missing: {missing}"
+    out = tmp_path / "demo"
+    assert cli.main(["simulate", "--demo", "--out", str(out), "--steps", "4"]) == 0
+    seq = load_rollout_npz(out / "rollout.npz")
+    cam = Camera.load(DEMO_DIR / "camera.json")
+    T_demo = np.load(DEMO_DIR / "actions.npy").shape[0]
+    assert seq.rgb.shape == (T_demo, cam.height, cam.width, 3) and seq.world_pointmap is not None
+    assert np.isfinite(seq.world_pointmap).all() and seq.robot_mask.any()
+    assert (out / "rgb.mp4").is_file() and (out / "pointmap.mp4").is_file() and (out / "simulate.json").is_file()
