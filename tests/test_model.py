@@ -59,8 +59,10 @@ def test_paper_shapes_without_allocation():
     assert s["backbone_input"] == (1, 36, 13, 60, 180)  # Wan2.1-I2V: 16 noisy | 4 mask | 16 input
     assert s["tokens"] == (1, 13 * 30 * 90)
     assert s["context"] == (1, 13 * 30 * 45, 4096)
-    d = PRESETS["default"][1]
+    d = PRESETS["wan_small"][1]
     assert latent_shapes(d.model, d.frames, *d.size)["latent"] == (1, 16, 5, 8, 24)
+    d = PRESETS["default"][1]  # the bundled CPU model: pixel codec 4x, 9 frames of 32x48
+    assert latent_shapes(d.model, d.frames, *d.size)["latent"] == (1, 48, 9, 8, 24)
 
 
 @pytest.mark.parametrize("codec", ["pixel", "wan"])
@@ -74,6 +76,23 @@ def test_tiny_shapes_match_prepare(codec):
     assert p["cond"].shape[1] + p["x0"].shape[1] == cfg.in_channels == model.transformer.config.in_channels
     ctx = model.context(p["robot"])
     assert tuple(ctx.shape) == (2, *s["context"][1:])
+
+
+def test_image_padding_zeros_vs_repeat():
+    b = _batch()
+    for mode in ("zeros", "repeat"):
+        cfg = dataclasses.replace(TINY, image_padding=mode)
+        model, c = WorldModel(cfg), make_codec(cfg)
+        inp = _prep(model, c, b)["cond"][:, 4:]  # input latents without the mask channels
+        w = inp.shape[-1] // 2
+        rgb_half = c.decode(inp[..., :w])  # (B, 3, T, H, W)
+        i0 = b["rgb"][:, 0]
+        assert torch.allclose(rgb_half[:, :, 0], i0, atol=1e-6)
+        later = rgb_half[:, :, 1:]
+        if mode == "repeat":  # I0 in every frame
+            assert torch.allclose(later, i0[:, :, None].expand_as(later), atol=1e-6)
+        else:  # zero-padded: 0 in codec space = 0.5 in pixels
+            assert torch.allclose(later, torch.full_like(later, 0.5), atol=1e-6)
 
 
 def test_pixel_codec_lossless():

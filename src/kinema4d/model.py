@@ -70,6 +70,9 @@ class ModelConfig:
     soft_ratio: float = 0.1
     condition: Literal["pointmap", "binary_mask", "action_embedding"] = "pointmap"
     output: Literal["rgb+pointmap", "rgb_only"] = "rgb+pointmap"
+    # I0 in the input latents: "zeros" = frame 0 only, zero-padded over time (Wan2.1-I2V, Sec. 3.2); "repeat" = I0
+    # in every frame (Stable Video Diffusion style), so a small model copies the static background token by token
+    image_padding: Literal["zeros", "repeat"] = "zeros"
     shared_rope: bool = True
     domain_embedding: bool = True
     text_tokens: int = 4  # context="text": number of learned context tokens
@@ -484,9 +487,11 @@ class WorldModel(nn.Module):
                              f" robot_mask {tuple(robot_mask.shape)}; expected (B,3,H,W), (B,T,3,H,W), (B,T,H,W)")
         check_video_size(cfg, T, H, W)
         dev = rgb0.device
-        # I0 zero-padded over time, zeros in the codec's [-1, 1] space (= 0.5 here), as Wan2.1-I2V pads its image
-        first = torch.full((B, 3, T, H, W), 0.5, device=dev)
-        first[:, :, 0] = rgb0
+        if cfg.image_padding == "repeat":
+            first = rgb0[:, :, None].expand(B, 3, T, H, W).clone()
+        else:  # I0 zero-padded over time, zeros in the codec's [-1, 1] space (= 0.5 here), as Wan2.1-I2V pads it
+            first = torch.full((B, 3, T, H, W), 0.5, device=dev)
+            first[:, :, 0] = rgb0
         if cfg.condition == "pointmap":
             right = robot_pointmap.transpose(1, 2)
         elif cfg.condition == "binary_mask":
