@@ -28,6 +28,7 @@ import numpy as np
 import kinema4d
 from kinema4d.camera import Camera
 from kinema4d.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim
+from kinema4d.viz import video_to_uint8
 
 ASSETS = Path(kinema4d.__file__).parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_model"
@@ -329,7 +330,7 @@ class Simulator:
             world = wm.permute(0, 2, 3, 1).numpy().astype(np.float32)
             world01 = w01.permute(0, 2, 3, 1).numpy().astype(np.float32)
             fit = fit_t.double().numpy()
-        rgb8 = (rgb.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        rgb8 = video_to_uint8(rgb.cpu())
         info = {"seed": s, "steps": self.steps, "cfg_scale": self.cfg_scale, "frames": int(a.shape[0]),
                 "seconds": {"kinematic": t1 - t0, "generate": t2 - t1},
                 "ik_max_pos_err_m": None if traj.ik is None else float(traj.ik.pos_err.max()),

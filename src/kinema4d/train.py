@@ -41,6 +41,7 @@ from kinema4d.model import (
     sample,
     sample_timesteps,
 )
+from kinema4d.viz import video_to_uint8, write_video
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config
@@ -463,14 +464,6 @@ def param_checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
 
 
-def write_video(path: str | os.PathLike, frames: torch.Tensor, fps: int = 8) -> None:
-    """(T, 3, H, W) in [0, 1] -> mp4 (imageio / ffmpeg)."""
-    import imageio.v2 as imageio
-
-    arr = (frames.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-    imageio.mimwrite(str(path), list(arr), fps=fps, macro_block_size=1)
-
-
 def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, step: int) -> Path:
     """Sample validation episode 0 with the EMA weights; write [GT rgb | rgb | GT pointmap | pointmap] as mp4."""
     params = dict(model.named_parameters())
@@ -488,7 +481,7 @@ def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, ste
     d = Path(cfg.out_dir) / "val"
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"step_{step:07d}.mp4"
-    write_video(path, torch.cat([e["rgb"], rgb, e["world_pointmap"], wpm], dim=-1))
+    write_video(path, video_to_uint8(torch.cat([e["rgb"], rgb, e["world_pointmap"], wpm], dim=-1).cpu()), fps=8)
     return path
 
 

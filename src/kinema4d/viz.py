@@ -45,6 +45,12 @@ def hstack_videos(*videos: np.ndarray, gap: int = 4) -> np.ndarray:
     return np.concatenate(parts, axis=2)
 
 
+def video_to_uint8(frames) -> np.ndarray:
+    """Channels-first float video (T, 3, H, W) in [0, 1] (numpy array or CPU torch tensor) -> uint8 (T, H, W, 3)."""
+    arr = np.asarray(frames, dtype=np.float32)
+    return (np.clip(arr, 0.0, 1.0).transpose(0, 2, 3, 1) * 255).round().astype(np.uint8)
+
+
 def write_video(path: str | os.PathLike, frames: np.ndarray, fps: float = 10.0) -> Path:
     """Write uint8 (T, H, W, 3) frames to mp4 (H.264) or gif, atomically (temp file, then rename)."""
     import imageio.v2 as imageio

@@ -29,6 +29,7 @@ import numpy as np
 
 from kinema4d.eval import metrics as M
 from kinema4d.geometry import save_atomic_text
+from kinema4d.viz import video_to_uint8
 
 METHODS = ("kinema4d", "static")
 COLUMNS = (("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("chamfer_l1", "CD-L1 ↓", "{:.4f}"),
@@ -53,11 +54,6 @@ class EvalConfig:
     progress: bool = True
 
 
-def _np_video(x) -> np.ndarray:
-    """(T, 3, H, W) float [0, 1] tensor -> (T, H, W, 3) uint8."""
-    return (x.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
-
-
 def _to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) normalized + (2, 3) [min; max] -> metres (0 stays 0 only where the GT is empty: caller masks)."""
     return pm01 * (stats[1] - stats[0]) + stats[0]
@@ -66,7 +62,7 @@ def _to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
 def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_m: np.ndarray | None = None) -> dict:
     """Metrics of one prediction. pred_rgb (T,H,W,3) uint8, pred_w01 (T,H,W,3) GT-normalized, ``item`` a
     TorchEpisodes item, ``world_m`` the prediction in metres for adherence (None: skip)."""
-    gt_rgb = _np_video(item["rgb"])
+    gt_rgb = video_to_uint8(item["rgb"])
     gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
     gt_valid = item["world_valid"].numpy() > 0.5
     stats = item["world_stats"].numpy().astype(np.float64)
@@ -118,16 +114,16 @@ def evaluate(cfg: EvalConfig) -> dict:
                               steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed + i)
             world_m, _ = denormalize_world_pointmap(w01, item["robot_pointmap"], item["robot_mask"],
                                                     item["robot_stats"])
-        pred_rgb, pred01 = _np_video(rgb), w01.permute(0, 2, 3, 1).numpy()
+        pred_rgb, pred01 = video_to_uint8(rgb), w01.permute(0, 2, 3, 1).numpy()
         rows["kinema4d"].append(score_episode(pred_rgb, pred01, item, world_m.permute(0, 2, 3, 1).numpy()))
         T = pred_rgb.shape[0]
-        s_rgb = np.repeat(_np_video(item["rgb"][:1]), T, 0)
+        s_rgb = np.repeat(video_to_uint8(item["rgb"][:1]), T, 0)
         s01 = np.repeat(item["world_pointmap"][:1].permute(0, 2, 3, 1).numpy(), T, 0)
         stats = item["world_stats"].numpy().astype(np.float64)
         rows["static"].append(score_episode(s_rgb, s01, item, _to_metres(s01, stats)))
         if i < cfg.videos:
             gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
-            vid = hstack_videos(_np_video(item["rgb"]), pred_rgb, pointmap_to_rgb(gt01, None, 0, 1),
+            vid = hstack_videos(video_to_uint8(item["rgb"]), pred_rgb, pointmap_to_rgb(gt01, None, 0, 1),
                                 pointmap_to_rgb(pred01, None, 0, 1))
             vid = np.repeat(np.repeat(vid, 4, 1), 4, 2)  # tiny training sizes: upscale for viewing
             write_video(out / "videos" / f"episode_{i:04d}_gt_pred.mp4", vid, fps=4)
