@@ -137,3 +137,33 @@ def test_wrong_split_and_missing_dataset(dataset, tmp_path):
         kdata.TorchEpisodes(tmp_path, "val")
     with pytest.raises(ValueError, match="holds split 'train'"):
         kdata.init_dataset(dataset, "val")
+
+
+def test_torch_dataset_actions(dataset):
+    ds = kdata.TorchEpisodes(dataset.parent, "train", size=(12, 16), frames=3)
+    rec = kdata.Dataset4D(dataset).read_episode(0)["actions"]
+    a = ds[0]["action"]
+    assert a.shape == (3, 8) and a.dtype == torch.float32
+    np.testing.assert_allclose(a.numpy(), rec[[0, (len(rec) - 1) // 2, len(rec) - 1]], rtol=1e-6)
+
+
+def test_anchor_normalize_keeps_metres(dataset):
+    """anchor_normalize changes only the normalization: every valid point maps back to the same metres, the frame-0
+    world and all robot points lie inside [0, 1] (margin), and a collated batch equals the per-item result."""
+    ds = kdata.TorchEpisodes(dataset.parent, "train", size=(12, 16), frames=3)
+    it = ds[0]
+    an = kdata.anchor_normalize(it)
+    st = an["world_stats"]
+    assert torch.equal(st, an["robot_stats"])
+    for key, sk, valid in (("world_pointmap", "world_stats", it["world_valid"]),
+                           ("robot_pointmap", "robot_stats", it["robot_mask"])):
+        v = valid > 0.5
+        m_old = it[key].permute(0, 2, 3, 1)[v] * (it[sk][1] - it[sk][0]) + it[sk][0]
+        m_new = an[key].permute(0, 2, 3, 1)[v] * (st[1] - st[0]) + st[0]
+        torch.testing.assert_close(m_new, m_old, atol=1e-5, rtol=0)
+        assert torch.all(an[key].permute(0, 2, 3, 1)[~v] == 0)
+    w0 = an["world_pointmap"][0].permute(1, 2, 0)[it["world_valid"][0] > 0.5]
+    r = an["robot_pointmap"].permute(0, 2, 3, 1)[it["robot_mask"] > 0.5]
+    assert float(torch.cat([w0, r]).min()) > 0.0 and float(torch.cat([w0, r]).max()) < 1.0
+    batch = kdata.anchor_normalize(torch.utils.data.default_collate([ds[0], ds[1]]))
+    torch.testing.assert_close(batch["world_pointmap"][1], kdata.anchor_normalize(ds[1])["world_pointmap"])

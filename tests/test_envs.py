@@ -40,9 +40,10 @@ class SpySimulator:
     def __getattr__(self, name):
         return getattr(self._sim, name)
 
-    def rollout(self, image, actions, q0=None, seed=None):
-        self.calls.append({"image": np.array(image), "actions": np.array(actions), "q0": np.array(q0), "seed": seed})
-        return self._sim.rollout(image, actions, q0=q0, seed=seed)
+    def rollout(self, image, actions, q0=None, seed=None, **kw):
+        self.calls.append({"image": np.array(image), "actions": np.array(actions), "q0": np.array(q0), "seed": seed,
+                           **{k: np.array(v) for k, v in kw.items()}})
+        return self._sim.rollout(image, actions, q0=q0, seed=seed, **kw)
 
 
 def test_check_env(sim, image0):
@@ -202,3 +203,25 @@ def test_default_checkpoint_demo():
             assert np.abs(info["q"][0] - env.history[k - 1].q[-1]).max() < 1e-4
     assert truncated
     assert env.episode_sequence().T == 1 + 3 * env.chunk
+
+
+def test_world_anchor_chunks_chain_the_generated_pointmap(tmp_path, image0):
+    """A world_anchor checkpoint: chunk 0 gets the given pointmap0, chunk k the last generated world pointmap;
+    without pointmap0 the env says what is missing."""
+    from kinema4d.model import ModelConfig
+    from kinema4d.simulator import Simulator
+    from kinema4d.train import TrainConfig, train_main
+
+    train_main(TrainConfig(model=ModelConfig(world_anchor=True, prediction="x0"), out_dir=str(tmp_path), steps=1,
+                           size=(16, 16), frames=5, progress=False, val_steps=1))
+    cam = Camera.look_at(eye=[1.45, 0.4, 1.05], target=[0.3, 0.0, 0.4], width=16, height=16, fov_y_deg=50.0)
+    spy = SpySimulator(Simulator(tmp_path, robot="panda", camera=cam, steps=2))
+    with pytest.raises(ValueError, match="pointmap0"):
+        Kinema4DEnv(simulator=spy, image=image0)
+    depth = np.full((16, 16), 1.3)
+    env = Kinema4DEnv(simulator=spy, image=image0, pointmap0=depth, max_chunks=2)
+    env.reset(seed=0)
+    _, _, _, _, info0 = env.step(arc_chunk(env.ee_pose(), env.chunk))
+    env.step(arc_chunk(env.ee_pose(), env.chunk))
+    np.testing.assert_allclose(spy.calls[0]["pointmap0"], cam.depth_to_pointmap(depth), atol=1e-6)
+    np.testing.assert_array_equal(spy.calls[1]["pointmap0"], info0["world_pointmap"][-1])

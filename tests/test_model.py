@@ -359,3 +359,47 @@ def test_lora_backbone_from_local_dir(tmp_path, i2v):
 def test_lora_missing_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot be downloaded"):
         load_pretrained_backbone(tmp_path / "no_such_wan")
+
+
+# ---------------------------------------------------------------------------------------------------- beyond the paper
+def test_x0_prediction_velocity():
+    """prediction='x0': the backbone outputs x0 and the model returns (x_t - x0) / max(t, x0_t_min); an untrained
+    model (proj_out = 0) predicts x0 = 0, so its velocity is exactly x_t / max(t, t_min)."""
+    cfg = dataclasses.replace(TINY, prediction="x0", x0_t_min=0.05)
+    model, codec = WorldModel(cfg), make_codec(cfg)
+    p = _prep(model, codec, _batch())
+    x_t = torch.randn_like(p["x0"])
+    t = torch.tensor([0.5, 0.01])
+    v = model(x_t, t, p["cond"], p["robot"])
+    assert torch.allclose(v[0], x_t[0] / 0.5) and torch.allclose(v[1], x_t[1] / 0.05)
+    with pytest.raises(ValueError, match="prediction"):
+        ModelConfig(prediction="eps")
+
+
+@pytest.mark.parametrize("condition", ["pointmap", "binary_mask", "action_embedding"])
+def test_world_anchor_input_latents(condition):
+    """world_anchor: the XYZ half of the input holds the robot signal on robot pixels and the frame-0 world
+    pointmap everywhere else, in every frame (action_embedding: the world pointmap only)."""
+    cfg = dataclasses.replace(TINY, world_anchor=True, condition=condition,
+                              mask="none" if condition == "action_embedding" else "soft")
+    model, codec = WorldModel(cfg), make_codec(cfg)
+    b = _batch()
+    world0 = b["world_pointmap"][:, 0]
+    with pytest.raises(ValueError, match="world0"):
+        _prep(model, codec, b)
+    p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], action=b["action"],
+                      rgb=b["rgb"], world_pointmap=b["world_pointmap"], world0=world0)
+    inp = p["cond"][:, 4:]
+    xyz = codec.decode(inp[..., inp.shape[-1] // 2:])  # (B, 3, T, H, W)
+    robot = b["robot_mask"][:, None].expand(-1, 3, -1, -1, -1) > 0.5
+    expect_world = world0[:, :, None].expand_as(xyz)
+    if condition == "action_embedding":
+        assert torch.allclose(xyz, expect_world, atol=1e-6)
+    else:
+        signal = b["robot_pointmap"].transpose(1, 2) if condition == "pointmap" else torch.ones_like(xyz)
+        assert robot.any() and (~robot).any()
+        assert torch.allclose(xyz[robot], signal[robot], atol=1e-6)
+        assert torch.allclose(xyz[~robot], expect_world[~robot], atol=1e-6)
+    rgb, wpm = sample(model, codec, b["rgb"][0, 0], b["robot_pointmap"][0], b["robot_mask"][0], steps=2,
+                      action=b["action"][0], world0=world0[0])
+    assert rgb.shape == wpm.shape == (T, 3, H, W)

@@ -259,3 +259,56 @@ def test_simulate_demo(tmp_path):
     assert seq.rgb.shape == (T_demo, cam.height, cam.width, 3) and seq.world_pointmap is not None
     assert np.isfinite(seq.world_pointmap).all() and seq.robot_mask.any()
     assert (out / "rgb.mp4").is_file() and (out / "pointmap.mp4").is_file() and (out / "simulate.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------- world anchor
+@pytest.fixture(scope="module")
+def anchor_sim(tmp_path_factory, robot, camera):
+    from kinema4d.model import ModelConfig
+
+    d = tmp_path_factory.mktemp("anchor_run")
+    train_main(TrainConfig(model=ModelConfig(world_anchor=True, prediction="x0"), out_dir=str(d), steps=2,
+                           size=(H, W), frames=T, progress=False, val_steps=1))
+    return Simulator(d, robot=robot, camera=camera, steps=2)
+
+
+def test_world_anchor_rollout(anchor_sim, image, actions, camera, tmp_path):
+    """A world_anchor model needs pointmap0 (clear error without / with a wrong shape); depth and the equivalent
+    pointmap give the same rollout; the metres are exact (anchor stats), 0 where the model generated 'empty'."""
+    from kinema4d.simulator import EMPTY_LEVEL
+
+    assert anchor_sim.needs_pointmap0
+    with pytest.raises(ValueError, match="pointmap0"):
+        anchor_sim.rollout(image, actions)
+    with pytest.raises(ValueError, match=r"shape \(3, 3\)"):
+        anchor_sim.rollout(image, actions, pointmap0=np.ones((3, 3)))
+    with pytest.raises(ValueError, match="no valid point"):
+        anchor_sim.rollout(image, actions, pointmap0=np.zeros((H, W)))
+    depth = np.full((H, W), 1.4)
+    depth[:3] = np.nan  # unmeasured rows
+    np.save(tmp_path / "pm0.npy", camera.depth_to_pointmap(depth))
+    a = anchor_sim.rollout(image, actions, pointmap0=depth)
+    b = anchor_sim.rollout(image, actions, pointmap0=tmp_path / "pm0.npy")
+    np.testing.assert_array_equal(a.world_pointmap, b.world_pointmap)
+    lo, hi = a.robot_stats
+    assert np.all(lo <= a.robot_pointmap[a.robot_mask].min(0)) and np.all(a.robot_pointmap[a.robot_mask].max(0) <= hi)
+    assert np.all(lo[2] <= 1.4) and hi[2] >= 1.4  # the frame-0 geometry is inside the normalization range
+    empty = a.world_pointmap01.max(-1) <= EMPTY_LEVEL
+    assert np.all(a.world_pointmap[empty] == 0)
+    np.testing.assert_allclose(a.world_pointmap[~empty], a.world_pointmap01[~empty] * (hi - lo) + lo, rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_cli_simulate_pointmap0(anchor_sim, image, actions, camera, tmp_path):
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "init.png", image)
+    np.save(tmp_path / "actions.npy", actions)
+    camera.save(tmp_path / "cam.json")
+    np.save(tmp_path / "depth.npy", np.full((H, W), 1.2))
+    args = ["simulate", "--checkpoint", str(anchor_sim.checkpoint), "--camera", str(tmp_path / "cam.json"),
+            "--image", str(tmp_path / "init.png"), "--actions", str(tmp_path / "actions.npy"), "--steps", "2"]
+    assert cli.main([*args, "--out", str(tmp_path / "o1")]) == 2  # a world_anchor model without --pointmap0
+    assert cli.main([*args, "--out", str(tmp_path / "o2"), "--pointmap0", str(tmp_path / "depth.npy")]) == 0
+    rep = json.loads((tmp_path / "o2" / "simulate.json").read_text())
+    assert rep["inputs"]["pointmap0"].endswith("depth.npy")

@@ -98,6 +98,13 @@ def _eval(args):
             raise ValueError("usage: kinema4d eval compare REPORT_DIR_A REPORT_DIR_B")
         print(compare(args[1], args[2]))
         return
+    if args[:1] == ["policy"]:
+        from kinema4d.eval.policy import PolicyEvalConfig, policy_eval
+
+        pcfg = tyro.cli(PolicyEvalConfig, args=args[1:], prog="kinema4d eval policy")
+        policy_eval(pcfg)
+        print(f"wrote {pcfg.out}/policy.md, policy.html, policy.json, success_rates.png")
+        return
     cfg = tyro.cli(EvalConfig, args=args, prog="kinema4d eval")
     evaluate(cfg)
     print(f"wrote {cfg.out}/report.md, report.html, report.json, per_frame.png, videos/")
@@ -109,7 +116,8 @@ COMMANDS = {
     "dataset": (_dataset, "`dataset info DIR` | `dataset preview DIR --episode I`"),
     "train": (_train, "train the world model: `train PRESET [--field value ...]` (tiny | default | ...)"),
     "simulate": (_simulate, "image + actions -> 4D rollout (rgb.mp4, pointmap.mp4, rollout.npz); `simulate --demo`"),
-    "eval": (_eval, "score a checkpoint vs baselines on a split -> report.md/html; `eval compare A B`"),
+    "eval": (_eval, "score a checkpoint vs baselines on a split -> report.md/html; `eval compare A B`; "
+             "`eval policy` (Tab. 3 success rates)"),
     "view": (_view, "rerun recording (+ mp4 / gif / PLY) of a rollout.npz or control output: `view PATH`"),
 }
 

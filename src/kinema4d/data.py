@@ -316,6 +316,8 @@ class TorchEpisodes(torch.utils.data.Dataset):
     - ``robot_pointmap`` float32 (T, 3, H, W) normalized by its own sequence min-max; ``robot_mask`` float32
       (T, H, W) in {0, 1}: the pixels of robot_pointmap (kinematic render, the inference-time control signal)
     - ``world_stats`` / ``robot_stats`` float32 (2, 3): [min; max] camera-frame metres (denormalize with them)
+    - ``action`` float32 (T, 8): the recorded ee_pose actions (xyz, quat xyzw of the ee link in the world = robot
+      base frame, gripper), for action-embedding models
     - ``K`` float32 (3, 3) intrinsics for the returned size; ``success`` bool tensor; ``index`` int (position)
 
     Resizing: nearest (centre-aligned) for pointmaps and masks, area (downscale) / bilinear (upscale) for RGB.
@@ -363,7 +365,7 @@ class TorchEpisodes(torch.utils.data.Dataset):
     def _load(self, i: int) -> dict:
         from kinema4d.render import normalize_pointmap
 
-        e = self.ds.read_episode(i, keys=("rgb", "world_pointmap", "robot_pointmap", "robot_render_mask"))
+        e = self.ds.read_episode(i, keys=("rgb", "world_pointmap", "robot_pointmap", "robot_render_mask", "actions"))
         T = e["rgb"].shape[0]
         idx = np.arange(T) if self.frames is None else np.round(np.linspace(0, T - 1, self.frames)).astype(int)
         rgb = torch.from_numpy(e["rgb"][idx]).permute(0, 3, 1, 2).float() / 255.0
@@ -393,10 +395,71 @@ class TorchEpisodes(torch.utils.data.Dataset):
             "world_valid": wvalid.float(),
             "world_stats": wstats,
             "robot_stats": rstats,
+            "action": torch.from_numpy(np.ascontiguousarray(e["actions"][idx], dtype=np.float32)),
             "K": torch.from_numpy(cam.K.astype(np.float32)),
             "success": torch.tensor(bool(e["attrs"]["success"])),
             "index": int(i),
         }
+
+
+ANCHOR_MARGIN = 0.05  # anchor_stats: fraction of the range added on each side (later frames may leave the box)
+
+
+def anchor_stats(world0_m: torch.Tensor, world0_valid: torch.Tensor, robot_m: torch.Tensor,
+                 robot_mask: torch.Tensor, margin: float = ANCHOR_MARGIN) -> torch.Tensor:
+    """Normalization range known at inference for ``world_anchor`` models: the per-channel min/max of the frame-0
+    world points (world0_m (3,H,W) metres, world0_valid (H,W)) and of the robot points over the sequence (robot_m
+    (T,3,H,W) metres, robot_mask (T,H,W)), widened by ``margin`` of the range on each side. Returns (2, 3) float32
+    [min; max] metres. Raises ValueError if neither has a valid point."""
+    pts = torch.cat([world0_m.permute(1, 2, 0)[world0_valid > 0.5], robot_m.permute(0, 2, 3, 1)[robot_mask > 0.5]])
+    if len(pts) == 0:
+        raise ValueError("anchor_stats: neither the frame-0 world pointmap nor the robot pointmap has a valid pixel")
+    lo, hi = pts.min(0).values.float(), pts.max(0).values.float()
+    pad = margin * (hi - lo).clamp(min=1e-3)
+    return torch.stack([lo - pad, hi + pad])
+
+
+def normalize_with_stats(pm_m: torch.Tensor, valid: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """(T, 3, H, W) metres, (T, H, W) valid, (2, 3) [min; max] -> float32 (T, 3, H, W) in [0, 1], 0 where invalid."""
+    pm01 = (pm_m - stats[0].view(1, 3, 1, 1)) / (stats[1] - stats[0]).view(1, 3, 1, 1)
+    return torch.where(valid[:, None] > 0.5, pm01, torch.zeros_like(pm01)).float()
+
+
+def anchor_normalize(item: dict) -> dict:
+    """A TorchEpisodes item (or a collated batch of them) renormalized for ``world_anchor`` models: world and
+    robot pointmaps both in [0, 1] by :func:`anchor_stats` (0 stays 'empty'), ``world_stats`` = ``robot_stats`` =
+    those stats. Other keys are shared, not copied."""
+    if item["world_pointmap"].ndim == 5:  # collated (B, T, 3, H, W)
+        parts = [anchor_normalize({k: v[b] for k, v in item.items() if k in _ANCHOR_KEYS})
+                 for b in range(item["world_pointmap"].shape[0])]
+        return {**item, **{k: torch.stack([p[k] for p in parts]) for k in _ANCHOR_KEYS}}
+    out = dict(item)
+    world_m, robot_m = (_denormalize(item[p], item[s]) for p, s in (("world_pointmap", "world_stats"),
+                                                                    ("robot_pointmap", "robot_stats")))
+    wvalid, rmask = item["world_valid"] > 0.5, item["robot_mask"] > 0.5
+    st = anchor_stats(world_m[0], wvalid[0], robot_m, rmask)
+    out["world_pointmap"] = normalize_with_stats(world_m, wvalid, st)
+    out["robot_pointmap"] = normalize_with_stats(robot_m, rmask, st)
+    out["world_stats"] = out["robot_stats"] = st
+    return out
+
+
+def model_inputs(model_cfg, item: dict) -> dict:
+    """A TorchEpisodes item or batch as the model ``model_cfg`` (a ``ModelConfig``) consumes it: anchor-normalized
+    for ``world_anchor`` models, with ``world0`` = the frame-0 world pointmap ((B,)3,H,W) (None otherwise)."""
+    if not model_cfg.world_anchor:
+        return {**item, "world0": None}
+    out = anchor_normalize(item)
+    out["world0"] = out["world_pointmap"][..., 0, :, :, :]
+    return out
+
+
+_ANCHOR_KEYS = ("world_pointmap", "world_stats", "world_valid", "robot_pointmap", "robot_stats", "robot_mask")
+
+
+def _denormalize(pm01: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+    """(T, 3, H, W) in [0, 1] + (2, 3) [min; max] -> metres (T, 3, H, W)."""
+    return pm01 * (stats[1] - stats[0]).view(1, 3, 1, 1) + stats[0].view(1, 3, 1, 1)
 
 
 def _normalize(pm, valid, normalize_pointmap):

@@ -57,6 +57,8 @@ class DatagenConfig:
     """Simulation rate."""
     max_attempts: int = 5
     """Scene resamples when the clean scripted run fails."""
+    distractors: tuple[int, int] | None = None
+    """(min, max) distractor objects, overriding the split's range (policy-evaluation setups)."""
     robot_backend: str = "auto"
     """Robot pointmap renderer: auto | gl | embree."""
     progress: bool = True
@@ -68,7 +70,7 @@ class DatagenConfig:
 
 # fields that define the content of an episode: a rerun into the same directory must match them
 CONTENT_FIELDS = ("split", "seed", "resolution", "frames", "failures_per_success", "control_hz", "physics_hz",
-                  "max_attempts")
+                  "max_attempts", "distractors")
 
 
 def parse_resolution(s: str) -> tuple[int, int]:
@@ -90,6 +92,8 @@ def _check(cfg: DatagenConfig) -> None:
     if cfg.episodes < 0 or cfg.workers < 1 or cfg.frames < 2 or cfg.failures_per_success < 0:
         raise ValueError(f"need episodes >= 0, workers >= 1, frames >= 2, failures_per_success >= 0; got {cfg}")
     parse_resolution(cfg.resolution)
+    if cfg.distractors is not None and not (len(cfg.distractors) == 2 and 0 <= cfg.distractors[0] <= cfg.distractors[1] <= 8):
+        raise ValueError(f"distractors must be (min, max) with 0 <= min <= max <= 8, got {cfg.distractors}")
 
 
 def variant_of(v: int) -> tuple[int, float]:
@@ -157,7 +161,8 @@ def run_block(cfg: DatagenConfig, block: int, todo: list[int]) -> list[dict]:
     attempts = [attempt0] if attempt0 is not None else range(cfg.max_attempts)
     for attempt in attempts:
         rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, split_i, block, attempt]))
-        spec = sim.sample_scene(rng, cfg.split, W, H, seed=[cfg.seed, split_i, block, attempt])
+        spec = sim.sample_scene(rng, cfg.split, W, H, seed=[cfg.seed, split_i, block, attempt],
+                                n_distractors=cfg.distractors)
         actions, _ = sim.scripted_pick_place(robot, spec, cfg.control_hz)
         scene = sim.Scene(robot, spec, physics_hz=cfg.physics_hz, control_hz=cfg.control_hz)
         try:
@@ -202,7 +207,7 @@ def plan(cfg: DatagenConfig, done: set[int]) -> list[tuple[int, list[int]]]:
 
 def _save_config(cfg: DatagenConfig, root: Path) -> None:
     path = root / "datagen_config.json"
-    d = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}
+    d = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}))
     if path.is_file():
         old = json.loads(path.read_text())
         diff = {k: (old.get(k), d[k]) for k in CONTENT_FIELDS if old.get(k) != d[k]}

@@ -70,6 +70,10 @@ class Kinema4DEnv(gymnasium.Env):
             Resized to ``simulator.size`` if needed. ``reset(options={"image": ...})`` overrides it per episode.
         q0: initial joint state (dof,); default: from ``DEMO_DIR/demo.json`` ("q0") or the IK of the first demo
             action when the demo image is used, else ``robot.home``. ``reset(options={"q0": ...})`` overrides it.
+        pointmap0: frame-0 scene geometry for ``world_anchor`` checkpoints (``simulator.needs_pointmap0``): (H, W, 3)
+            camera-space metres or (H, W) depth metres, array or .npy path; default ``DEMO_DIR/pointmap0.npy`` with
+            the demo image. ``reset(options={"pointmap0": ...})`` overrides it. Each later chunk starts from the
+            last generated world pointmap (as it starts from the last generated frame).
         chunk: new frames per step; default ``simulator.train_frames - 1`` (one full model window per step).
         max_chunks: steps per episode before ``truncated`` (None: never).
         workspace: ((xmin, ymin, zmin), (xmax, ymax, zmax)) world metres allowed for end-effector targets.
@@ -84,7 +88,7 @@ class Kinema4DEnv(gymnasium.Env):
                  robot: str | Robot = "panda", chunk: int | None = None, max_chunks: int | None = 3, steps: int = 20,
                  cfg_scale: float = 1.0, seed: int = 0, q0=None, workspace=None,
                  reward_fn: Callable[[Kinema4DEnv, Any, dict], float] | None = None,
-                 render_mode: str | None = None, keep_history: bool = True):
+                 render_mode: str | None = None, keep_history: bool = True, pointmap0=None):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         use_demo = simulator is None and checkpoint is None and camera is None
@@ -133,7 +137,10 @@ class Kinema4DEnv(gymnasium.Env):
                                  f"{demo_img} does not exist")
             image = demo_img
             use_demo = use_demo or q0 is None
+            if pointmap0 is None and (demo_img.parent / "pointmap0.npy").is_file():
+                pointmap0 = demo_img.parent / "pointmap0.npy"
         self._image0 = self._load_image(image)
+        self._pointmap0 = self._load_pointmap0(pointmap0)
         if q0 is None and use_demo:
             q0 = _demo_q0(self.robot)
         self._q_init = self._check_q0(self.robot.home if q0 is None else q0)
@@ -164,11 +171,22 @@ class Kinema4DEnv(gymnasium.Env):
 
         self.history: list[Rollout] = []
         self._frame: np.ndarray | None = None
+        self._pointmap: np.ndarray | None = None
         self._q: np.ndarray | None = None
         self._chunk_index = 0
         self._needs_reset = True
 
     # ------------------------------------------------------------------ helpers
+    def _load_pointmap0(self, pointmap0) -> np.ndarray | None:
+        if not getattr(self.simulator, "needs_pointmap0", False):
+            return None
+        if pointmap0 is None:
+            raise ValueError("the checkpoint is a world_anchor model: pass pointmap0= (the frame-0 world pointmap "
+                             "(H, W, 3) or depth (H, W) in metres of the initial image)")
+        from kinema4d.simulator import load_pointmap0
+
+        return load_pointmap0(pointmap0, self.camera)
+
     def _load_image(self, image) -> np.ndarray:
         if isinstance(image, str | Path):
             import imageio.v3 as iio
@@ -259,10 +277,12 @@ class Kinema4DEnv(gymnasium.Env):
             seed = self._default_seed
         super().reset(seed=seed)
         options = options or {}
-        unknown = set(options) - {"image", "q0"}
+        unknown = set(options) - {"image", "q0", "pointmap0"}
         if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; known: 'image', 'q0'")
+            raise ValueError(f"unknown reset options {sorted(unknown)}; known: 'image', 'q0', 'pointmap0'")
         self._frame = self._load_image(options["image"]) if options.get("image") is not None else self._image0.copy()
+        self._pointmap = self._load_pointmap0(options["pointmap0"]) if options.get("pointmap0") is not None \
+            else self._pointmap0
         self._q = self._check_q0(options["q0"]) if options.get("q0") is not None else self._q_init.copy()
         self._chunk_index = 0
         self._needs_reset = False
@@ -275,7 +295,8 @@ class Kinema4DEnv(gymnasium.Env):
         a = self.check_action(action)
         actions = np.concatenate([self.ee_pose()[None], a])
         seed = int(self.np_random.integers(0, 2**31 - 1))
-        ro = self.simulator.rollout(self._frame, actions, q0=self._q.copy(), seed=seed)
+        kw = {} if self._pointmap is None else {"pointmap0": self._pointmap}
+        ro = self.simulator.rollout(self._frame, actions, q0=self._q.copy(), seed=seed, **kw)
         T = self.chunk + 1
         if ro.rgb.shape != (T, self.H, self.W, 3):
             raise RuntimeError(f"simulator returned rgb of shape {ro.rgb.shape}, expected {(T, self.H, self.W, 3)}")
@@ -294,6 +315,8 @@ class Kinema4DEnv(gymnasium.Env):
             "seed": seed,
         }
         self._frame = np.array(ro.rgb[-1], dtype=np.uint8)
+        if self._pointmap is not None and ro.world_pointmap is not None:
+            self._pointmap = np.array(ro.world_pointmap[-1], dtype=np.float32)
         self._q = self.robot.clip_to_limits(np.asarray(ro.q[-1], np.float64))
         if self.keep_history:
             self.history.append(ro)

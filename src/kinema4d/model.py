@@ -73,6 +73,17 @@ class ModelConfig:
     # I0 in the input latents: "zeros" = frame 0 only, zero-padded over time (Wan2.1-I2V, Sec. 3.2); "repeat" = I0
     # in every frame (Stable Video Diffusion style), so a small model copies the static background token by token
     image_padding: Literal["zeros", "repeat"] = "zeros"
+    # Beyond the paper: also give the frame-0 WORLD pointmap (what an RGB-D camera sees at t=0). The XYZ half of the
+    # input latents then holds the robot pointmap on robot pixels and the frame-0 world pointmap elsewhere, in every
+    # frame (as image_padding="repeat" does for I0), and pointmaps are normalized with stats known at inference
+    # (``kinema4d.data.anchor_normalize``), so the output converts to metres exactly. False = Sec. 3.2 as published.
+    world_anchor: bool = False
+    # What the backbone outputs: "velocity" (eps - x0, Wan / the paper) or "x0" (the clean latents; the velocity is
+    # (x_t - x0) / max(t, x0_t_min)). x0-prediction is what works when a token (here 3*f*f*4 = 192 pixel-codec
+    # values) is wider than the transformer (Li & He 2025, "Back to Basics: Let Denoising Generative Models
+    # Denoise"): a narrow network cannot output high-dimensional noise, it can output the clean image.
+    prediction: Literal["velocity", "x0"] = "velocity"
+    x0_t_min: float = 0.05
     shared_rope: bool = True
     domain_embedding: bool = True
     text_tokens: int = 4  # context="text": number of learned context tokens
@@ -86,6 +97,9 @@ class ModelConfig:
             raise ValueError(f"soft_ratio must be in [0, 1], got {self.soft_ratio}")
         if self.attention_head_dim % 2:
             raise ValueError("attention_head_dim must be even (RoPE)")
+        if self.prediction not in ("velocity", "x0") or not 0.0 < self.x0_t_min < 1.0:
+            raise ValueError(f"prediction must be 'velocity' or 'x0' and 0 < x0_t_min < 1, got {self.prediction!r}, "
+                             f"{self.x0_t_min}")
 
     @property
     def latent_channels(self) -> int:
@@ -472,11 +486,14 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def prepare(self, codec, rgb0: torch.Tensor, robot_pointmap: torch.Tensor, robot_mask: torch.Tensor,
                 action: torch.Tensor | None = None, rgb: torch.Tensor | None = None,
-                world_pointmap: torch.Tensor | None = None, generator: torch.Generator | None = None) -> dict:
+                world_pointmap: torch.Tensor | None = None, generator: torch.Generator | None = None,
+                world0: torch.Tensor | None = None) -> dict:
         """Build the latents of Sec. 3.2 from pixel-space tensors (batch-first, dataset layout).
 
         rgb0 (B,3,H,W) = I0; robot_pointmap (B,T,3,H,W) in [0,1]; robot_mask (B,T,H,W); action (B,T,A) for
-        condition="action_embedding"; rgb / world_pointmap (B,T,3,H,W) for the training target.
+        condition="action_embedding"; rgb / world_pointmap (B,T,3,H,W) for the training target; world0 (B,3,H,W)
+        the frame-0 world pointmap in [0,1] (0 = empty) for ``world_anchor`` models (pointmaps normalized by
+        ``kinema4d.data.anchor_normalize``).
         Returns ``cond`` (B, 4+C, t, h, 2w) = [mask | input latents], ``robot`` (B, C, t, h, w) the robot latents
         (XYZ half of the input latents), ``action`` and, with a target, ``x0`` (B, C, t, h, 2w).
         """
@@ -502,6 +519,15 @@ class WorldModel(nn.Module):
                 raise ValueError("condition='action_embedding' needs per-frame actions (batch key 'action', (B,T,A))")
             if action.shape[:2] != (B, T) or action.shape[2] != cfg.action_dim:
                 raise ValueError(f"action must be (B, T, {cfg.action_dim}), got {tuple(action.shape)}")
+        if cfg.world_anchor:
+            if world0 is None or world0.shape != (B, 3, H, W):
+                raise ValueError(f"this model has world_anchor=True: it needs world0, the frame-0 world pointmap "
+                                 f"(B,3,H,W) = {(B, 3, H, W)}, got {None if world0 is None else tuple(world0.shape)}")
+            anchor = world0[:, :, None].expand(B, 3, T, H, W).to(right.dtype)
+            if cfg.condition == "action_embedding":  # no robot pixels are given to this baseline
+                right = anchor.clone()
+            else:
+                right = torch.where(robot_mask[:, None] > 0.5, right, anchor)
         inp = self.normalize(codec.encode(torch.cat([first, right], dim=-1)))
         w = inp.shape[-1] // 2
         if cfg.mask == "none":
@@ -565,8 +591,12 @@ class WorldModel(nn.Module):
         if self.cfg.image_dim is not None:
             img = self.image_tokens[None].expand(x_t.shape[0], -1, -1).to(x_t.dtype)
         h = torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
-        return self.transformer(h, t * 1000, context.to(x_t.dtype), encoder_hidden_states_image=img,
-                                return_dict=False)[0]
+        out = self.transformer(h, t * 1000, context.to(x_t.dtype), encoder_hidden_states_image=img,
+                               return_dict=False)[0]
+        if self.cfg.prediction == "x0":  # x_t = (1-t) x0 + t eps  =>  eps - x0 = (x_t - x0) / t
+            tt = t.to(out.dtype).clamp(min=self.cfg.x0_t_min).view(-1, 1, 1, 1, 1)
+            out = (x_t - out) / tt
+        return out
 
     def loss_weight(self, x0: torch.Tensor) -> torch.Tensor:
         """(1, 1, 1, 1, 2w) weights: 1 everywhere, the XYZ half 0 for output='rgb_only'."""
@@ -607,9 +637,11 @@ def sample_timesteps(n: int, mode: str, generator: torch.Generator | None = None
 @torch.no_grad()
 def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: torch.Tensor,
            robot_mask: torch.Tensor, steps: int = 20, cfg_scale: float = 1.0, seed: int = 0,
-           action: torch.Tensor | None = None, shift: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Generate one rollout. image0 (3,H,W) in [0,1], robot_pointmap01 (T,3,H,W) in [0,1] (sequence min-max),
-    robot_mask (T,H,W), action (T,A) for condition='action_embedding'.
+           action: torch.Tensor | None = None, shift: float = 1.0,
+           world0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Generate one rollout. image0 (3,H,W) in [0,1], robot_pointmap01 (T,3,H,W) in [0,1] (sequence min-max, or
+    the anchor stats for world_anchor models), robot_mask (T,H,W), action (T,A) for condition='action_embedding',
+    world0 (3,H,W) in [0,1] the frame-0 world pointmap for world_anchor models.
 
     Returns rgb (T,3,H,W) in [0,1] and world_pointmap01 (T,3,H,W) in [0,1] (None for output='rgb_only'). Euler
     steps of diffusers' ``FlowMatchEulerDiscreteScheduler``; ``cfg_scale`` != 1 adds classifier-free guidance
@@ -625,7 +657,8 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     dev = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     prep = model.prepare(codec, image0[None].to(dev), robot_pointmap01[None].to(dev), robot_mask[None].to(dev),
-                         None if action is None else action[None].to(dev), generator=g)
+                         None if action is None else action[None].to(dev), generator=g,
+                         world0=None if world0 is None else world0[None].to(dev))
     T, _, H, W = robot_pointmap01.shape
     shp = latent_shapes(model.cfg, T, H, W)["latent"]
     x = torch.randn(shp, generator=g).to(dev)

@@ -145,12 +145,31 @@ def sample_camera(rng: np.random.Generator, ranges: Ranges, width: int, height: 
     return Camera.look_at(eye, target, width=width, height=height, fov_y_deg=rng.uniform(*ranges.cam_fov_deg))
 
 
-def sample_scene(rng: np.random.Generator, split: str, width: int, height: int, seed=()) -> SceneSpec:
-    """Random scene of ``split``: target object, goal pad >= 15 cm away, distractors >= 10 cm from both."""
+def sample_scene(rng: np.random.Generator, split: str, width: int, height: int, seed=(),
+                 n_distractors: tuple[int, int] | None = None) -> SceneSpec:
+    """Random scene of ``split``: target object, goal pad >= 15 cm away, distractors >= 10 cm from both.
+
+    ``n_distractors`` (min, max) overrides the split's range (policy-evaluation setups: cluttered, dense). Then the
+    target and pad colours come from the split's palette and the distractors' from the rest of :data:`PALETTE`
+    (repeats allowed, never the target's colour, so a colour judge stays unambiguous); with more than 3
+    distractors they keep 7 cm instead of 10 cm apart so that dense scenes fit the workspace.
+    """
     r = split_ranges(split)
-    n_obj = 1 + int(rng.integers(r.n_distractors[0], r.n_distractors[1] + 1))
-    colours = rng.choice(len(r.colours), size=n_obj + 1, replace=False)
-    pad_colour = r.colours[colours[-1]]
+    override = n_distractors is not None
+    if override:
+        lo, hi = n_distractors
+        if not 0 <= lo <= hi <= 8:
+            raise ValueError(f"n_distractors must be (min, max) with 0 <= min <= max <= 8, got {n_distractors}")
+    n_range = n_distractors if override else r.n_distractors
+    n_obj = 1 + int(rng.integers(n_range[0], n_range[1] + 1))
+    if override:
+        tc, pc = rng.choice(len(r.colours), size=2, replace=False)
+        others = [c for c in PALETTE if c not in (r.colours[tc], r.colours[pc])]
+        names = [r.colours[tc], *[others[k] for k in rng.integers(len(others), size=n_obj - 1)], r.colours[pc]]
+    else:
+        names = [r.colours[k] for k in rng.choice(len(r.colours), size=n_obj + 1, replace=False)]
+    pad_colour = names[-1]
+    gap = 0.07 if override and n_obj - 1 > 3 else 0.10
     bx, by = BASE_XYZ[0], BASE_XYZ[1]
 
     def rand_xy():
@@ -160,7 +179,7 @@ def sample_scene(rng: np.random.Generator, split: str, width: int, height: int, 
     objects = []
     goal = None
     for i in range(n_obj + 1):  # objects[0], then the goal, then distractors
-        need = 0.15 if i == 1 else 0.10
+        need = 0.15 if i == 1 else gap
         for _ in range(200):
             xy = rand_xy()
             if all(np.linalg.norm(xy - t) >= max(need, d) for t, d in taken):
@@ -174,7 +193,7 @@ def sample_scene(rng: np.random.Generator, split: str, width: int, height: int, 
         shape = r.shapes[rng.integers(len(r.shapes))]
         w = rng.uniform(*r.object_size)
         h = rng.uniform(*r.object_height)
-        colour = r.colours[colours[0 if i == 0 else i - 1]]
+        colour = names[0 if i == 0 else i - 1]
         objects.append(ObjectSpec(shape=shape, colour=colour, size=(float(w), float(w), float(h)),
                                   xy=(float(xy[0]), float(xy[1])), yaw=float(rng.uniform(-np.pi, np.pi))))
     target = objects[0]

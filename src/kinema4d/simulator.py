@@ -95,10 +95,11 @@ class Rollout:
     """One generated 4D rollout of T frames of H x W pixels (camera space, OpenCV frame, docs/CONVENTIONS.md).
 
     - ``rgb``: (T, H, W, 3) uint8 generated frames (frame 0 re-generates the initial image).
-    - ``world_pointmap``: (T, H, W, 3) float32 camera-space metres of the whole scene, de-normalized by fitting
-      the generated values to ``robot_pointmap`` on ``robot_mask`` pixels (``model.denormalize_world_pointmap``).
-      Dense: every pixel holds a point (points with z <= 0 are not physical; viewers skip them). None for a
-      model with ``output='rgb_only'``.
+    - ``world_pointmap``: (T, H, W, 3) float32 camera-space metres of the whole scene. ``world_anchor`` models:
+      de-normalized exactly with the stats they were fed (``data.anchor_stats``), 0 where the model generated
+      'empty' (all normalized channels < 0.02); other models: by fitting the generated values to
+      ``robot_pointmap`` on ``robot_mask`` pixels (``model.denormalize_world_pointmap``), dense (points with
+      z <= 0 are not physical; viewers skip them). None for a model with ``output='rgb_only'``.
     - ``world_pointmap01``: (T, H, W, 3) float32 in [0, 1], the normalized world pointmap as generated (None for
       ``rgb_only``).
     - ``robot_pointmap``: (T, H, W, 3) float32 camera-space metres of the robot (kinematic render), 0 where empty.
@@ -107,7 +108,8 @@ class Rollout:
     - ``camera``: the :class:`Camera` (W x H) everything is expressed in.
     - ``robot_name``: builtin robot name or URDF path.
     - ``fps``: frames per second of the videos.
-    - ``robot_stats``: (2, 3) float64 [min; max] metres of the robot pointmap (its normalization).
+    - ``robot_stats``: (2, 3) float64 [min; max] metres of the robot pointmap's normalization (the anchor stats
+      for ``world_anchor`` models).
     - ``world_fit``: (2, 3) float64 [scale; offset] per channel, metres = scale * world01 + offset (or None).
     - ``info``: timings (seconds) and sampling settings.
     """
@@ -171,6 +173,36 @@ class Rollout:
 
 
 # ---------------------------------------------------------------------- the simulator
+EMPTY_LEVEL = 0.02  # a generated normalized pointmap pixel with every channel <= this is 'empty' (target 0)
+
+
+def load_pointmap0(pointmap0, camera: Camera) -> np.ndarray:
+    """Frame-0 scene geometry -> (H, W, 3) float32 camera-space metres, 0 where unmeasured.
+
+    ``pointmap0``: a .npy path or array, either (H, W, 3) camera-space metres (OpenCV frame) or (H, W) z-depth
+    metres (unprojected with ``camera.K``); NaN / inf / z <= 0 count as unmeasured."""
+    src = "pointmap0"
+    if isinstance(pointmap0, (str, os.PathLike)):
+        src = str(pointmap0)
+        if not Path(pointmap0).is_file():
+            raise FileNotFoundError(f"pointmap0 file {src} does not exist")
+        try:
+            pointmap0 = np.load(pointmap0, allow_pickle=False)
+        except ValueError as e:
+            raise ValueError(f"{src} is not a plain .npy array: {e}") from None
+    a = np.asarray(pointmap0, dtype=np.float64)
+    H, W = camera.height, camera.width
+    if a.shape == (H, W):
+        a = camera.depth_to_pointmap(a).astype(np.float64)
+    elif a.shape != (H, W, 3):
+        raise ValueError(f"{src} has shape {a.shape}: expected a pointmap ({H}, {W}, 3) or a depth map ({H}, {W}) "
+                         f"in metres for the {W}x{H} camera")
+    ok = np.isfinite(a).all(-1) & (a[..., 2] > 0)
+    if not ok.any():
+        raise ValueError(f"{src} has no valid point (every pixel is NaN/inf or has z <= 0)")
+    return np.where(ok[..., None], a, 0.0).astype(np.float32)
+
+
 def load_image(image) -> np.ndarray:
     """Path (png / jpg, ...) or array -> uint8 (H, W, 3) RGB (alpha dropped, grey replicated)."""
     if isinstance(image, str | os.PathLike):
@@ -278,15 +310,24 @@ class Simulator:
         traj = actions_to_joints(self.robot, a, self.mode, q0=q0, dt=self.dt)
         return traj, render_robot(self.robot, traj.q, self.camera)
 
-    def rollout(self, image, actions, q0=None, seed: int | None = None) -> Rollout:
+    @property
+    def needs_pointmap0(self) -> bool:
+        """True for ``world_anchor`` checkpoints: ``rollout`` then needs the frame-0 world pointmap (or depth)."""
+        return bool(self.model.cfg.world_anchor)
+
+    def rollout(self, image, actions, q0=None, seed: int | None = None, pointmap0=None) -> Rollout:
         """Generate a rollout from the initial image and an action sequence.
 
         ``image``: path or (H, W, 3) uint8, the size of the camera and of the training data. ``actions``:
         (T, action_dim) in ``self.mode`` (any T the codec allows; the pixel codec allows any). ``q0``: (dof,) IK /
         integration seed (default ``robot.home``). ``seed``: sampling noise (default ``self.seed``).
+        ``pointmap0``: for ``world_anchor`` checkpoints (``needs_pointmap0``), the frame-0 scene geometry in this
+        camera: (H, W, 3) camera-space metres or (H, W) z-depth metres (an RGB-D frame), array or .npy path;
+        0 / NaN = no measurement. See :func:`load_pointmap0`.
         """
         import torch
 
+        from kinema4d.data import anchor_stats, normalize_with_stats
         from kinema4d.model import check_video_size, denormalize_world_pointmap, sample
         from kinema4d.render import normalize_pointmap
 
@@ -303,6 +344,10 @@ class Simulator:
                              f"{self.robot.name}, got {a.shape}")
         check_video_size(self.model.cfg, a.shape[0], H, W)
         cfg = self.model.cfg
+        if cfg.world_anchor and pointmap0 is None:
+            raise ValueError(f"checkpoint {self.ckpt.dir} is a world_anchor model: pass pointmap0, the frame-0 "
+                             "world pointmap (H, W, 3) or depth (H, W) in metres (e.g. the RGB-D frame of the image)")
+        pm0 = load_pointmap0(pointmap0, self.camera) if cfg.world_anchor else None
         action_t = None
         if cfg.condition == "action_embedding":
             if a.shape[1] != cfg.action_dim or a.shape[0] > cfg.max_frames:
@@ -315,21 +360,37 @@ class Simulator:
         if not r.mask.any():
             raise ValueError(f"the robot is not visible from the camera in any of the {a.shape[0]} frames: check the "
                              "camera pose and the actions' frame (world = robot base)")
-        pm01, stats = normalize_pointmap(r.pointmap, r.mask)
-        rpm01 = torch.from_numpy(pm01).permute(0, 3, 1, 2).contiguous()
         mask = torch.from_numpy(r.mask.astype(np.float32))
         image0 = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
         s = self.seed if seed is None else int(seed)
+        world0 = None
+        if cfg.world_anchor:
+            robot_m = torch.from_numpy(r.pointmap.astype(np.float32)).permute(0, 3, 1, 2)
+            pm0_t = torch.from_numpy(pm0).permute(2, 0, 1)
+            valid0 = pm0_t[2] > 0
+            st = anchor_stats(pm0_t, valid0, robot_m, mask)
+            rpm01 = normalize_with_stats(robot_m, mask, st)
+            world0 = normalize_with_stats(pm0_t[None], valid0[None], st)[0]
+            stats_np = st.double().numpy()
+        else:
+            pm01, stats = normalize_pointmap(r.pointmap, r.mask)
+            rpm01 = torch.from_numpy(pm01).permute(0, 3, 1, 2).contiguous()
+            stats_np = np.stack([stats.min, stats.max])
         rgb, w01 = sample(self.model, self.codec, image0, rpm01, mask, steps=self.steps, cfg_scale=self.cfg_scale,
-                          seed=s, action=action_t)
+                          seed=s, action=action_t, world0=world0)
         t2 = time.perf_counter()
         world = world01 = fit = None
         if w01 is not None:
-            rstats = torch.from_numpy(np.stack([stats.min, stats.max]).astype(np.float32))
-            wm, fit_t = denormalize_world_pointmap(w01, rpm01, mask, rstats)
-            world = wm.permute(0, 2, 3, 1).numpy().astype(np.float32)
             world01 = w01.permute(0, 2, 3, 1).numpy().astype(np.float32)
-            fit = fit_t.double().numpy()
+            if cfg.world_anchor:
+                fit = np.stack([stats_np[1] - stats_np[0], stats_np[0]])
+                world = (world01 * fit[0] + fit[1]).astype(np.float32)
+                world[world01.max(-1) <= EMPTY_LEVEL] = 0.0
+            else:
+                rstats = torch.from_numpy(stats_np.astype(np.float32))
+                wm, fit_t = denormalize_world_pointmap(w01, rpm01, mask, rstats)
+                world = wm.permute(0, 2, 3, 1).numpy().astype(np.float32)
+                fit = fit_t.double().numpy()
         rgb8 = video_to_uint8(rgb.cpu())
         info = {"seed": s, "steps": self.steps, "cfg_scale": self.cfg_scale, "frames": int(a.shape[0]),
                 "seconds": {"kinematic": t1 - t0, "generate": t2 - t1},
@@ -338,7 +399,7 @@ class Simulator:
         return Rollout(rgb=np.ascontiguousarray(rgb8), world_pointmap=world, world_pointmap01=world01,
                        robot_pointmap=r.pointmap.astype(np.float32), robot_mask=r.mask.astype(bool),
                        q=traj.q, camera=self.camera, robot_name=self.robot_name, fps=self.fps,
-                       robot_stats=np.stack([stats.min, stats.max]), world_fit=fit, info=info)
+                       robot_stats=stats_np, world_fit=fit, info=info)
 
 
 # ---------------------------------------------------------------------- command line
@@ -359,6 +420,9 @@ class SimulateConfig:
     """Action array (.npy), shape (T, D); see docs/CONVENTIONS.md for the layout of each mode."""
     mode: str = "ee_pose"
     """joint_pos | joint_vel | ee_pose."""
+    pointmap0: Path | None = None
+    """Frame-0 scene geometry (.npy): (H, W, 3) camera-space metres or (H, W) depth metres. Needed by world_anchor
+    checkpoints (the bundled one)."""
     out: Path | None = None
     """Output directory. Default: out/simulate (out/simulate_demo with --demo)."""
     ply: bool = False
@@ -376,7 +440,7 @@ class SimulateConfig:
 
 def demo_inputs(demo_dir: str | os.PathLike | None = None) -> dict:
     """The bundled demo (``demo_dir`` default :data:`DEMO_DIR`): {"image": path, "camera": path, "actions": (T, D)
-    array, "robot": str, "mode": str}."""
+    array, "robot": str, "mode": str, "q0": (dof,) or None, "pointmap0": path or None}."""
     d = Path(demo_dir) if demo_dir is not None else DEMO_DIR
     missing = [f for f in DEMO_FILES if not (d / f).is_file()]
     if missing:
@@ -387,7 +451,8 @@ def demo_inputs(demo_dir: str | os.PathLike | None = None) -> dict:
     meta = json.loads((d / "demo.json").read_text())
     return {"image": d / "init.png", "camera": d / "camera.json", "actions": load_actions(d / "actions.npy"),
             "robot": meta.get("robot", "panda"), "mode": meta.get("mode", "ee_pose"),
-            "q0": None if meta.get("q0") is None else np.asarray(meta["q0"], dtype=np.float64)}
+            "q0": None if meta.get("q0") is None else np.asarray(meta["q0"], dtype=np.float64),
+            "pointmap0": d / "pointmap0.npy" if (d / "pointmap0.npy").is_file() else None}
 
 
 def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
@@ -398,28 +463,33 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
     checkpoint = cfg.checkpoint if cfg.checkpoint is not None else DEFAULT_CHECKPOINT
     resolve_checkpoint(checkpoint)  # a missing checkpoint is reported before anything else
     if cfg.demo:
-        given = [n for n in ("image", "camera", "actions") if getattr(cfg, n) is not None]
+        given = [n for n in ("image", "camera", "actions", "pointmap0") if getattr(cfg, n) is not None]
         if given:
             raise ValueError(f"--demo uses the bundled inputs: drop {', '.join('--' + n for n in given)}")
         demo = demo_inputs()
         robot, mode, image, camera, actions = demo["robot"], demo["mode"], demo["image"], demo["camera"], \
             demo["actions"]
         q0 = demo["q0"]  # the recorded start configuration: IK is seeded from it
+        pointmap0 = demo["pointmap0"]
     else:
         if cfg.image is None or cfg.actions is None:
             raise ValueError("give --image INIT.png and --actions ACTIONS.npy (or --demo)")
         robot, mode, image, camera, actions = cfg.robot, cfg.mode, cfg.image, cfg.camera, load_actions(cfg.actions)
-        q0 = None
+        q0, pointmap0 = None, cfg.pointmap0
     out = cfg.out if cfg.out is not None else Path("out/simulate_demo" if cfg.demo else "out/simulate")
     t0 = time.perf_counter()
     sim = Simulator(checkpoint, robot=robot,
                     camera=camera, mode=mode, steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed, fps=cfg.fps)
     t1 = time.perf_counter()
-    ro = sim.rollout(image, actions, q0=q0)
+    if sim.needs_pointmap0 and pointmap0 is None:
+        raise ValueError(f"checkpoint {sim.checkpoint} is a world_anchor model: give --pointmap0 FRAME0.npy "
+                         "((H, W, 3) camera-space metres or (H, W) depth metres of the initial image)")
+    ro = sim.rollout(image, actions, q0=q0, pointmap0=pointmap0)
     written = ro.save(out, ply=cfg.ply)
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
         "inputs": {"image": str(image), "camera": None if camera is None else str(camera), "robot": robot,
+                   "pointmap0": None if pointmap0 is None else str(pointmap0),
                    "mode": mode, "actions_shape": list(np.shape(actions))},
         "simulator": {k: v for k, v in sim.describe().items() if k != "model"},
         "rollout": {**ro.info, "seconds": {**ro.info["seconds"], "load": t1 - t0},
@@ -433,4 +503,4 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
 
 
 __all__ = ["DEFAULT_CHECKPOINT", "DEMO_DIR", "Rollout", "Simulator", "SimulateConfig", "ResolvedCheckpoint",
-           "resolve_checkpoint", "load_image", "demo_inputs", "simulate_main"]
+           "resolve_checkpoint", "load_image", "load_pointmap0", "demo_inputs", "simulate_main"]

@@ -41,6 +41,7 @@ from kinema4d.model import (
     sample,
     sample_timesteps,
 )
+from kinema4d.data import model_inputs
 from kinema4d.viz import video_to_uint8, write_video
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -85,6 +86,7 @@ class TrainConfig:
     num_workers: int = 0
     preload: bool = False  # read every episode once into RAM before training (lazy zarr reads cost ~0.2 s/episode)
     preload_workers: int = 2
+    preload_cache: str | None = None  # .safetensors of the preloaded items, shared by runs on the same data
     cache_latents: bool = True  # memoize the frozen codec's encodings per video (hash of its bytes), in RAM
     progress: bool = True
 
@@ -98,18 +100,33 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+_DEFAULT = TrainConfig(
+    model=ModelConfig(codec="pixel", pixel_factor=4, num_attention_heads=4, attention_head_dim=32, ffn_dim=512,
+                      num_layers=4, text_dim=128, freq_dim=128, image_padding="repeat", world_anchor=True,
+                      prediction="x0"),
+    data="data/synth", size=(32, 48), frames=9, batch_size=8, steps=3000, lr=5e-4, weight_decay=0.01, warmup=200,
+    schedule="cosine", ema_decay=0.995, preload=True, preload_cache="data/cache/synth_train_32x48x9.safetensors",
+    stats_samples=256, out_dir="runs/default", log_every=10, ckpt_every=250, val_every=1000, val_steps=20,
+)
+
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "tiny": ("tests: 0.64M params, 5 frames of 16x16, pixel codec, synthetic data", TrainConfig()),
     "default": (
         "the bundled CPU checkpoint: 9 frames (stride 6 over a 49-frame episode) of 32x48, pixel codec, "
-        "4-layer 4x32-head DiT; ~40 min on 2 CPU cores",
-        TrainConfig(
-            model=ModelConfig(codec="pixel", pixel_factor=4, num_attention_heads=4, attention_head_dim=32,
-                              ffn_dim=512, num_layers=4, text_dim=128, freq_dim=128, image_padding="repeat"),
-            data="data/synth", size=(32, 48), frames=9, batch_size=8, steps=3000, lr=5e-4, weight_decay=0.01,
-            warmup=200, schedule="cosine", ema_decay=0.995, preload=True, stats_samples=256,
-            out_dir="runs/default", log_every=10, ckpt_every=250, val_every=1000, val_steps=20,
-        ),
+        "4-layer 4x32-head DiT, x0-prediction, frame-0 world pointmap anchor; ~45 min on 2 CPU cores",
+        _DEFAULT,
+    ),
+    "baseline_binary_mask": (
+        "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
+        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="binary_mask"),
+                            out_dir="runs/baseline_binary_mask"),
+    ),
+    "baseline_action_embedding": (
+        "Sec. 4 baseline under the default's budget: per-frame ee pose + gripper tokens as cross-attention context "
+        "(IRASim / Ctrl-World style); no robot pixels (no pointmap, no mask)",
+        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="action_embedding",
+                                                                mask="none"),
+                            out_dir="runs/baseline_action_embedding"),
     ),
     "wan_small": (
         "17 frames of 64x96 through a small Wan VAE trained first (2000 codec steps) + 6-layer DiT. Measured on "
@@ -217,13 +234,40 @@ def _minmax(pm: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PreloadedEpisodes(torch.utils.data.Dataset):
-    """Every item of ``dataset`` read once (``workers`` processes, progress bar) and kept in RAM."""
+    """Every item of ``dataset`` read once (``workers`` processes, progress bar) and kept in RAM.
 
-    def __init__(self, dataset, workers: int = 2, desc: str = "preload"):
+    ``cache``: a .safetensors file of the stacked items. Read instead of the dataset if it exists (its ``key``
+    metadata, e.g. data dir / size / frames, must equal ``key``), else written atomically after reading, so runs
+    on the same data share one read."""
+
+    def __init__(self, dataset, workers: int = 2, desc: str = "preload", cache: str | os.PathLike | None = None,
+                 key: str = ""):
+        from safetensors import safe_open
+        from safetensors.torch import save_file
         from tqdm import tqdm
 
+        if cache is not None and Path(cache).is_file():
+            with safe_open(str(cache), "pt") as f:
+                meta = f.metadata() or {}
+                if meta.get("key") != key:
+                    raise ValueError(f"preload cache {cache} was made for {meta.get('key')!r}, not {key!r}: delete it "
+                                     "or pass another preload_cache")
+                stacked = {k: f.get_tensor(k) for k in f.keys()}
+            n = len(stacked["index"])
+            self.items = [{k: (int(v[i]) if k == "index" else v[i]) for k, v in stacked.items()} for i in range(n)]
+            return
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=workers)
-        self.items = [item for item in tqdm(loader, total=len(dataset), desc=desc, unit="ep")]
+        # clone: a tensor received from a worker holds a shared-memory file descriptor until it is freed, and
+        # 2000 episodes x 11 tensors exceed the usual open-file limit
+        self.items = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
+                      for item in tqdm(loader, total=len(dataset), desc=desc, unit="ep")]
+        if cache is not None:
+            stacked = {k: torch.stack([torch.as_tensor(it[k]) for it in self.items]).contiguous()
+                       for k in self.items[0]}
+            Path(cache).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{cache}.tmp{os.getpid()}")
+            save_file(stacked, str(tmp), metadata={"key": key})
+            os.replace(tmp, cache)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -421,9 +465,10 @@ def _collate(items: list[dict]) -> dict:
 
 def prepare_batch(model: WorldModel, codec, batch: dict, generator: torch.Generator | None = None) -> dict:
     """A collated dataset batch (TorchEpisodes keys) -> ``WorldModel.prepare`` output with the training target."""
+    batch = model_inputs(model.cfg, batch)
     return model.prepare(codec, batch["rgb"][:, 0], batch["robot_pointmap"], batch["robot_mask"],
                          action=batch.get("action"), rgb=batch["rgb"], world_pointmap=batch["world_pointmap"],
-                         generator=generator)
+                         generator=generator, world0=batch["world0"])
 
 
 def train_codec(cfg: TrainConfig, codec, dataset, rank: int = 0, world: int = 1) -> list[float]:
@@ -471,9 +516,9 @@ def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, ste
     with torch.no_grad():
         for k, v in ema.items():
             params[k].copy_(v)
-    e = val_set[0]
+    e = model_inputs(model.cfg, val_set[0])
     rgb, wpm = sample(model, codec, e["rgb"][0], e["robot_pointmap"], e["robot_mask"], steps=cfg.val_steps,
-                      cfg_scale=cfg.val_cfg_scale, seed=cfg.seed, action=e.get("action"))
+                      cfg_scale=cfg.val_cfg_scale, seed=cfg.seed, action=e.get("action"), world0=e["world0"])
     with torch.no_grad():
         for k, v in backup.items():
             params[k].copy_(v)
@@ -503,7 +548,8 @@ def train_main(cfg: TrainConfig) -> dict:
 
     dataset = make_dataset(cfg, "train")
     if cfg.preload and cfg.data is not None:
-        dataset = PreloadedEpisodes(dataset, cfg.preload_workers)
+        dataset = PreloadedEpisodes(dataset, cfg.preload_workers, cache=cfg.preload_cache,
+                                    key=f"{Path(cfg.data).resolve()}|train|{tuple(cfg.size)}|{cfg.frames}")
     try:
         val_set = make_dataset(cfg, cfg.val_split or "train", seed_offset=1) if cfg.data is None or cfg.val_split \
             else dataset
@@ -527,7 +573,7 @@ def train_main(cfg: TrainConfig) -> dict:
             train_codec(cfg, codec, dataset, rank, world)
             codec.requires_grad_(False)
         if cfg.stats_samples > 0:
-            it = (_collate([dataset[i]]) for i in range(min(len(dataset), cfg.stats_samples)))
+            it = (model_inputs(cfg.model, _collate([dataset[i]])) for i in range(min(len(dataset), cfg.stats_samples)))
             model.latent_stats.copy_(compute_latent_stats(codec, it, cfg.stats_samples))
         if world > 1:
             for t in [*model.state_dict().values(), *codec.state_dict().values()]:

@@ -60,3 +60,30 @@ def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
     assert (out / "per_frame.png").stat().st_size > 0 and len(list((out / "videos").glob("*.mp4"))) == 1
     assert main(["eval", "compare", str(out), str(out)]) == 0
     assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--data", str(data_dir), "--out", str(out)]) == 2
+
+
+def test_eval_baselines_same_harness(data_dir, run_dir, tmp_path):
+    """--baselines NAME=CKPT: every model is scored on the same episodes; world_anchor and action_embedding models
+    get their extra inputs (frame-0 pointmap, recorded actions); bad specs and mismatched sizes are clear errors."""
+    from kinema4d.model import ModelConfig
+
+    runs = {}
+    for name, mcfg in {"binary_mask": ModelConfig(condition="binary_mask", world_anchor=True, prediction="x0"),
+                       "action_embedding": ModelConfig(condition="action_embedding", mask="none",
+                                                       world_anchor=True)}.items():
+        runs[name] = tmp_path / name
+        train_main(TrainConfig(model=mcfg, out_dir=str(runs[name]), steps=1, size=(H, W), frames=T,
+                               progress=False, val_steps=1))
+    out = tmp_path / "rep"
+    base = ["eval", "--checkpoint", str(run_dir), "--data", str(data_dir), "--split", "test", "--steps", "2",
+            "--videos", "1", "--no-progress"]
+    assert main([*base, "--out", str(out), "--baselines", *[f"{k}={v}" for k, v in runs.items()]]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert list(rep["summary"]) == ["kinema4d", "binary_mask", "action_embedding", "static"]
+    for m in rep["summary"]:
+        assert np.isfinite(rep["summary"][m]["psnr"]) and np.isfinite(rep["summary"][m]["chamfer_l1"]), m
+    assert "| binary_mask |" in (out / "report.md").read_text()
+    assert main([*base, "--out", str(out), "--baselines", "static=x"]) == 2
+    other = tmp_path / "other"
+    train_main(TrainConfig(out_dir=str(other), steps=1, size=(H, 2 * W), frames=T, progress=False, val_steps=1))
+    assert main([*base, "--out", str(out), "--baselines", f"wide={other}"]) == 2
