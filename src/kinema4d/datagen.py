@@ -92,7 +92,8 @@ def _check(cfg: DatagenConfig) -> None:
     if cfg.episodes < 0 or cfg.workers < 1 or cfg.frames < 2 or cfg.failures_per_success < 0:
         raise ValueError(f"need episodes >= 0, workers >= 1, frames >= 2, failures_per_success >= 0; got {cfg}")
     parse_resolution(cfg.resolution)
-    if cfg.distractors is not None and not (len(cfg.distractors) == 2 and 0 <= cfg.distractors[0] <= cfg.distractors[1] <= 8):
+    d = cfg.distractors
+    if d is not None and not (len(d) == 2 and 0 <= d[0] <= d[1] <= 8):
         raise ValueError(f"distractors must be (min, max) with 0 <= min <= max <= 8, got {cfg.distractors}")
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from kinema4d.data import model_inputs
 from kinema4d.model import (
     PAPER_MODEL,
     ModelConfig,
@@ -41,7 +42,6 @@ from kinema4d.model import (
     sample,
     sample_timesteps,
 )
-from kinema4d.data import model_inputs
 from kinema4d.viz import video_to_uint8, write_video
 
 # ----------------------------------------------------------------------------------------------------------------

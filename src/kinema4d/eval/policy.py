@@ -55,7 +55,7 @@ def generate_setups(cfg: PolicyEvalConfig) -> dict[str, Path]:
     from kinema4d.datagen import DatagenConfig, datagen_main
 
     roots = {}
-    for k, name in enumerate(cfg.setups):
+    for name in cfg.setups:
         if name not in SETUPS:
             raise ValueError(f"unknown setup {name!r}; choose from {list(SETUPS)}")
         datagen_main(DatagenConfig(out=Path(cfg.data) / name, episodes=cfg.episodes, split="test",
