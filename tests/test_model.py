@@ -403,3 +403,22 @@ def test_world_anchor_input_latents(condition):
     rgb, wpm = sample(model, codec, b["rgb"][0, 0], b["robot_pointmap"][0], b["robot_mask"][0], steps=2,
                       action=b["action"][0], world0=world0[0])
     assert rgb.shape == wpm.shape == (T, 3, H, W)
+
+
+def test_x0_residual_starts_at_its_input():
+    """prediction='x0_residual': x0 = input latents + output, so an untrained model (proj_out = 0) samples exactly
+    its input: I0 in every frame and the anchored pointmap (robot pointmap on robot pixels, frame-0 world elsewhere)."""
+    cfg = dataclasses.replace(TINY, prediction="x0_residual", world_anchor=True, image_padding="repeat")
+    model, codec = WorldModel(cfg), make_codec(cfg)
+    b = _batch(1)
+    world0 = b["world_pointmap"][:, 0]
+    p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], world0=world0)
+    x_t, t = torch.randn(latent_shapes(cfg, T, H, W)["latent"]), torch.tensor([0.4])
+    torch.testing.assert_close(model(x_t, t, p["cond"], p["robot"]), (x_t - p["cond"][:, 4:]) / 0.4)
+    rgb, wpm = sample(model, codec, b["rgb"][0, 0], b["robot_pointmap"][0], b["robot_mask"][0], steps=3,
+                      world0=world0[0])
+    # (to within the last Euler step, sigma = 0.001 -> 0, where the velocity uses max(t, x0_t_min))
+    torch.testing.assert_close(rgb, b["rgb"][0, :1].expand_as(rgb), atol=5e-3, rtol=0)
+    robot = b["robot_mask"][0][:, None].expand_as(wpm) > 0.5
+    torch.testing.assert_close(wpm[robot], b["robot_pointmap"][0][robot], atol=5e-3, rtol=0)
+    torch.testing.assert_close(wpm[~robot], world0[0][None].expand_as(wpm)[~robot], atol=5e-3, rtol=0)

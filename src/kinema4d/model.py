@@ -78,11 +78,13 @@ class ModelConfig:
     # frame (as image_padding="repeat" does for I0), and pointmaps are normalized with stats known at inference
     # (``kinema4d.data.anchor_normalize``), so the output converts to metres exactly. False = Sec. 3.2 as published.
     world_anchor: bool = False
-    # What the backbone outputs: "velocity" (eps - x0, Wan / the paper) or "x0" (the clean latents; the velocity is
-    # (x_t - x0) / max(t, x0_t_min)). x0-prediction is what works when a token (here 3*f*f*4 = 192 pixel-codec
-    # values) is wider than the transformer (Li & He 2025, "Back to Basics: Let Denoising Generative Models
-    # Denoise"): a narrow network cannot output high-dimensional noise, it can output the clean image.
-    prediction: Literal["velocity", "x0"] = "velocity"
+    # What the backbone outputs: "velocity" (eps - x0, Wan / the paper), "x0" (the clean latents; the velocity is
+    # (x_t - x0) / max(t, x0_t_min)) or "x0_residual" (x0 = the input latents + the output: an untrained model
+    # predicts I0 and the input pointmap, i.e. at least the static baseline, and learns what changes).
+    # x0-prediction is what works when a token (here 3*f*f*4 = 192 pixel-codec values) is wider than the
+    # transformer (Li & He 2025, "Back to Basics: Let Denoising Generative Models Denoise"): a narrow network
+    # cannot output high-dimensional noise, it can output the clean image.
+    prediction: Literal["velocity", "x0", "x0_residual"] = "velocity"
     x0_t_min: float = 0.05
     shared_rope: bool = True
     domain_embedding: bool = True
@@ -97,9 +99,9 @@ class ModelConfig:
             raise ValueError(f"soft_ratio must be in [0, 1], got {self.soft_ratio}")
         if self.attention_head_dim % 2:
             raise ValueError("attention_head_dim must be even (RoPE)")
-        if self.prediction not in ("velocity", "x0") or not 0.0 < self.x0_t_min < 1.0:
-            raise ValueError(f"prediction must be 'velocity' or 'x0' and 0 < x0_t_min < 1, got {self.prediction!r}, "
-                             f"{self.x0_t_min}")
+        if self.prediction not in ("velocity", "x0", "x0_residual") or not 0.0 < self.x0_t_min < 1.0:
+            raise ValueError(f"prediction must be 'velocity', 'x0' or 'x0_residual' and 0 < x0_t_min < 1, got "
+                             f"{self.prediction!r}, {self.x0_t_min}")
 
     @property
     def latent_channels(self) -> int:
@@ -593,7 +595,9 @@ class WorldModel(nn.Module):
         h = torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
         out = self.transformer(h, t * 1000, context.to(x_t.dtype), encoder_hidden_states_image=img,
                                return_dict=False)[0]
-        if self.cfg.prediction == "x0":  # x_t = (1-t) x0 + t eps  =>  eps - x0 = (x_t - x0) / t
+        if self.cfg.prediction != "velocity":  # x_t = (1-t) x0 + t eps  =>  eps - x0 = (x_t - x0) / t
+            if self.cfg.prediction == "x0_residual":
+                out = out + cond[:, MASK_CHANNELS:].to(out.dtype)
             tt = t.to(out.dtype).clamp(min=self.cfg.x0_t_min).view(-1, 1, 1, 1, 1)
             out = (x_t - out) / tt
         return out

@@ -103,8 +103,8 @@ class TrainConfig:
 _DEFAULT = TrainConfig(
     model=ModelConfig(codec="pixel", pixel_factor=4, num_attention_heads=4, attention_head_dim=32, ffn_dim=512,
                       num_layers=4, text_dim=128, freq_dim=128, image_padding="repeat", world_anchor=True,
-                      prediction="x0"),
-    data="data/synth", size=(32, 48), frames=9, batch_size=8, steps=3000, lr=5e-4, weight_decay=0.01, warmup=200,
+                      prediction="x0_residual"),
+    data="data/synth", size=(32, 48), frames=9, batch_size=8, steps=2000, lr=5e-4, weight_decay=0.01, warmup=200,
     schedule="cosine", ema_decay=0.995, preload=True, preload_cache="data/cache/synth_train_32x48x9.safetensors",
     stats_samples=256, out_dir="runs/default", log_every=10, ckpt_every=250, val_every=1000, val_steps=20,
 )
