@@ -42,7 +42,8 @@ def _inputs(sim, T: int):
     actions = demo_actions(sim.robot, 49)[idx]
     H, W = sim.camera.height, sim.camera.width
     image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
-    return image, actions
+    kw = {"pointmap0": sim.camera.depth_to_pointmap(np.full((H, W), 1.2))} if sim.needs_pointmap0 else {}
+    return image, actions, kw
 
 
 def run_case(case: str, checkpoint: str, T: int, steps: int, repeats: int, train_steps: int) -> dict:
@@ -55,8 +56,9 @@ def run_case(case: str, checkpoint: str, T: int, steps: int, repeats: int, train
     if case == "load":
         return {"seconds": 0.0, "all": [], "peak_rss_mb": _peak_rss_mb()}
     if case in ("kinematic", "rollout"):
-        image, actions = _inputs(sim, T)
-        fn = (lambda: sim.kinematic_stage(actions)) if case == "kinematic" else (lambda: sim.rollout(image, actions))
+        image, actions, kw = _inputs(sim, T)
+        fn = (lambda: sim.kinematic_stage(actions)) if case == "kinematic" else (
+            lambda: sim.rollout(image, actions, **kw))
         fn()  # warm-up: renderer set-up (mesh loading / simplification), first-call allocations
         times = []
         for _ in range(repeats):

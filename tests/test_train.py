@@ -176,3 +176,25 @@ def test_cached_codec_matches_codec():
     with torch.no_grad():
         ref = codec.encode(x)
     assert torch.equal(a, ref) and torch.equal(b, ref.flip(0)) and (cc.hits, cc.misses) == (2, 2)
+
+
+def test_preload_cache_roundtrip(tmp_path):
+    """PreloadedEpisodes writes its cache once and reads it back identically; a cache made for other data is
+    refused, not silently used."""
+    import torch
+
+    from kinema4d.train import PreloadedEpisodes, SyntheticEpisodes
+
+    ds = SyntheticEpisodes(3, 5, (16, 16), 0)
+    cache = tmp_path / "c.safetensors"
+    a = PreloadedEpisodes(ds, workers=0, cache=cache, key="synthetic|3")
+    assert cache.is_file()
+    b = PreloadedEpisodes(None, workers=0, cache=cache, key="synthetic|3")  # no dataset needed: read from cache
+    assert len(b) == 3
+    for i in range(3):
+        assert a[i].keys() == b[i].keys() and b[i]["index"] == ds[i]["index"]
+        for k, v in ds[i].items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(b[i][k], v), k
+    with pytest.raises(ValueError, match="made for"):
+        PreloadedEpisodes(ds, workers=0, cache=cache, key="other")

@@ -2,14 +2,17 @@
 
     from kinema4d import Simulator
     sim = Simulator()                                    # the bundled checkpoint, Panda, its demo camera
-    ro = sim.rollout("init.png", actions)                # actions (T, 8) ee_pose: xyz, quat xyzw, gripper
+    ro = sim.rollout("init.png", actions, pointmap0="depth0.npy")  # actions (T, 8) ee_pose: xyz, quat xyzw,
+                                                         # gripper; pointmap0: frame-0 depth / pointmap (metres)
     ro.save("out/run")                                   # rgb.mp4, pointmap.mp4, rollout.npz (+ ply/ on request)
 
 Stages (paper Sec. 3): the kinematic stage (``robot.actions_to_joints`` with a seeded IK, ``render.render_robot``)
-turns the actions into a robot pointmap sequence seen by the camera; it is min-max normalized over the sequence
-(``render.normalize_pointmap``) and conditions the generative model (``model.sample``), whose normalized world
-pointmap is brought back to metres by fitting it to the known robot pointmap on robot pixels
-(``model.denormalize_world_pointmap``).
+turns the actions into a robot pointmap sequence seen by the camera, which conditions the generative model
+(``model.sample``). Normalization: ``world_anchor`` models (the bundled one) also take the frame-0 world pointmap
+and normalize every pointmap with stats known at inference (``data.anchor_stats``), so their output converts to
+metres exactly; paper-style models take the robot pointmap min-max normalized over the sequence
+(``render.normalize_pointmap``) and their normalized world pointmap is brought back to metres by fitting it to the
+known robot pointmap on robot pixels (``model.denormalize_world_pointmap``).
 
 ``kinema4d simulate`` (:class:`SimulateConfig`, :func:`simulate_main`) is the command-line entry.
 """

@@ -133,6 +133,7 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
 
     from kinema4d.data import model_inputs
     from kinema4d.model import denormalize_world_pointmap, sample
+    from kinema4d.simulator import EMPTY_LEVEL
 
     item = model_inputs(model.cfg, raw)
     with torch.no_grad():
@@ -141,8 +142,10 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
                           action=item["action"] if model.cfg.condition == "action_embedding" else None,
                           world0=item["world0"])
     world_m = None
-    if w01 is not None and model.cfg.world_anchor:  # the normalization is known: exact metres
-        world_m = _to_metres(w01.permute(0, 2, 3, 1).numpy(), item["world_stats"].numpy())
+    if w01 is not None and model.cfg.world_anchor:  # the normalization is known: exact metres, 0 where 'empty'
+        pred01 = w01.permute(0, 2, 3, 1).numpy()
+        world_m = _to_metres(pred01, item["world_stats"].numpy())
+        world_m[pred01.max(-1) <= EMPTY_LEVEL] = 0.0
     elif w01 is not None:
         world_m = denormalize_world_pointmap(w01, item["robot_pointmap"], item["robot_mask"],
                                              item["robot_stats"])[0].permute(0, 2, 3, 1).numpy()

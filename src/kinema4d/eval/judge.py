@@ -7,6 +7,12 @@ the table (not held up).
 
 The object's reference colour is read from the initial image I0 at the object's known initial position, so the
 shading of the renderer (or of the generated video) is part of the reference; no palette value is assumed.
+
+At low resolution (the 32x48 CPU model) a 4-5 cm object covers one or two pixels, blended with the goal pad it
+lands on, and colour finding fails (measured on ground-truth frames of the policy-evaluation setups: the colour
+judge agrees with physics on 42-70 % of episodes at 32x48, 92-100 % at 64x96). :func:`judge_place_height` uses
+the geometry instead, which only a 4D world model provides: success = something of the object's height stands on
+the goal pad in the last frame, robot pixels (known from the kinematics) excluded; 96-100 % agreement at both sizes.
 """
 
 from __future__ import annotations
@@ -82,16 +88,54 @@ def judge_place(rgb: np.ndarray, world_pm: np.ndarray, camera: Camera, ref_rgb: 
     return Judgement(err <= xy_tol, err, float(np.median(h[on_table])), int(on_table.sum()))
 
 
+def judge_place_height(world_pm: np.ndarray, robot_mask: np.ndarray, camera: Camera, goal_xy, table_z: float,
+                       object_height: float, xy_tol: float = 0.05, height_range: tuple[float, float] = (0.5, 1.5),
+                       last_frames: int = 1, min_pixels: int = 1) -> Judgement:
+    """Judge a rollout by geometry: ``world_pm`` (T, H, W, 3) camera-frame metres (0 = empty), ``robot_mask``
+    (T, H, W) bool robot pixels (excluded: a gripper above the pad is not a placed object).
+
+    Success: in each of the last ``last_frames`` frames at least ``min_pixels`` points lie within ``xy_tol`` metres
+    of ``goal_xy`` (world xy) at a height above ``table_z`` between ``height_range`` x ``object_height`` (the top
+    or the side of a placed object; the pad itself is flat). ``xy_err`` is the distance of the nearest such point
+    (inf when none), ``z_above_table`` their median height.
+    """
+    world_pm, robot_mask = np.asarray(world_pm, np.float64), np.asarray(robot_mask, bool)
+    if world_pm.ndim != 4 or world_pm.shape[-1] != 3 or robot_mask.shape != world_pm.shape[:3]:
+        raise ValueError(f"world_pm {world_pm.shape} must be (T, H, W, 3) and robot_mask {robot_mask.shape} (T, H, W)")
+    if world_pm.shape[1:3] != (camera.height, camera.width):
+        raise ValueError(f"frames are {world_pm.shape[1:3]} but the camera is {(camera.height, camera.width)}")
+    found, errs, heights = [], [], []
+    for pm, rm in zip(world_pm[-last_frames:], robot_mask[-last_frames:]):
+        valid = np.any(pm != 0, axis=-1) & ~rm
+        p = transform_points(camera.T_world_cam, pm[valid])
+        dz = p[:, 2] - table_z
+        d = np.linalg.norm(p[:, :2] - np.asarray(goal_xy, np.float64), axis=1)
+        on_goal = (d <= xy_tol) & (dz > height_range[0] * object_height) & (dz < height_range[1] * object_height)
+        found.append(int(on_goal.sum()))
+        errs.append(float(d[on_goal].min()) if on_goal.any() else float("inf"))
+        heights.extend(dz[on_goal].tolist())
+    return Judgement(min(found) >= min_pixels, max(errs), float(np.median(heights)) if heights else float("nan"),
+                     min(found))
+
+
 def judge_episode(rgb: np.ndarray, world_pm: np.ndarray, attrs: dict, rgb0: np.ndarray | None = None,
-                  **kwargs) -> Judgement:
-    """:func:`judge_place` with the scene description of a data-engine episode (``Dataset4D.attrs(i)``).
+                  method: str = "colour", robot_mask: np.ndarray | None = None, **kwargs) -> Judgement:
+    """:func:`judge_place` (``method="colour"``) or :func:`judge_place_height` (``method="height"``, needs
+    ``robot_mask`` (T, H, W)) with the scene description of a data-engine episode (``Dataset4D.attrs(i)``).
 
     ``rgb0`` is the initial image the reference colour is read from (default ``rgb[0]``).
     """
+    if method not in ("colour", "height"):
+        raise ValueError(f"judge method must be 'colour' or 'height', got {method!r}")
     camera = Camera.from_dict(attrs["camera"])
     if rgb.shape[1:3] != (camera.height, camera.width):
         camera = camera.resized(rgb.shape[2], rgb.shape[1])
     obj = attrs["objects"][0]
+    if method == "height":
+        if robot_mask is None:
+            raise ValueError("the height judge needs robot_mask (T, H, W): the robot's pixels are not the object")
+        return judge_place_height(world_pm, robot_mask, camera, attrs["goal_xy"], attrs["table_top_z"],
+                                  obj["size"][2], **kwargs)
     top = np.array([*obj["xy"], attrs["table_top_z"] + obj["size"][2]])
     ref = reference_colour(rgb[0] if rgb0 is None else rgb0, camera, top)
     if ref is None:

@@ -9,8 +9,9 @@ Protocol, per setup (``SETUPS``: canonical = no distractor, cluttered = 3-5, den
 2. Ground-truth success: the physics outcome of executing the policy (``Scene.evaluate``, stored per episode).
 3. Simulated success: every model (``--checkpoint`` = kinema4d, ``--baselines NAME=CKPT``) generates the 4D
    rollout from I0 and the executed trajectory's robot pointmaps (exactly the ``kinema4d eval`` inputs), and the
-   automatic judge (:mod:`kinema4d.eval.judge`: the target found by its colour, lifted to 3D with the generated
-   pointmap) decides success. The judge also runs on the ground-truth frames at the model's resolution
+   automatic judge (:mod:`kinema4d.eval.judge`; default ``judge="height"``: an object-height point on the goal pad
+   in the generated pointmap's last frame, robot pixels excluded; ``"colour"``: the target found by its colour,
+   lifted to 3D) decides success. The judge also runs on the ground-truth frames at the model's resolution
    ("judge on GT"): the agreement the judge itself reaches, the ceiling for every model.
 
 Reported per setup: GT SR, simulated SR of each method, |simulated - GT| and per-episode agreement (fraction of
@@ -47,6 +48,7 @@ class PolicyEvalConfig:
     seed: int = 1000  # data-engine seed of the first setup (+ setup index); disjoint from the training seeds
     steps: int = 20  # sampling steps
     cfg_scale: float = 1.0
+    judge: str = "height"  # kinema4d.eval.judge method: "height" (geometry; works at 32x48) or "colour"
     progress: bool = True
 
 
@@ -66,10 +68,11 @@ def generate_setups(cfg: PolicyEvalConfig) -> dict[str, Path]:
     return roots
 
 
-def _judge(rgb8: np.ndarray, world_m: np.ndarray, attrs: dict, rgb0: np.ndarray) -> bool:
+def _judge(method: str, rgb8: np.ndarray, world_m: np.ndarray, attrs: dict, rgb0: np.ndarray,
+           robot_mask: np.ndarray) -> bool:
     from kinema4d.eval.judge import judge_episode
 
-    return bool(judge_episode(rgb8, world_m, attrs, rgb0=rgb0).success)
+    return bool(judge_episode(rgb8, world_m, attrs, rgb0=rgb0, method=method, robot_mask=robot_mask).success)
 
 
 def policy_eval(cfg: PolicyEvalConfig) -> dict:
@@ -97,10 +100,11 @@ def policy_eval(cfg: PolicyEvalConfig) -> dict:
             rgb0 = video_to_uint8(raw["rgb"][:1])[0]
             gt_m = _to_metres(raw["world_pointmap"].permute(0, 2, 3, 1).numpy(), raw["world_stats"].numpy())
             gt_m[raw["world_valid"].numpy() < 0.5] = 0
-            sim["judge on GT"].append(_judge(video_to_uint8(raw["rgb"]), gt_m, attrs, rgb0))
+            rmask = raw["robot_mask"].numpy() > 0.5
+            sim["judge on GT"].append(_judge(cfg.judge, video_to_uint8(raw["rgb"]), gt_m, attrs, rgb0, rmask))
             for m, (_, model, codec) in loaded.items():
                 _, rgb8, _, world_m = predict(model, codec, raw, cfg.steps, cfg.cfg_scale, cfg.seed + i)
-                sim[m].append(False if world_m is None else _judge(rgb8, world_m, attrs, rgb0))
+                sim[m].append(False if world_m is None else _judge(cfg.judge, rgb8, world_m, attrs, rgb0, rmask))
         g = np.array(gt)
         per_setup[name] = {
             "episodes": n, "distractors": list(SETUPS[name]), "gt_sr": float(g.mean()),
