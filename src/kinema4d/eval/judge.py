@@ -105,7 +105,7 @@ def judge_place_height(world_pm: np.ndarray, robot_mask: np.ndarray, camera: Cam
     if world_pm.shape[1:3] != (camera.height, camera.width):
         raise ValueError(f"frames are {world_pm.shape[1:3]} but the camera is {(camera.height, camera.width)}")
     found, errs, heights = [], [], []
-    for pm, rm in zip(world_pm[-last_frames:], robot_mask[-last_frames:]):
+    for pm, rm in zip(world_pm[-last_frames:], robot_mask[-last_frames:], strict=True):
         valid = np.any(pm != 0, axis=-1) & ~rm
         p = transform_points(camera.T_world_cam, pm[valid])
         dz = p[:, 2] - table_z
