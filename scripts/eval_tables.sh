@@ -10,10 +10,13 @@ BASE=(--baselines "binary_mask=${1:-runs/baseline_binary_mask}" "action_embeddin
 CK=()
 [ -n "${CHECKPOINT:-}" ] && CK=(--checkpoint "$CHECKPOINT")
 export OMP_NUM_THREADS=1
+PIDS=()
 for split in test ood; do
   .venv/bin/kinema4d eval "${CK[@]}" "${BASE[@]}" --data data/synth --split "$split" --out "out/eval_$split" \
     --no-progress &
+  PIDS+=($!)
 done
 .venv/bin/kinema4d eval policy "${CK[@]}" "${BASE[@]}" --out out/policy_eval --no-progress &
-wait
+PIDS+=($!)
+for pid in "${PIDS[@]}"; do wait "$pid"; done   # fails (set -e) if any report failed
 cat out/eval_test/report.md out/eval_ood/report.md out/policy_eval/policy.md

@@ -366,8 +366,7 @@ class TorchEpisodes(torch.utils.data.Dataset):
         from kinema4d.render import normalize_pointmap
 
         e = self.ds.read_episode(i, keys=("rgb", "world_pointmap", "robot_pointmap", "robot_render_mask", "actions"))
-        T = e["rgb"].shape[0]
-        idx = np.arange(T) if self.frames is None else np.round(np.linspace(0, T - 1, self.frames)).astype(int)
+        idx = frame_indices(e["rgb"].shape[0], self.frames)
         rgb = torch.from_numpy(e["rgb"][idx]).permute(0, 3, 1, 2).float() / 255.0
         wpm = torch.from_numpy(e["world_pointmap"][idx]).permute(0, 3, 1, 2)
         rpm = torch.from_numpy(e["robot_pointmap"][idx]).permute(0, 3, 1, 2)
@@ -400,6 +399,12 @@ class TorchEpisodes(torch.utils.data.Dataset):
             "success": torch.tensor(bool(e["attrs"]["success"])),
             "index": int(i),
         }
+
+
+def frame_indices(T: int, frames: int | None) -> np.ndarray:
+    """Indices (frames,) int of ``frames`` uniformly subsampled frames of a T-frame episode (all when None), the
+    subsampling ``TorchEpisodes`` applies."""
+    return np.arange(T) if frames is None else np.round(np.linspace(0, T - 1, frames)).astype(int)
 
 
 ANCHOR_MARGIN = 0.05  # anchor_stats: fraction of the range added on each side (later frames may leave the box)

@@ -9,7 +9,7 @@ import pytest
 
 from kinema4d.cli import main
 from kinema4d.datagen import DatagenConfig, datagen_main
-from kinema4d.eval.evaluate import score_episode
+from kinema4d.eval.evaluate import penetration_pct, score_episode
 from kinema4d.train import TrainConfig, train_main
 
 T, H, W = 5, 16, 16
@@ -49,6 +49,45 @@ def test_score_perfect_vs_static(data_dir):
     assert noisy["chamfer_l1"] > perfect["chamfer_l1"] and noisy["fscore"] < 1.0
 
 
+def test_latent_l2_and_penetration(data_dir):
+    """Latent L2 is 0 for a perfect prediction and the pixel-codec MSE otherwise; penetration is ~0 for the GT
+    geometry and 100 % for points put at a link's centre (a convex combination of its hull vertices)."""
+    from kinema4d.data import TorchEpisodes, frame_indices
+    from kinema4d.eval.evaluate import _robot_pose
+    from kinema4d.eval.metrics import link_hulls
+    from kinema4d.geometry import transform_points
+    from kinema4d.model import PixelCodec
+
+    ds = TorchEpisodes(data_dir, split="test", size=(H, W), frames=T)
+    item = ds[0]
+    gt_rgb = (item["rgb"].permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)
+    gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
+    codec = PixelCodec(4)
+    dark = np.clip(gt_rgb.astype(int) - 51, 0, 255).astype(np.uint8)
+    assert score_episode(gt_rgb, gt01, item, codec=codec)["latent_l2"] == 0.0
+    want = np.mean((2 * (dark.astype(float) - gt_rgb) / 255) ** 2)  # the pixel codec maps [0, 1] to [-1, 1]
+    assert score_episode(dark, gt01, item, codec=codec)["latent_l2"] == pytest.approx(want, rel=1e-5)
+
+    robots = {}
+    robot, q, T_cam_world = pose = _robot_pose(ds, 0, T, robots)
+    assert q.shape == (T, robot.dof) and _robot_pose(ds, 0, T, robots)[0] is robot  # cached
+    raw_q = ds.ds.read_episode(0, keys=("q",))["q"]
+    np.testing.assert_array_equal(q, raw_q[frame_indices(len(raw_q), T)])
+    st = item["world_stats"].numpy().astype(np.float64)
+    gt_m = np.where(item["world_valid"].numpy()[..., None] > 0.5, gt01 * (st[1] - st[0]) + st[0], 0.0)
+    assert penetration_pct(gt_m, item, pose) < 5.0
+    link = "panda_link3"
+    eq, _ = link_hulls(robot)[link]
+    T_world_link = robot.fk(q, links=[link])[link]  # (T, 4, 4)
+    centre_link = np.asarray(robot.link_meshes[link].vertices).mean(0)
+    inside = np.zeros_like(gt_m)
+    for t in range(T):
+        inside[t] = transform_points(T_cam_world @ T_world_link[t], centre_link[None])[0]
+    assert penetration_pct(inside, item, pose) == pytest.approx(100.0)
+    scored = score_episode(gt_rgb, gt01, item, gt_m, robot_pose=pose)
+    assert scored["penetration_pct"] == pytest.approx(penetration_pct(gt_m, item, pose))
+
+
 def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
     out = tmp_path / "rep"
     assert main(["eval", "--checkpoint", str(run_dir), "--data", str(data_dir), "--split", "test", "--out", str(out),
@@ -58,6 +97,9 @@ def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
     assert np.isfinite(rep["summary"]["kinema4d"]["psnr"]) and np.isfinite(rep["summary"]["static"]["chamfer_l1"])
     assert "| kinema4d |" in (out / "report.md").read_text() and "<table" in (out / "report.html").read_text()
     assert (out / "per_frame.png").stat().st_size > 0 and len(list((out / "videos").glob("*.mp4"))) == 1
+    assert rep["summary"]["kinema4d"]["lpips"] is None and rep["summary"]["static"]["fvd"] is None
+    assert "n/a = not available" in (out / "report.md").read_text()
+    assert np.isfinite(rep["summary"]["kinema4d"]["latent_l2"]) and np.isfinite(rep["gt_penetration_pct"])
     assert main(["eval", "compare", str(out), str(out)]) == 0
     assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--data", str(data_dir), "--out", str(out)]) == 2
 
@@ -87,3 +129,24 @@ def test_eval_baselines_same_harness(data_dir, run_dir, tmp_path):
     other = tmp_path / "other"
     train_main(TrainConfig(out_dir=str(other), steps=1, size=(H, 2 * W), frames=T, progress=False, val_steps=1))
     assert main([*base, "--out", str(out), "--baselines", f"wide={other}"]) == 2
+
+
+def test_eval_feature_metrics_with_local_weights(data_dir, run_dir, tmp_path):
+    """LPIPS / FID / FVD appear only with local feature networks (tiny ones made here), and then are finite."""
+    from kinema4d.eval import metrics as M
+
+    nets = {}
+    for dims in (2, 3):
+        net = M.FeatureNet({"dims": dims, "in_channels": 3, "channels": [4, 4], "kernel_size": 3, "strides": [1, 2],
+                            "lpips_layers": [0, 1] if dims == 2 else []})
+        nets[dims] = M.save_feature_net(net, tmp_path / f"net{dims}d")
+    out = tmp_path / "rep"
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(data_dir), "--split", "test", "--out", str(out),
+                 "--steps", "1", "--videos", "0", "--no-penetration", "--no-progress", "--lpips-weights",
+                 str(nets[2]), "--fid-weights", str(nets[2]), "--fvd-weights", str(nets[3])]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    for m in ("kinema4d", "static"):
+        for k in ("lpips", "fid", "fvd"):
+            assert rep["summary"][m][k] is not None and np.isfinite(rep["summary"][m][k]), (m, k)
+    assert rep["summary"]["static"]["penetration_pct"] != rep["summary"]["static"]["penetration_pct"]  # NaN: off
+    assert "n/a = not available" not in (out / "report.md").read_text()

@@ -11,13 +11,22 @@ Protocol (every method sees exactly what the model sees at inference, per episod
   steps, seed = ``seed + episode position``;
 - ``static``: I0 and the frame-0 world pointmap repeated over time (a baseline that knows frame 0's geometry).
 
-Metrics (definitions in :mod:`kinema4d.eval.metrics`): PSNR / SSIM on uint8 frames; Chamfer L1 / L2 (metres) and
-F-Score@0.01 m between predicted and GT world pointmaps, both converted to metres with the normalization the
-model was fed (the GT sequence's min-max, or the anchor stats), plus their "(temp)" consecutive-frame versions;
-robot adherence (mm) after converting the generated pointmap to metres as the Simulator does (anchor stats, or a
-fit on the robot pixels alone: ``denormalize_world_pointmap``). Frame 0 is excluded from the per-sequence means
-(it is the given image for every method). Predicted pixels count as valid where any normalized channel exceeds
-0.02 (the training target is 0 on empty pixels).
+Metrics (definitions in :mod:`kinema4d.eval.metrics`), two paper-style tables:
+
+- video (Tab. 1): PSNR / SSIM on uint8 frames; latent L2 between the codec latents of prediction and GT (the
+  kinema4d checkpoint's codec for every method, whole clip, RGB only); LPIPS (per episode), FID (over all frames)
+  and FVD (over all clips) only with local feature-network weights (``--lpips-weights`` ...), else ``n/a``;
+- geometry (Tab. 2): Chamfer L1 / L2 and F-Score@0.01 between predicted and GT world pointmaps, both first
+  converted to metres with the normalization the model was fed (the GT sequence's min-max, or the anchor stats),
+  then mapped with the GT sequence's per-axis min-max (``metrics.normalize_pair``): distances are fractions of
+  the scene extent, as in the paper; plus their "(temp)" consecutive-frame versions; robot adherence (mm) after
+  converting the generated pointmap to metres as the Simulator does (anchor stats, or a fit on the robot pixels
+  alone: ``denormalize_world_pointmap``); penetration (%): generated non-robot points inside the posed robot
+  links (``metrics.penetration_rate``, joints of the episode's frames), with the GT pointmap's own rate as the
+  reference (mask edges and the convex-hull link volumes make it non-zero).
+
+Frame 0 is excluded from the per-sequence means (it is the given image for every method). Predicted pixels count
+as valid where any normalized channel exceeds 0.02 (the training target is 0 on empty pixels).
 """
 
 from __future__ import annotations
@@ -34,10 +43,14 @@ from kinema4d.eval import metrics as M
 from kinema4d.geometry import save_atomic_text
 from kinema4d.viz import video_to_uint8
 
-COLUMNS = (("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("chamfer_l1", "CD-L1 ↓", "{:.4f}"),
-           ("chamfer_l2", "CD-L2 ↓", "{:.5f}"), ("fscore", "F@0.01 ↑", "{:.3f}"),
-           ("chamfer_l1_temp", "CD-L1 (temp) ↓", "{:.4f}"), ("fscore_temp", "F (temp) ↑", "{:.3f}"),
-           ("adherence_mm", "adherence mm ↓", "{:.1f}"))
+VIDEO_COLUMNS = (("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("latent_l2", "latent L2 ↓", "{:.4f}"),
+                 ("lpips", "LPIPS ↓", "{:.3f}"), ("fid", "FID ↓", "{:.2f}"), ("fvd", "FVD ↓", "{:.2f}"))
+GEOMETRY_COLUMNS = (("chamfer_l1", "CD-L1 ↓", "{:.4f}"), ("chamfer_l2", "CD-L2 ↓", "{:.5f}"),
+                    ("fscore", "F@0.01 ↑", "{:.3f}"), ("chamfer_l1_temp", "CD-L1 (temp) ↓", "{:.4f}"),
+                    ("fscore_temp", "F (temp) ↑", "{:.3f}"), ("adherence_mm", "adherence mm ↓", "{:.1f}"),
+                    ("penetration_pct", "penetration % ↓", "{:.2f}"))
+COLUMNS = VIDEO_COLUMNS + GEOMETRY_COLUMNS
+FEATURE_METRICS = ("lpips", "fid", "fvd")  # need local feature-network weights: None in the report without them
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,10 @@ class EvalConfig:
     cfg_scale: float = 1.0
     seed: int = 0
     videos: int = 4  # GT | prediction mp4s for the first N episodes
+    lpips_weights: Path | None = None  # local FeatureNet dirs (kinema4d.eval.metrics); None = "n/a" in the report
+    fid_weights: Path | None = None
+    fvd_weights: Path | None = None
+    penetration: bool = True  # robot-link penetration of the generated points (loads the episode's robot)
     progress: bool = True
 
 
@@ -62,41 +79,66 @@ def _to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
     return pm01 * (stats[1] - stats[0]) + stats[0]
 
 
-def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_m: np.ndarray | None = None) -> dict:
+def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_m: np.ndarray | None = None,
+                  codec=None, robot_pose: tuple | None = None, lpips_weights=None) -> dict:
     """Metrics of one prediction. pred_rgb (T,H,W,3) uint8, pred_w01 (T,H,W,3) GT-normalized, ``item`` a
-    TorchEpisodes item, ``world_m`` the prediction in metres for adherence (None: skip)."""
-    gt_rgb = video_to_uint8(item["rgb"])
+    TorchEpisodes item, ``world_m`` the prediction in metres for adherence and penetration (None: skip).
+    ``codec`` gives latent L2, ``robot_pose`` = (Robot, q (T, dof), T_cam_world (4, 4)) the penetration rate,
+    ``lpips_weights`` LPIPS (each NaN / None when absent)."""
     gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
     gt_valid = item["world_valid"].numpy() > 0.5
     stats = item["world_stats"].numpy().astype(np.float64)
     pred_valid = pred_w01.max(-1) > 0.02
     geo = M.geometric_metrics(_to_metres(pred_w01[1:], stats), _to_metres(gt01[1:], stats), pred_valid[1:],
                               gt_valid[1:])
-    out = {"psnr": float(np.mean(M.psnr_per_frame(pred_rgb[1:], gt_rgb[1:]))),
-           "ssim": M.ssim(pred_rgb[1:], gt_rgb[1:]) if min(gt_rgb.shape[1:3]) >= 11 else float("nan"),
-           "psnr_per_frame": M.psnr_per_frame(pred_rgb, gt_rgb).tolist(),
-           "chamfer_l1_per_frame": [float("nan"), *geo["chamfer_l1_per_frame"].tolist()]}
+    out = score_rgb_only(pred_rgb, item, codec, lpips_weights)
+    out["chamfer_l1_per_frame"] = [float("nan"), *geo["chamfer_l1_per_frame"].tolist()]
     for k in ("chamfer_l1", "chamfer_l2", "fscore", "chamfer_l1_temp", "fscore_temp"):
         out[k] = float(geo[k])
-    out["adherence_mm"] = float("nan")
     if world_m is not None:
         rstats = item["robot_stats"].numpy().astype(np.float64)
         robot_m = _to_metres(item["robot_pointmap"].permute(0, 2, 3, 1).numpy(), rstats)
         mask = item["robot_mask"].numpy() > 0.5
         out["adherence_mm"] = M.robot_adherence(world_m[1:], np.where(mask[1:, ..., None], robot_m[1:], 0),
                                                 mask[1:])["mean_mm"]
+        if robot_pose is not None:
+            out["penetration_pct"] = penetration_pct(np.where(pred_valid[..., None], world_m, 0.0), item, robot_pose)
     return out
 
 
-def score_rgb_only(pred_rgb: np.ndarray, item: dict) -> dict:
-    """Metrics of an RGB-only prediction (output='rgb_only' ablation): PSNR / SSIM, geometry NaN."""
+def penetration_pct(world_m: np.ndarray, item: dict, robot_pose: tuple) -> float:
+    """% of the non-robot points of ``world_m`` (T,H,W,3) camera metres, 0 = empty, frames 1: inside the posed
+    robot links; ``robot_pose`` = (Robot, q (T, dof), T_cam_world (4, 4))."""
+    robot, q, T_cam_world = robot_pose
+    mask = item["robot_mask"].numpy() > 0.5
+    return 100.0 * M.penetration_rate(world_m[1:], mask[1:], robot, q[1:], T_cam_world=T_cam_world)
+
+
+def score_rgb_only(pred_rgb: np.ndarray, item: dict, codec=None, lpips_weights=None) -> dict:
+    """Video metrics of a prediction (alone for the output='rgb_only' ablation; geometry NaN): PSNR / SSIM over
+    frames 1:, latent L2 with ``codec`` and LPIPS with ``lpips_weights`` (NaN / None without them)."""
     gt_rgb = video_to_uint8(item["rgb"])
     out = {k: float("nan") for k, _, _ in COLUMNS}
     out.update(psnr=float(np.mean(M.psnr_per_frame(pred_rgb[1:], gt_rgb[1:]))),
                ssim=M.ssim(pred_rgb[1:], gt_rgb[1:]) if min(gt_rgb.shape[1:3]) >= 11 else float("nan"),
                psnr_per_frame=M.psnr_per_frame(pred_rgb, gt_rgb).tolist(),
-               chamfer_l1_per_frame=[float("nan")] * len(gt_rgb))
+               chamfer_l1_per_frame=[float("nan")] * len(gt_rgb), lpips=None)
+    if codec is not None:
+        out["latent_l2"] = _latent_l2(codec, pred_rgb, gt_rgb)
+    if lpips_weights is not None:
+        out["lpips"] = M.lpips(pred_rgb[1:], gt_rgb[1:], weights_path=lpips_weights)
     return out
+
+
+def _latent_l2(codec, pred_rgb: np.ndarray, gt_rgb: np.ndarray) -> float:
+    """Latent L2 of two uint8 (T,H,W,3) clips under ``codec`` (the whole clip: causal codecs group frames)."""
+    import torch
+
+    def enc(v):
+        return codec.encode(torch.from_numpy(v).permute(3, 0, 1, 2)[None].float() / 255.0)
+
+    with torch.no_grad():
+        return M.latent_l2(enc(pred_rgb), enc(gt_rgb))
 
 
 def load_methods(checkpoint, baselines: tuple[str, ...] = ()) -> tuple[dict, tuple[int, int], int]:
@@ -168,34 +210,53 @@ def evaluate(cfg: EvalConfig) -> dict:
     out = Path(cfg.out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     rows: dict[str, list[dict]] = {m: [] for m in (*loaded, "static")}
+    clips: dict[str, list[np.ndarray]] = {m: [] for m in (*loaded, "static", "gt")}  # uint8 frames 1: for FID/FVD
+    gt_penetration = []
+    codec0 = loaded["kinema4d"][2]  # latent L2 of every method in one latent space
+    robots: dict = {}
     for i in tqdm(range(n), desc=f"eval {cfg.split}", unit="ep", disable=not cfg.progress):
         raw = ds[i]
+        pose = _robot_pose(ds, raw["index"], frames, robots) if cfg.penetration else None
+        kw = {"codec": codec0, "robot_pose": pose, "lpips_weights": cfg.lpips_weights}
         preds = []
         for name, (_, model, codec) in loaded.items():
             item, pred_rgb, w01, world_m = predict(model, codec, raw, cfg.steps, cfg.cfg_scale, cfg.seed + i)
+            clips[name].append(pred_rgb[1:])
             if w01 is None:  # output="rgb_only": no geometry to score
-                rows[name].append(score_rgb_only(pred_rgb, item))
+                rows[name].append(score_rgb_only(pred_rgb, item, codec0, cfg.lpips_weights))
                 continue
             pred01 = w01.permute(0, 2, 3, 1).numpy()
-            rows[name].append(score_episode(pred_rgb, pred01, item, world_m))
+            rows[name].append(score_episode(pred_rgb, pred01, item, world_m, **kw))
             preds.append((pred_rgb, pointmap_to_rgb(pred01, None, 0, 1)))
         T = raw["rgb"].shape[0]
         s_rgb = np.repeat(video_to_uint8(raw["rgb"][:1]), T, 0)
         s01 = np.repeat(raw["world_pointmap"][:1].permute(0, 2, 3, 1).numpy(), T, 0)
         stats = raw["world_stats"].numpy().astype(np.float64)
-        rows["static"].append(score_episode(s_rgb, s01, raw, _to_metres(s01, stats)))
+        rows["static"].append(score_episode(s_rgb, s01, raw, _to_metres(s01, stats), **kw))
+        clips["static"].append(s_rgb[1:])
+        clips["gt"].append(video_to_uint8(raw["rgb"][1:]))
+        if pose is not None:
+            gt01 = raw["world_pointmap"].permute(0, 2, 3, 1).numpy()
+            gt_m = np.where(raw["world_valid"].numpy()[..., None] > 0.5, _to_metres(gt01, stats), 0.0)
+            gt_penetration.append(penetration_pct(gt_m, raw, pose))
         if i < cfg.videos and preds:
             gt01 = raw["world_pointmap"].permute(0, 2, 3, 1).numpy()
             vid = hstack_videos(video_to_uint8(raw["rgb"]), *[p[0] for p in preds], pointmap_to_rgb(gt01, None, 0, 1),
                                 *[p[1] for p in preds])
             vid = np.repeat(np.repeat(vid, 4, 1), 4, 2)  # tiny training sizes: upscale for viewing
             write_video(out / "videos" / f"episode_{i:04d}_gt_pred.mp4", vid, fps=4)
-    summary = {m: {k: float(np.nanmean([r[k] for r in rs])) for k, _, _ in COLUMNS} for m, rs in rows.items()}
+    summary = {m: {k: _mean([r[k] for r in rs]) for k, _, _ in COLUMNS} for m, rs in rows.items()}
+    for m in summary:  # distribution metrics over the whole split (None without weights or with < 2 clips)
+        summary[m]["fid"] = (M.fid(np.concatenate(clips["gt"]), np.concatenate(clips[m]), cfg.fid_weights)
+                             if cfg.fid_weights is not None else None)
+        summary[m]["fvd"] = (M.fvd(np.stack(clips["gt"]), np.stack(clips[m]), cfg.fvd_weights)
+                             if cfg.fvd_weights is not None and n >= 2 else None)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
               "checkpoint": str(loaded["kinema4d"][0].dir / loaded["kinema4d"][0].weights),
               "checkpoints": {m: str(v[0].dir / v[0].weights) for m, v in loaded.items()},
               "size": list(size), "frames": frames, "episodes": n,
               "summary": summary,
+              "gt_penetration_pct": float(np.nanmean(gt_penetration)) if gt_penetration else None,
               "per_frame": {m: {"psnr": np.nanmean([r["psnr_per_frame"] for r in rs], 0).tolist(),
                                 "chamfer_l1": np.nanmean([r["chamfer_l1_per_frame"][1:] for r in rs], 0).tolist()}
                             for m, rs in rows.items()}}
@@ -204,6 +265,30 @@ def evaluate(cfg: EvalConfig) -> dict:
     save_atomic_text(out / "report.md", render_markdown(report))
     save_atomic_text(out / "report.html", render_html(report))
     return report
+
+
+def _mean(values: list) -> float | None:
+    """Mean over episodes ignoring NaN (NaN if all are); None if a value is None (metric not available)."""
+    if any(v is None for v in values):
+        return None
+    v = np.asarray(values, np.float64)
+    return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
+
+
+def _robot_pose(ds, index: int, frames: int, robots: dict) -> tuple | None:
+    """(Robot, q (frames, dof), T_cam_world) of episode ``index`` of the TorchEpisodes ``ds`` for the penetration
+    rate (robots cached in ``robots`` by name and base pose); None for a robot that is not a builtin."""
+    from kinema4d.data import frame_indices
+    from kinema4d.robot import BUILTIN_ROBOTS, Robot
+
+    e = ds.ds.read_episode(index, keys=("q",))
+    name, base = e["attrs"].get("robot"), e["attrs"].get("T_world_base")
+    if name not in BUILTIN_ROBOTS:
+        return None
+    key = (name, json.dumps(base))
+    if key not in robots:
+        robots[key] = Robot.builtin(name, T_world_base=None if base is None else np.asarray(base, np.float64))
+    return robots[key], e["q"][frame_indices(len(e["q"]), frames)], e["camera"].T_cam_world
 
 
 def _write_plots(report: dict, out: Path) -> None:
@@ -224,20 +309,40 @@ def _write_plots(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _table(summary: dict) -> list[list[str]]:
-    rows = [["method", *[h for _, h, _ in COLUMNS]]]
+def _fmt(v, f: str) -> str:
+    return "n/a" if v is None else f.format(v)
+
+
+def _table(summary: dict, columns=COLUMNS) -> list[list[str]]:
+    rows = [["method", *[h for _, h, _ in columns]]]
     for m, s in summary.items():
-        rows.append([m, *[f.format(s[k]) for k, _, f in COLUMNS]])
+        rows.append([m, *[_fmt(s.get(k), f) for k, _, f in columns]])
     return rows
 
 
+def _notes(report: dict) -> list[str]:
+    notes = []
+    missing = [k.upper() for k in FEATURE_METRICS if report["summary"]["static"].get(k) is None]
+    if missing:
+        notes.append(f"{' / '.join(missing)}: n/a = not available, no local feature-network weights were given "
+                     f"(--{missing[0].lower()}-weights DIR; they cannot be downloaded here and are never made up).")
+    if report.get("gt_penetration_pct") is not None:
+        notes.append(f"Penetration of the ground-truth pointmap itself (the floor set by mask edges and convex-hull "
+                     f"link volumes): {report['gt_penetration_pct']:.2f} %.")
+    notes.append("Chamfer / F-Score: fractions of the GT scene extent per axis (metres, then the GT sequence's "
+                 "min-max); adherence in mm.")
+    return notes
+
+
 def render_markdown(report: dict) -> str:
-    t = _table(report["summary"])
     lines = [f"# kinema4d eval: split {report['config']['split']!r}, {report['episodes']} episodes", "",
              f"checkpoint `{report['checkpoint']}`, {report['frames']} frames of {report['size'][0]}x"
-             f"{report['size'][1]}, {report['config']['steps']} sampling steps; frame 0 (the given image) excluded.",
-             "", "| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
-    lines += ["| " + " | ".join(r) + " |" for r in t[1:]]
+             f"{report['size'][1]}, {report['config']['steps']} sampling steps; frame 0 (the given image) excluded."]
+    for title, cols in (("Video quality (Tab. 1)", VIDEO_COLUMNS), ("Geometry (Tab. 2)", GEOMETRY_COLUMNS)):
+        t = _table(report["summary"], cols)
+        lines += ["", f"## {title}", "", "| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
+        lines += ["| " + " | ".join(r) + " |" for r in t[1:]]
+    lines += ["", *_notes(report)]
     lines += ["", "![per-frame PSNR and Chamfer](per_frame.png)", "",
               f"Videos (GT RGB | {' | '.join(report['checkpoints'])} RGB | GT pointmap | "
               f"{' | '.join(report['checkpoints'])} pointmap): `videos/`.", ""]
@@ -245,14 +350,18 @@ def render_markdown(report: dict) -> str:
 
 
 def render_html(report: dict) -> str:
-    t = _table(report["summary"])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in t[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in t[1:])
+    tables = ""
+    for title, cols in (("Video quality (Tab. 1)", VIDEO_COLUMNS), ("Geometry (Tab. 2)", GEOMETRY_COLUMNS)):
+        t = _table(report["summary"], cols)
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in t[0])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in t[1:])
+        tables += f"<h2>{title}</h2><table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
+    notes = "".join(f"<p>{html.escape(x)}</p>" for x in _notes(report))
     vids = sorted((Path(report["config"]["out"]) / "videos").glob("*.mp4"))
     vhtml = "".join(f'<video src="videos/{v.name}" controls loop width="480"></video>' for v in vids)
     return (f"<!doctype html><meta charset=utf-8><title>kinema4d eval</title><h1>kinema4d eval: "
             f"{html.escape(report['config']['split'])}, {report['episodes']} episodes</h1>"
-            f"<table border=1 cellpadding=4><tr>{head}</tr>{body}</table><img src=per_frame.png><h2>GT | prediction"
+            f"{tables}{notes}<img src=per_frame.png><h2>GT | prediction"
             f"</h2>{vhtml}")
 
 
@@ -264,10 +373,11 @@ def compare(report_a: str | Path, report_b: str | Path) -> str:
         if m not in rb["summary"]:
             continue
         for k, h, f in COLUMNS:
-            a, b = ra["summary"][m][k], rb["summary"][m][k]
-            lines.append(f"| {m} | {h} | {f.format(a)} | {f.format(b)} | {f.format(b - a)} |")
+            a, b = ra["summary"][m].get(k), rb["summary"][m].get(k)
+            d = None if a is None or b is None else b - a
+            lines.append(f"| {m} | {h} | {_fmt(a, f)} | {_fmt(b, f)} | {_fmt(d, f)} |")
     return "\n".join(lines)
 
 
-__all__ = ["EvalConfig", "evaluate", "load_methods", "predict", "score_episode", "score_rgb_only", "render_markdown",
-           "render_html", "compare"]
+__all__ = ["EvalConfig", "evaluate", "load_methods", "predict", "score_episode", "score_rgb_only", "penetration_pct",
+           "render_markdown", "render_html", "compare"]
