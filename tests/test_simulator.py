@@ -275,7 +275,7 @@ def anchor_sim(tmp_path_factory, robot, camera):
 def test_world_anchor_rollout(anchor_sim, image, actions, camera, tmp_path):
     """A world_anchor model needs pointmap0 (clear error without / with a wrong shape); depth and the equivalent
     pointmap give the same rollout; the metres are exact (anchor stats), 0 where the model generated 'empty'."""
-    from kinema4d.simulator import EMPTY_LEVEL
+    from kinema4d.data import generated_valid
 
     assert anchor_sim.needs_pointmap0
     with pytest.raises(ValueError, match="pointmap0"):
@@ -293,7 +293,7 @@ def test_world_anchor_rollout(anchor_sim, image, actions, camera, tmp_path):
     lo, hi = a.robot_stats
     assert np.all(lo <= a.robot_pointmap[a.robot_mask].min(0)) and np.all(a.robot_pointmap[a.robot_mask].max(0) <= hi)
     assert np.all(lo[2] <= 1.4) and hi[2] >= 1.4  # the frame-0 geometry is inside the normalization range
-    empty = a.world_pointmap01.max(-1) <= EMPTY_LEVEL
+    empty = ~generated_valid(a.world_pointmap01, anchored=True)
     assert np.all(a.world_pointmap[empty] == 0)
     np.testing.assert_allclose(a.world_pointmap[~empty], a.world_pointmap01[~empty] * (hi - lo) + lo, rtol=1e-5,
                                atol=1e-6)

@@ -408,6 +408,17 @@ def frame_indices(T: int, frames: int | None) -> np.ndarray:
 
 
 ANCHOR_MARGIN = 0.05  # anchor_stats: fraction of the range added on each side (later frames may leave the box)
+EMPTY_LEVEL = 0.02  # generated normalized pointmaps: a pixel below this level is 'empty' (training target 0)
+
+
+def generated_valid(pm01: np.ndarray, anchored: bool) -> np.ndarray:
+    """Which pixels of a generated normalized pointmap (..., 3) hold a point (bool (...)); training targets are 0
+    on empty pixels. ``anchored`` (``world_anchor`` models, :func:`anchor_stats`): every point inside the anchor
+    box has all three channels >= margin / (1 + 2 margin) (0.045), so a pixel is a point only if its *smallest*
+    channel exceeds EMPTY_LEVEL (noise on one channel of an empty pixel does not make a point). Sequence min-max
+    normalization: a point may sit at 0 on one channel (the sequence minimum), so its *largest* channel decides."""
+    pm01 = np.asarray(pm01)
+    return (pm01.min(-1) if anchored else pm01.max(-1)) > EMPTY_LEVEL
 
 
 def anchor_stats(world0_m: torch.Tensor, world0_valid: torch.Tensor, robot_m: torch.Tensor,

@@ -100,7 +100,7 @@ class Rollout:
     - ``rgb``: (T, H, W, 3) uint8 generated frames (frame 0 re-generates the initial image).
     - ``world_pointmap``: (T, H, W, 3) float32 camera-space metres of the whole scene. ``world_anchor`` models:
       de-normalized exactly with the stats they were fed (``data.anchor_stats``), 0 where the model generated
-      'empty' (all normalized channels < 0.02); other models: by fitting the generated values to
+      'empty' (``data.generated_valid``); other models: by fitting the generated values to
       ``robot_pointmap`` on ``robot_mask`` pixels (``model.denormalize_world_pointmap``), dense (points with
       z <= 0 are not physical; viewers skip them). None for a model with ``output='rgb_only'``.
     - ``world_pointmap01``: (T, H, W, 3) float32 in [0, 1], the normalized world pointmap as generated (None for
@@ -176,9 +176,6 @@ class Rollout:
 
 
 # ---------------------------------------------------------------------- the simulator
-EMPTY_LEVEL = 0.02  # a generated normalized pointmap pixel with every channel <= this is 'empty' (target 0)
-
-
 def load_pointmap0(pointmap0, camera: Camera) -> np.ndarray:
     """Frame-0 scene geometry -> (H, W, 3) float32 camera-space metres, 0 where unmeasured.
 
@@ -330,7 +327,7 @@ class Simulator:
         """
         import torch
 
-        from kinema4d.data import anchor_stats, normalize_with_stats
+        from kinema4d.data import anchor_stats, generated_valid, normalize_with_stats
         from kinema4d.model import check_video_size, denormalize_world_pointmap, sample
         from kinema4d.render import normalize_pointmap
 
@@ -388,7 +385,7 @@ class Simulator:
             if cfg.world_anchor:
                 fit = np.stack([stats_np[1] - stats_np[0], stats_np[0]])
                 world = (world01 * fit[0] + fit[1]).astype(np.float32)
-                world[world01.max(-1) <= EMPTY_LEVEL] = 0.0
+                world[~generated_valid(world01, anchored=True)] = 0.0
             else:
                 rstats = torch.from_numpy(stats_np.astype(np.float32))
                 wm, fit_t = denormalize_world_pointmap(w01, rpm01, mask, rstats)

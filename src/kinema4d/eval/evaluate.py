@@ -25,8 +25,8 @@ Metrics (definitions in :mod:`kinema4d.eval.metrics`), two paper-style tables:
   links (``metrics.penetration_rate``, joints of the episode's frames), with the GT pointmap's own rate as the
   reference (mask edges and the convex-hull link volumes make it non-zero).
 
-Frame 0 is excluded from the per-sequence means (it is the given image for every method). Predicted pixels count
-as valid where any normalized channel exceeds 0.02 (the training target is 0 on empty pixels).
+Frame 0 is excluded from the per-sequence means (it is the given image for every method). Which predicted pixels
+hold a point is ``kinema4d.data.generated_valid`` (the training target is 0 on empty pixels).
 """
 
 from __future__ import annotations
@@ -80,15 +80,18 @@ def _to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
 
 
 def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_m: np.ndarray | None = None,
-                  codec=None, robot_pose: tuple | None = None, lpips_weights=None) -> dict:
+                  codec=None, robot_pose: tuple | None = None, lpips_weights=None, anchored: bool = False) -> dict:
     """Metrics of one prediction. pred_rgb (T,H,W,3) uint8, pred_w01 (T,H,W,3) GT-normalized, ``item`` a
     TorchEpisodes item, ``world_m`` the prediction in metres for adherence and penetration (None: skip).
     ``codec`` gives latent L2, ``robot_pose`` = (Robot, q (T, dof), T_cam_world (4, 4)) the penetration rate,
-    ``lpips_weights`` LPIPS (each NaN / None when absent)."""
+    ``lpips_weights`` LPIPS (each NaN / None when absent); ``anchored``: pred_w01 is in a world_anchor model's
+    normalization (decides which pixels hold a point, ``data.generated_valid``)."""
     gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
     gt_valid = item["world_valid"].numpy() > 0.5
     stats = item["world_stats"].numpy().astype(np.float64)
-    pred_valid = pred_w01.max(-1) > 0.02
+    from kinema4d.data import generated_valid
+
+    pred_valid = generated_valid(pred_w01, anchored)
     geo = M.geometric_metrics(_to_metres(pred_w01[1:], stats), _to_metres(gt01[1:], stats), pred_valid[1:],
                               gt_valid[1:])
     out = score_rgb_only(pred_rgb, item, codec, lpips_weights)
@@ -173,10 +176,8 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
     world pointmap in camera metres (T,H,W,3) or None)."""
     import torch
 
-    from kinema4d.data import model_inputs
+    from kinema4d.data import generated_valid, model_inputs
     from kinema4d.model import denormalize_world_pointmap, sample
-    from kinema4d.simulator import EMPTY_LEVEL
-
     item = model_inputs(model.cfg, raw)
     with torch.no_grad():
         rgb, w01 = sample(model, codec, item["rgb"][0], item["robot_pointmap"], item["robot_mask"], steps=steps,
@@ -187,7 +188,7 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
     if w01 is not None and model.cfg.world_anchor:  # the normalization is known: exact metres, 0 where 'empty'
         pred01 = w01.permute(0, 2, 3, 1).numpy()
         world_m = _to_metres(pred01, item["world_stats"].numpy())
-        world_m[pred01.max(-1) <= EMPTY_LEVEL] = 0.0
+        world_m[~generated_valid(pred01, anchored=True)] = 0.0
     elif w01 is not None:
         world_m = denormalize_world_pointmap(w01, item["robot_pointmap"], item["robot_mask"],
                                              item["robot_stats"])[0].permute(0, 2, 3, 1).numpy()
@@ -226,7 +227,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 rows[name].append(score_rgb_only(pred_rgb, item, codec0, cfg.lpips_weights))
                 continue
             pred01 = w01.permute(0, 2, 3, 1).numpy()
-            rows[name].append(score_episode(pred_rgb, pred01, item, world_m, **kw))
+            rows[name].append(score_episode(pred_rgb, pred01, item, world_m, anchored=model.cfg.world_anchor, **kw))
             preds.append((pred_rgb, pointmap_to_rgb(pred01, None, 0, 1)))
         T = raw["rgb"].shape[0]
         s_rgb = np.repeat(video_to_uint8(raw["rgb"][:1]), T, 0)
