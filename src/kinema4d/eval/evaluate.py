@@ -258,8 +258,8 @@ def evaluate(cfg: EvalConfig) -> dict:
               "size": list(size), "frames": frames, "episodes": n,
               "summary": summary,
               "gt_penetration_pct": float(np.nanmean(gt_penetration)) if gt_penetration else None,
-              "per_frame": {m: {"psnr": np.nanmean([r["psnr_per_frame"] for r in rs], 0).tolist(),
-                                "chamfer_l1": np.nanmean([r["chamfer_l1_per_frame"][1:] for r in rs], 0).tolist()}
+              "per_frame": {m: {"psnr": _frame_means([r["psnr_per_frame"] for r in rs]),
+                                "chamfer_l1": _frame_means([r["chamfer_l1_per_frame"][1:] for r in rs])}
                             for m, rs in rows.items()}}
     _write_plots(report, out)
     save_atomic_text(out / "report.json", json.dumps(report, indent=2))
@@ -274,6 +274,13 @@ def _mean(values: list) -> float | None:
         return None
     v = np.asarray(values, np.float64)
     return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
+
+
+def _frame_means(per_episode: list) -> list:
+    """(episodes, T) per-frame values -> (T,) means over episodes ignoring NaN (NaN where all are)."""
+    v = np.asarray(per_episode, np.float64)
+    n = (~np.isnan(v)).sum(0)
+    return np.where(n > 0, np.nansum(v, 0) / np.maximum(n, 1), np.nan).tolist()
 
 
 def _robot_pose(ds, index: int, frames: int, robots: dict) -> tuple | None:
