@@ -81,16 +81,17 @@ def _to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
 
 def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_m: np.ndarray | None = None,
                   codec=None, robot_pose: tuple | None = None, lpips_weights=None, anchored: bool = False) -> dict:
-    """Metrics of one prediction. pred_rgb (T,H,W,3) uint8, pred_w01 (T,H,W,3) GT-normalized, ``item`` a
-    TorchEpisodes item, ``world_m`` the prediction in metres for adherence and penetration (None: skip).
-    ``codec`` gives latent L2, ``robot_pose`` = (Robot, q (T, dof), T_cam_world (4, 4)) the penetration rate,
-    ``lpips_weights`` LPIPS (each NaN / None when absent); ``anchored``: pred_w01 is in a world_anchor model's
-    normalization (decides which pixels hold a point, ``data.generated_valid``)."""
+    """Metrics of one prediction. pred_rgb (T,H,W,3) uint8, pred_w01 (T,H,W,3) in the normalization of ``item``
+    (a TorchEpisodes item as the model saw it, ``world_stats``), ``world_m`` the prediction in metres for
+    adherence and penetration (None: skip). ``codec`` gives latent L2, ``robot_pose`` = (Robot, q (T, dof),
+    T_cam_world (4, 4)) the penetration rate, ``lpips_weights`` LPIPS (each NaN / None when absent);
+    ``anchored``: pred_w01 is in a world_anchor model's normalization (decides which pixels hold a point,
+    ``data.generated_valid``)."""
+    from kinema4d.data import generated_valid
+
     gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
     gt_valid = item["world_valid"].numpy() > 0.5
     stats = item["world_stats"].numpy().astype(np.float64)
-    from kinema4d.data import generated_valid
-
     pred_valid = generated_valid(pred_w01, anchored)
     geo = M.geometric_metrics(_to_metres(pred_w01[1:], stats), _to_metres(gt01[1:], stats), pred_valid[1:],
                               gt_valid[1:])
