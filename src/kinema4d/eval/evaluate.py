@@ -201,7 +201,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     videos into ``cfg.out``. Returns the report dict."""
     from tqdm import tqdm
 
-    from kinema4d.data import TorchEpisodes
+    from kinema4d.data import TorchEpisodes, generated_valid
     from kinema4d.viz import hstack_videos, pointmap_to_rgb, write_video
 
     loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines)
@@ -221,6 +221,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         pose = _robot_pose(ds, raw["index"], frames, robots) if cfg.penetration else None
         kw = {"codec": codec0, "robot_pose": pose, "lpips_weights": cfg.lpips_weights}
         preds = []
+        stats = raw["world_stats"].numpy().astype(np.float64)  # GT [min; max] metres: one colour scale for videos
         for name, (_, model, codec) in loaded.items():
             item, pred_rgb, w01, world_m = predict(model, codec, raw, cfg.steps, cfg.cfg_scale, cfg.seed + i)
             clips[name].append(pred_rgb[1:])
@@ -229,22 +230,21 @@ def evaluate(cfg: EvalConfig) -> dict:
                 continue
             pred01 = w01.permute(0, 2, 3, 1).numpy()
             rows[name].append(score_episode(pred_rgb, pred01, item, world_m, anchored=model.cfg.world_anchor, **kw))
-            preds.append((pred_rgb, pointmap_to_rgb(pred01, None, 0, 1)))
+            valid = generated_valid(pred01, model.cfg.world_anchor)
+            preds.append((pred_rgb, pointmap_to_rgb(world_m, valid, stats[0], stats[1])))
         T = raw["rgb"].shape[0]
         s_rgb = np.repeat(video_to_uint8(raw["rgb"][:1]), T, 0)
         s01 = np.repeat(raw["world_pointmap"][:1].permute(0, 2, 3, 1).numpy(), T, 0)
-        stats = raw["world_stats"].numpy().astype(np.float64)
         rows["static"].append(score_episode(s_rgb, s01, raw, _to_metres(s01, stats), **kw))
         clips["static"].append(s_rgb[1:])
         clips["gt"].append(video_to_uint8(raw["rgb"][1:]))
+        gt_valid = raw["world_valid"].numpy() > 0.5
+        gt_m = np.where(gt_valid[..., None], _to_metres(raw["world_pointmap"].permute(0, 2, 3, 1).numpy(), stats), 0.0)
         if pose is not None:
-            gt01 = raw["world_pointmap"].permute(0, 2, 3, 1).numpy()
-            gt_m = np.where(raw["world_valid"].numpy()[..., None] > 0.5, _to_metres(gt01, stats), 0.0)
             gt_penetration.append(penetration_pct(gt_m, raw, pose))
         if i < cfg.videos and preds:
-            gt01 = raw["world_pointmap"].permute(0, 2, 3, 1).numpy()
-            vid = hstack_videos(video_to_uint8(raw["rgb"]), *[p[0] for p in preds], pointmap_to_rgb(gt01, None, 0, 1),
-                                *[p[1] for p in preds])
+            vid = hstack_videos(video_to_uint8(raw["rgb"]), *[p[0] for p in preds],
+                                pointmap_to_rgb(gt_m, gt_valid, stats[0], stats[1]), *[p[1] for p in preds])
             vid = np.repeat(np.repeat(vid, 4, 1), 4, 2)  # tiny training sizes: upscale for viewing
             write_video(out / "videos" / f"episode_{i:04d}_gt_pred.mp4", vid, fps=4)
     summary = {m: {k: _mean([r[k] for r in rs]) for k, _, _ in COLUMNS} for m, rs in rows.items()}
