@@ -77,7 +77,7 @@ def test_latent_l2_and_penetration(data_dir):
     gt_m = np.where(item["world_valid"].numpy()[..., None] > 0.5, gt01 * (st[1] - st[0]) + st[0], 0.0)
     assert penetration_pct(gt_m, item, pose) < 5.0
     link = "panda_link3"
-    eq, _ = link_hulls(robot)[link]
+    assert link in link_hulls(robot)
     T_world_link = robot.fk(q, links=[link])[link]  # (T, 4, 4)
     centre_link = np.asarray(robot.link_meshes[link].vertices).mean(0)
     inside = np.zeros_like(gt_m)

@@ -258,7 +258,7 @@ def evaluate(cfg: EvalConfig) -> dict:
               "checkpoints": {m: str(v[0].dir / v[0].weights) for m, v in loaded.items()},
               "size": list(size), "frames": frames, "episodes": n,
               "summary": summary,
-              "gt_penetration_pct": float(np.nanmean(gt_penetration)) if gt_penetration else None,
+              "gt_penetration_pct": _mean(gt_penetration) if gt_penetration else None,
               "per_frame": {m: {"psnr": _frame_means([r["psnr_per_frame"] for r in rs]),
                                 "chamfer_l1": _frame_means([r["chamfer_l1_per_frame"][1:] for r in rs])}
                             for m, rs in rows.items()}}
@@ -271,17 +271,12 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 def _mean(values: list) -> float | None:
     """Mean over episodes ignoring NaN (NaN if all are); None if a value is None (metric not available)."""
-    if any(v is None for v in values):
-        return None
-    v = np.asarray(values, np.float64)
-    return float(v[~np.isnan(v)].mean()) if (~np.isnan(v)).any() else float("nan")
+    return None if any(v is None for v in values) else M.nanmean(values)
 
 
 def _frame_means(per_episode: list) -> list:
     """(episodes, T) per-frame values -> (T,) means over episodes ignoring NaN (NaN where all are)."""
-    v = np.asarray(per_episode, np.float64)
-    n = (~np.isnan(v)).sum(0)
-    return np.where(n > 0, np.nansum(v, 0) / np.maximum(n, 1), np.nan).tolist()
+    return [M.nanmean(col) for col in np.asarray(per_episode, np.float64).T]
 
 
 def _robot_pose(ds, index: int, frames: int, robots: dict) -> tuple | None:

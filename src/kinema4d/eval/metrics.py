@@ -80,7 +80,7 @@ from scipy.spatial import ConvexHull, cKDTree
 __all__ = [
     "MetricUnavailable", "psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "latent_l2", "normalize_pair",
     "chamfer", "fscore", "geometric_metrics", "robot_adherence", "penetration_rate", "link_hulls", "lpips", "fid",
-    "fvd", "frechet_distance", "gaussian_fit", "FeatureNet", "load_feature_net", "save_feature_net",
+    "fvd", "frechet_distance", "gaussian_fit", "FeatureNet", "load_feature_net", "save_feature_net", "nanmean",
 ]
 
 
@@ -222,7 +222,9 @@ def fscore(p, q, threshold: float = 0.01) -> float:
     return _cd_f(_check_cloud(p, "p"), _check_cloud(q, "q"), threshold)[2]
 
 
-def _nanmean(x: np.ndarray) -> float:
+def nanmean(x) -> float:
+    """Mean ignoring NaN; NaN (without a RuntimeWarning) when every value is NaN."""
+    x = np.asarray(x, np.float64)
     x = x[~np.isnan(x)]
     return float(x.mean()) if len(x) else float("nan")
 
@@ -259,7 +261,7 @@ def geometric_metrics(pred_pm, gt_pm, pred_valid, gt_valid, max_points: int = 20
     for k, name in enumerate(("chamfer_l1", "chamfer_l2", "fscore")):
         for suffix, arr in (("", acc[:, k]), ("_temp", tmp[:, k])):
             out[name + suffix + "_per_frame"] = arr
-            out[name + suffix] = _nanmean(arr)
+            out[name + suffix] = nanmean(arr)
     return out
 
 
