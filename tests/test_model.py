@@ -224,6 +224,23 @@ def test_ablation_configs_train_and_sample(change):
     assert rgb.shape == (T, 3, H, W) and (wpm is None) == (cfg.output == "rgb_only")
 
 
+def test_xyz_loss_weight_is_a_weighted_mean_of_the_halves():
+    torch.manual_seed(0)
+    model, codec = WorldModel(TINY), make_codec(TINY)
+    p = _prep(model, codec, _batch())
+    t, noise = torch.tensor([0.3, 0.7]), torch.randn_like(p["x0"])
+    x_t = (1 - t.view(-1, 1, 1, 1, 1)) * p["x0"] + t.view(-1, 1, 1, 1, 1) * noise
+    with torch.no_grad():
+        err = (model(x_t, t, p["cond"], p["robot"]) - (noise - p["x0"])) ** 2
+        w = err.shape[-1] // 2
+        mse_rgb, mse_xyz = err[..., :w].mean(), err[..., w:].mean()
+        for xyz_weight in (1.0, 4.0, 0.0):
+            loss = flow_matching_loss(model, model, p, t, noise, xyz_weight=xyz_weight)
+            expected = (mse_rgb + xyz_weight * mse_xyz) / (1 + xyz_weight)
+            assert torch.allclose(loss, expected, rtol=1e-5), (xyz_weight, loss, expected)
+    assert not torch.allclose(mse_rgb, mse_xyz)  # otherwise the weights could not be told apart
+
+
 # ---------------------------------------------------------------------------------------------------- sampling
 def test_sampling_deterministic_and_shapes():
     torch.manual_seed(0)

@@ -602,11 +602,10 @@ class WorldModel(nn.Module):
             out = (x_t - out) / tt
         return out
 
-    def loss_weight(self, x0: torch.Tensor) -> torch.Tensor:
-        """(1, 1, 1, 1, 2w) weights: 1 everywhere, the XYZ half 0 for output='rgb_only'."""
+    def loss_weight(self, x0: torch.Tensor, xyz_weight: float = 1.0) -> torch.Tensor:
+        """(1, 1, 1, 1, 2w) weights: 1 on the RGB half, ``xyz_weight`` on the XYZ half (0 for output='rgb_only')."""
         wt = torch.ones(x0.shape[-1], device=x0.device)
-        if self.cfg.output == "rgb_only":
-            wt[x0.shape[-1] // 2:] = 0
+        wt[x0.shape[-1] // 2:] = 0.0 if self.cfg.output == "rgb_only" else xyz_weight
         return wt.view(1, 1, 1, 1, -1)
 
     def trainable_parameters(self):
@@ -614,14 +613,15 @@ class WorldModel(nn.Module):
 
 
 def flow_matching_loss(model: nn.Module, wm: WorldModel, batch: dict, t: torch.Tensor, noise: torch.Tensor,
-                       drop: torch.Tensor | None = None) -> torch.Tensor:
-    """Rectified-flow loss: x_t = (1-t) x0 + t noise; MSE(model(x_t), noise - x0). ``model`` may be the DDP
+                       drop: torch.Tensor | None = None, xyz_weight: float = 1.0) -> torch.Tensor:
+    """Rectified-flow loss: x_t = (1-t) x0 + t noise; MSE(model(x_t), noise - x0), the XYZ half weighted by
+    ``xyz_weight`` (a weighted mean: the RGB and XYZ halves count 1 : xyz_weight). ``model`` may be the DDP
     wrapper of ``wm``; ``batch`` is the output of ``WorldModel.prepare``."""
     x0 = batch["x0"]
     tt = t.view(-1, 1, 1, 1, 1).to(x0.dtype)
     x_t = (1 - tt) * x0 + tt * noise
     v = model(x_t, t, batch["cond"], batch["robot"], batch.get("action"), drop)
-    wt = wm.loss_weight(x0)
+    wt = wm.loss_weight(x0, xyz_weight)
     return (((v.float() - (noise - x0)) ** 2) * wt).sum() / (wt.sum() * x0[..., :1].numel())
 
 

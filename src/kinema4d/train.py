@@ -71,6 +71,7 @@ class TrainConfig:
     precision: Literal["fp32", "bf16"] = "fp32"
     p_uncond: float = 0.1  # probability of dropping the robot context (classifier-free guidance)
     t_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
+    xyz_loss_weight: float = 1.0  # weight of the XYZ half of the latents in the loss (RGB half: 1)
     codec_steps: int = 0  # WanCodec: autoencoder steps before the diffusion training (0 = keep the codec as is)
     codec_lr: float = 1e-3
     codec_kl_weight: float = 1e-6
@@ -105,8 +106,9 @@ _DEFAULT = TrainConfig(
                       num_layers=4, text_dim=128, freq_dim=128, image_padding="repeat", world_anchor=True,
                       prediction="x0_residual"),
     data="data/synth", size=(32, 48), frames=9, batch_size=8, steps=2000, lr=5e-4, weight_decay=0.01, warmup=200,
-    schedule="cosine", ema_decay=0.995, preload=True, preload_cache="data/cache/synth_train_32x48x9.safetensors",
-    stats_samples=256, out_dir="runs/default", log_every=10, ckpt_every=250, val_every=1000, val_steps=20,
+    schedule="cosine", ema_decay=0.995, xyz_loss_weight=16.0, preload=True,
+    preload_cache="data/cache/synth_train_32x48x9.safetensors", stats_samples=256, out_dir="runs/default",
+    log_every=10, ckpt_every=250, val_every=1000, val_steps=20,
 )
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
@@ -615,7 +617,7 @@ def train_main(cfg: TrainConfig) -> dict:
         for group in opt.param_groups:
             group["lr"] = lr
         with amp:
-            loss = flow_matching_loss(net, model, prep, t, noise, drop)
+            loss = flow_matching_loss(net, model, prep, t, noise, drop, cfg.xyz_loss_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
