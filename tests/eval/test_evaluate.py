@@ -9,7 +9,7 @@ import pytest
 
 from kinema4d.cli import main
 from kinema4d.datagen import DatagenConfig, datagen_main
-from kinema4d.eval.evaluate import penetration_pct, score_episode
+from kinema4d.eval.evaluate import penetration_pct, render_markdown, score_episode
 from kinema4d.train import TrainConfig, train_main
 
 T, H, W = 5, 16, 16
@@ -101,6 +101,9 @@ def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
     assert "n/a = not available" in (out / "report.md").read_text()
     assert np.isfinite(rep["summary"]["kinema4d"]["latent_l2"]) and np.isfinite(rep["gt_penetration_pct"])
     assert main(["eval", "compare", str(out), str(out)]) == 0
+    rep["summary"]["static"]["chamfer_l1"] = float("nan")  # e.g. an RGB-only model has no geometry to score
+    md = render_markdown(rep)
+    assert "| static |" in md and "nan |" not in md and "| n/a |" in md
     assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--data", str(data_dir), "--out", str(out)]) == 2
 
 

@@ -314,7 +314,8 @@ def _write_plots(report: dict, out: Path) -> None:
 
 
 def _fmt(v, f: str) -> str:
-    return "n/a" if v is None else f.format(v)
+    """None (no feature weights) and NaN (the metric does not apply, e.g. geometry of an RGB-only model) -> n/a."""
+    return "n/a" if v is None or np.isnan(v) else f.format(v)
 
 
 def _table(summary: dict, columns=COLUMNS) -> list[list[str]]:
