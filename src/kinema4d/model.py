@@ -648,7 +648,8 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     world0 (3,H,W) in [0,1] the frame-0 world pointmap for world_anchor models.
 
     Returns rgb (T,3,H,W) in [0,1] and world_pointmap01 (T,3,H,W) in [0,1] (None for output='rgb_only'). Euler
-    steps of diffusers' ``FlowMatchEulerDiscreteScheduler``; ``cfg_scale`` != 1 adds classifier-free guidance
+    steps of diffusers' ``FlowMatchEulerDiscreteScheduler`` (x0-prediction models stop at ``x0_t_min`` and return
+    their x0 prediction); ``cfg_scale`` != 1 adds classifier-free guidance
     against the null robot context. The same seed gives the same output.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
@@ -670,12 +671,18 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     ctx_null = model.context(prep["robot"], prep["action"], drop=torch.ones(1, dtype=torch.bool, device=dev))
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     sched.set_timesteps(steps, device=dev)
-    for ts in sched.timesteps:
+    x0_model = model.cfg.prediction != "velocity"
+    for i, ts in enumerate(sched.timesteps):
         t = (ts / 1000).expand(1).to(x.dtype)
         v = model.velocity(x, t, prep["cond"], ctx)
         if cfg_scale != 1.0:
             v_u = model.velocity(x, t, prep["cond"], ctx_null)
             v = v_u + cfg_scale * (v - v_u)
+        if x0_model and float(sched.sigmas[i + 1]) < model.cfg.x0_t_min:
+            # x0-prediction: below x0_t_min the velocity's clamped t would under-denoise each step, and the backbone
+            # never saw such noise levels (logit-normal t); so the last step returns its x0 = x_t - max(t, t_min) v
+            x = x - t.clamp(min=model.cfg.x0_t_min).view(-1, 1, 1, 1, 1) * v
+            break
         x = sched.step(v, ts, x, return_dict=False)[0]
     video = codec.decode(model.denormalize(x))[0].transpose(0, 1)  # (T, 3, H, 2W)
     model.train(was_training)
