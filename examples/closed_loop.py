@@ -5,6 +5,7 @@ from the observation), the world model generates the next frames from the last g
 continues from there (``kinema4d.envs.Kinema4DEnv``).
 
     python examples/closed_loop.py                                   # bundled model + demo image / camera
+    cp out/closed_loop/frames.gif docs/images/closed_loop.gif        # README's GIF
     python examples/closed_loop.py --checkpoint runs/default --chunks 4 --out out/closed_loop
 
 Writes ``<out>/frames.gif`` (generated RGB | world pointmap pseudo-colour, per frame) and ``<out>/rollout.npz``
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=20, help="sampling steps per chunk")
     p.add_argument("--radius", type=float, default=0.04, help="arc radius (m) of the scripted end-effector motion")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gif-upscale", type=int, default=4, help="nearest-neighbour enlargement of the GIF frames")
     args = p.parse_args(argv)
     if args.chunks < 1:
         p.error("--chunks must be >= 1")
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     seq = env.episode_sequence()
     args.out.mkdir(parents=True, exist_ok=True)
     gif_seq = Sequence4D(camera=seq.camera, rgb=seq.rgb, world_pointmap=seq.world_pointmap, fps=seq.fps)
-    written = {"gif": export_gif(gif_seq, args.out / "frames.gif"),
+    written = {"gif": export_gif(gif_seq, args.out / "frames.gif", upscale=args.gif_upscale),
                "rollout": save_rollout_npz(args.out / "rollout.npz", seq)}
     summary = {"checkpoint": str(env.simulator.checkpoint), "chunks": args.chunks, "chunk": env.chunk,
                "frames": seq.T, "size_hw": list(env.simulator.size), "seconds": round(time.perf_counter() - t0, 2),

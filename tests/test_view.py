@@ -117,6 +117,12 @@ def test_exports(tmp_path, seq):
     with imageio.get_reader(gif) as r:
         frames = [f for f in r]
     assert len(frames) == T and frames[0].shape[1] == (3 * W + 8) // 2
+    with imageio.get_reader(export_gif(seq, tmp_path / "v3.gif", upscale=3)) as r:
+        big = np.asarray(r.get_data(0))[..., :3]
+    assert big.shape[:2] == (3 * H, 3 * (3 * W + 8))
+    np.testing.assert_array_equal(big[::3, ::3], big[2::3, 2::3])  # 3x3 blocks of one colour
+    with pytest.raises(ValueError, match="upscale"):
+        export_gif(seq, tmp_path / "v0.gif", upscale=0)
     paths = export_ply(seq, tmp_path / "ply", frames=[0, 2])
     assert [p.name for p in paths] == ["frame_000000.ply", "frame_000002.ply"]
     pc = trimesh.load(paths[1])

@@ -377,11 +377,14 @@ def export_mp4(seq: Sequence4D, path: str | os.PathLike) -> Path:
     return write_video(path, side_by_side_frames(seq), fps=seq.fps)
 
 
-def export_gif(seq: Sequence4D, path: str | os.PathLike, max_width: int = GIF_MAX_WIDTH) -> Path:
-    """Looping GIF of :func:`side_by_side_frames`, downscaled by an integer factor (block mean) to <= max_width."""
+def export_gif(seq: Sequence4D, path: str | os.PathLike, max_width: int = GIF_MAX_WIDTH, upscale: int = 1) -> Path:
+    """Looping GIF of :func:`side_by_side_frames`, first enlarged ``upscale`` times (nearest neighbour: a 32x48
+    rollout is unreadable at its own size), then downscaled by an integer factor (block mean) to <= max_width."""
     from kinema4d.viz import write_video
 
-    frames = side_by_side_frames(seq)
+    if upscale < 1:
+        raise ValueError(f"export_gif: upscale must be >= 1, got {upscale}")
+    frames = side_by_side_frames(seq).repeat(upscale, axis=1).repeat(upscale, axis=2)
     f = int(np.ceil(frames.shape[2] / max_width))
     if f > 1:
         T, H, W, _ = frames.shape
