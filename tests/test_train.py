@@ -63,6 +63,26 @@ def test_resume_same_trajectory(tmp_path):
     assert oa.keys() == ob.keys() and all(torch.equal(oa[k], ob[k]) for k in oa)
 
 
+def test_stop_at_keeps_the_schedule(tmp_path):
+    """stop_at ends a run early on the LR schedule and data order of ``steps`` (a cut of the full run, as the
+    Tab. 4 ablations are compared with the default's step-500 checkpoint); --resume without it finishes the run."""
+    cos = dict(steps=6, schedule="cosine", warmup=1)
+    full = train_main(_cfg(tmp_path / "a", ckpt_every=3, **cos))
+    cut = train_main(_cfg(tmp_path / "b", stop_at=3, **cos))
+    assert cut["step"] == 3 and cut["losses"] == full["losses"][:3]
+    assert not (tmp_path / "b" / "ckpt" / "step_0000006").exists()
+    ma = load_file(str(tmp_path / "a" / "ckpt" / "step_0000003" / "model.safetensors"))
+    mb = load_file(str(tmp_path / "b" / "ckpt" / "step_0000003" / "model.safetensors"))
+    assert all(torch.equal(ma[k], mb[k]) for k in ma)
+    rest = train_main(_cfg(tmp_path / "b", resume=True, **cos))
+    assert rest["start_step"] == 3 and rest["losses"] == full["losses"][3:]
+    train_main(_cfg(tmp_path / "c", steps=3, schedule="cosine", warmup=1))  # a 3-step schedule: other weights
+    mc = load_file(str(tmp_path / "c" / "ckpt" / "step_0000003" / "model.safetensors"))
+    assert not all(torch.equal(ma[k], mc[k]) for k in ma)
+    with pytest.raises(ValueError, match="stop_at"):
+        train_main(_cfg(tmp_path / "d", stop_at=7, **cos))
+
+
 def test_resume_restores_exact_state(tmp_path):
     from kinema4d.model import WorldModel, make_codec
 

@@ -61,6 +61,7 @@ class TrainConfig:
     synthetic_episodes: int = 8
     batch_size: int = 2
     steps: int = 4
+    stop_at: int | None = None  # end the run at this step; the LR schedule and data order still span ``steps``
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
@@ -537,6 +538,9 @@ def train_main(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
 
     rank, world = _dist_env()
+    end = cfg.steps if cfg.stop_at is None else cfg.stop_at
+    if not 0 < end <= cfg.steps:
+        raise ValueError(f"stop_at must be in 1..steps ({cfg.steps}), got {cfg.stop_at}")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
     torch.manual_seed(cfg.seed)
@@ -586,7 +590,7 @@ def train_main(cfg: TrainConfig) -> dict:
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model)
-    sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, cfg.steps, cfg.seed, rank, world)
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, end, cfg.seed, rank, world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                                          collate_fn=_collate)
     writer = csv_f = csv_w = None
@@ -599,7 +603,7 @@ def train_main(cfg: TrainConfig) -> dict:
         csv_w = csv.writer(csv_f)
         if new:
             csv_w.writerow(["step", "loss", "lr", "grad_norm", "sec_per_step"])
-    bar = tqdm(total=cfg.steps, initial=start, disable=rank != 0 or not cfg.progress, desc="train", unit="step")
+    bar = tqdm(total=end, initial=start, disable=rank != 0 or not cfg.progress, desc="train", unit="step")
     losses: list[float] = []
     step, t_last = start, time.perf_counter()
     model.train()
@@ -638,13 +642,13 @@ def train_main(cfg: TrainConfig) -> dict:
         if rank == 0:
             bar.update(1)
             bar.set_postfix(loss=f"{lv:.4f}", lr=f"{lr:.2e}")
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            if step % cfg.log_every == 0 or step == end:
                 csv_w.writerow([step, f"{lv:.6g}", f"{lr:.6g}", f"{gn:.6g}", f"{dt:.4f}"])
                 csv_f.flush()
                 writer.add_scalar("train/loss", lv, step)
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/grad_norm", gn, step)
-        last = step == cfg.steps
+        last = step == end
         if rank == 0 and (last or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
             save_checkpoint(out, step, cfg, model, codec, ema, opt)
         if rank == 0 and (last or (cfg.val_every and step % cfg.val_every == 0)):
