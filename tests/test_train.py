@@ -107,6 +107,8 @@ def test_resume_config_mismatch_and_missing(tmp_path):
     bad = _cfg(tmp_path, steps=2, resume=True, model=dataclasses.replace(TINY.model, num_layers=3))
     with pytest.raises(ValueError, match="different ModelConfig"):
         train_main(bad)
+    with pytest.raises(ValueError, match=r"different recipe.*'lr': \(0.001, 0.002\)"):
+        train_main(_cfg(tmp_path, steps=2, resume=True, lr=2e-3))
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "ckpt" / "nope", TINY, None, None, None)
     with pytest.raises(FileNotFoundError, match="no_data"):

@@ -385,8 +385,14 @@ def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
     return f.parent / json.loads(f.read_text())["path"]
 
 
+# TrainConfig fields that define the optimisation: --resume refuses a checkpoint saved with other values
+RECIPE_FIELDS = ("size", "frames", "synthetic_episodes", "batch_size", "lr", "weight_decay", "betas", "warmup",
+                 "schedule", "grad_clip", "ema_decay", "precision", "p_uncond", "t_sampling", "xyz_loss_weight", "seed")
+
+
 def load_checkpoint(d: Path, cfg: TrainConfig, model: WorldModel, codec, opt) -> tuple[int, dict]:
-    """Restore model, codec, optimizer, RNG from ``d`` -> (step, ema). The saved ModelConfig must equal cfg.model."""
+    """Restore model, codec, optimizer, RNG from ``d`` -> (step, ema). The saved ModelConfig must equal cfg.model
+    and the saved recipe (``RECIPE_FIELDS`` of its train_config.json) cfg's."""
     from safetensors.torch import load_file
 
     if not (d / "state.json").is_file():
@@ -396,6 +402,14 @@ def load_checkpoint(d: Path, cfg: TrainConfig, model: WorldModel, codec, opt) ->
         diff = {f.name: (getattr(saved, f.name), getattr(cfg.model, f.name)) for f in dataclasses.fields(saved)
                 if getattr(saved, f.name) != getattr(cfg.model, f.name)}
         raise ValueError(f"checkpoint {d} was written with a different ModelConfig; (saved, now): {diff}")
+    tc = d / "train_config.json"
+    if tc.is_file():  # the optimisation itself must match too (a longer --steps or a --stop-at may change)
+        old = json.loads(tc.read_text())
+        now = json.loads(cfg.to_json())
+        diff = {k: (old.get(k), now[k]) for k in RECIPE_FIELDS if k in old and old[k] != now[k]}
+        if diff:
+            raise ValueError(f"checkpoint {d} was trained with a different recipe; (saved, now): {diff}. Resume with "
+                             "the saved values, or train into a new --out-dir")
     load_state(model, load_file(str(d / "model.safetensors")), str(d / "model.safetensors"))
     if (d / "codec.safetensors").is_file():
         codec.load_state_dict(load_file(str(d / "codec.safetensors")))
