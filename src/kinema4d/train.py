@@ -116,7 +116,8 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "tiny": ("tests: 0.64M params, 5 frames of 16x16, pixel codec, synthetic data", TrainConfig()),
     "default": (
         "the bundled CPU checkpoint: 9 frames (stride 6 over a 49-frame episode) of 32x48, pixel codec, "
-        "4-layer 4x32-head DiT, x0-prediction, frame-0 world pointmap anchor; ~45 min on 2 CPU cores",
+        "4-layer 4x32-head DiT, x0-prediction, frame-0 world pointmap anchor, XYZ loss weight 16; ~15 min alone on 2 "
+        "CPU cores",
         _DEFAULT,
     ),
     "baseline_binary_mask": (
