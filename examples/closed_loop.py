@@ -5,8 +5,8 @@ from the observation), the world model generates the next frames from the last g
 continues from there (``kinema4d.envs.Kinema4DEnv``).
 
     python examples/closed_loop.py                                   # bundled model + demo image / camera
-    cp out/closed_loop/frames.gif docs/images/closed_loop.gif        # README's GIF
     python examples/closed_loop.py --checkpoint runs/default --chunks 4 --out out/closed_loop
+    cp out/closed_loop/frames.gif docs/images/closed_loop.gif        # README's GIF (first command)
 
 Writes ``<out>/frames.gif`` (generated RGB | world pointmap pseudo-colour, per frame) and ``<out>/rollout.npz``
 (the rollout format of ``kinema4d.view``: ``kinema4d view <out>/rollout.npz`` opens it).
