@@ -81,6 +81,8 @@ def test_stop_at_keeps_the_schedule(tmp_path):
     assert not all(torch.equal(ma[k], mc[k]) for k in ma)
     with pytest.raises(ValueError, match="stop_at"):
         train_main(_cfg(tmp_path / "d", stop_at=7, **cos))
+    with pytest.raises(ValueError, match="xyz_loss_weight"):
+        train_main(_cfg(tmp_path / "d", xyz_loss_weight=-1.0))
 
 
 def test_resume_restores_exact_state(tmp_path):

@@ -556,6 +556,8 @@ def train_main(cfg: TrainConfig) -> dict:
     end = cfg.steps if cfg.stop_at is None else cfg.stop_at
     if not 0 < end <= cfg.steps:
         raise ValueError(f"stop_at must be in 1..steps ({cfg.steps}), got {cfg.stop_at}")
+    if not cfg.xyz_loss_weight >= 0:
+        raise ValueError(f"xyz_loss_weight must be >= 0, got {cfg.xyz_loss_weight}")
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {world} DDP ranks")
     torch.manual_seed(cfg.seed)
