@@ -100,6 +100,13 @@ def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
     assert rep["summary"]["kinema4d"]["lpips"] is None and rep["summary"]["static"]["fvd"] is None
     assert "n/a = not available" in (out / "report.md").read_text()
     assert np.isfinite(rep["summary"]["kinema4d"]["latent_l2"]) and np.isfinite(rep["gt_penetration_pct"])
+    pe = rep["per_episode"]  # per-episode values behind the summary, for paired statistics
+    for m in ("kinema4d", "static"):
+        assert len(pe[m]["psnr"]) == 2 and np.mean(pe[m]["psnr"]) == pytest.approx(rep["summary"][m]["psnr"])
+        assert np.mean(pe[m]["chamfer_l1"]) == pytest.approx(rep["summary"][m]["chamfer_l1"])
+    wins = int(np.sum(np.asarray(pe["kinema4d"]["chamfer_l1"]) < np.asarray(pe["static"]["chamfer_l1"])))
+    assert f"kinema4d: PSNR higher in {int(np.sum(np.greater(pe['kinema4d']['psnr'], pe['static']['psnr'])))}/2, " \
+           f"CD-L1 lower in {wins}/2" in (out / "report.md").read_text()
     assert main(["eval", "compare", str(out), str(out)]) == 0
     rep["summary"]["static"]["chamfer_l1"] = float("nan")  # e.g. an RGB-only model has no geometry to score
     md = render_markdown(rep)

@@ -261,7 +261,9 @@ def evaluate(cfg: EvalConfig) -> dict:
               "gt_penetration_pct": _mean(gt_penetration) if gt_penetration else None,
               "per_frame": {m: {"psnr": _frame_means([r["psnr_per_frame"] for r in rs]),
                                 "chamfer_l1": _frame_means([r["chamfer_l1_per_frame"][1:] for r in rs])}
-                            for m, rs in rows.items()}}
+                            for m, rs in rows.items()},
+              "per_episode": {m: {k: [r[k] for r in rs] for k, _, _ in COLUMNS if k not in ("fid", "fvd")}
+                              for m, rs in rows.items()}}
     _write_plots(report, out)
     save_atomic_text(out / "report.json", json.dumps(report, indent=2))
     save_atomic_text(out / "report.md", render_markdown(report))
@@ -336,7 +338,21 @@ def _notes(report: dict) -> list[str]:
                      f"link volumes): {report['gt_penetration_pct']:.2f} %.")
     notes.append("Chamfer / F-Score: fractions of the GT scene extent per axis (metres, then the GT sequence's "
                  "min-max); adherence in mm.")
+    wins = [f"{m}: {w}" for m in report.get("per_episode", {}) if m != "static" and (w := _wins_vs_static(report, m))]
+    if wins:
+        notes.append("Episodes where a method beats static (paired, same episodes): " + "; ".join(wins) + ".")
     return notes
+
+
+def _wins_vs_static(report: dict, method: str) -> str:
+    """'PSNR higher in a/n, CD-L1 lower in b/m' from report['per_episode'] (episodes where both are finite)."""
+    pe, parts = report["per_episode"], []
+    for k, label, better in (("psnr", "PSNR higher", np.greater), ("chamfer_l1", "CD-L1 lower", np.less)):
+        a, b = (np.asarray([np.nan if v is None else v for v in pe[m][k]], np.float64) for m in (method, "static"))
+        ok = np.isfinite(a) & np.isfinite(b)
+        if ok.any():
+            parts.append(f"{label} in {int(better(a[ok], b[ok]).sum())}/{int(ok.sum())}")
+    return ", ".join(parts)
 
 
 def render_markdown(report: dict) -> str:
