@@ -175,5 +175,9 @@ def test_anchor_normalize_keeps_metres(dataset):
     assert not kdata.generated_valid(noisy, anchored=True)[0] and kdata.generated_valid(noisy, anchored=False)[0]
     at_min = np.array([[0.0, 0.4, 0.7]])  # sequence min-max: a point may sit at 0 on one channel
     assert kdata.generated_valid(at_min, anchored=False)[0]
+    st = an["world_stats"].numpy()  # metres: the renormalization inverted on points, 0 on empty pixels
+    m = kdata.anchored_to_metres(pm, st)
+    np.testing.assert_allclose(m[v0], pm[v0] * (st[1] - st[0]) + st[0], rtol=0, atol=1e-6)
+    assert np.all(m[~v0] == 0) and np.all(kdata.anchored_to_metres(noisy, st) == 0)
     batch = kdata.anchor_normalize(torch.utils.data.default_collate([ds[0], ds[1]]))
     torch.testing.assert_close(batch["world_pointmap"][1], kdata.anchor_normalize(ds[1])["world_pointmap"])

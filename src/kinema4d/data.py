@@ -421,6 +421,15 @@ def generated_valid(pm01: np.ndarray, anchored: bool) -> np.ndarray:
     return (pm01.min(-1) if anchored else pm01.max(-1)) > EMPTY_LEVEL
 
 
+def anchored_to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
+    """A ``world_anchor`` model's generated pointmap (..., 3) in [0, 1] -> metres with its :func:`anchor_stats`
+    (2, 3) [min; max], 0 on pixels that :func:`generated_valid` calls empty."""
+    pm01 = np.asarray(pm01)
+    out = pm01 * (stats[1] - stats[0]) + stats[0]
+    out[~generated_valid(pm01, anchored=True)] = 0.0
+    return out
+
+
 def anchor_stats(world0_m: torch.Tensor, world0_valid: torch.Tensor, robot_m: torch.Tensor,
                  robot_mask: torch.Tensor, margin: float = ANCHOR_MARGIN) -> torch.Tensor:
     """Normalization range known at inference for ``world_anchor`` models: the per-channel min/max of the frame-0

@@ -327,7 +327,7 @@ class Simulator:
         """
         import torch
 
-        from kinema4d.data import anchor_stats, generated_valid, normalize_with_stats
+        from kinema4d.data import anchor_stats, anchored_to_metres, normalize_with_stats
         from kinema4d.model import check_video_size, denormalize_world_pointmap, sample
         from kinema4d.render import normalize_pointmap
 
@@ -384,8 +384,7 @@ class Simulator:
             world01 = w01.permute(0, 2, 3, 1).numpy().astype(np.float32)
             if cfg.world_anchor:
                 fit = np.stack([stats_np[1] - stats_np[0], stats_np[0]])
-                world = (world01 * fit[0] + fit[1]).astype(np.float32)
-                world[~generated_valid(world01, anchored=True)] = 0.0
+                world = anchored_to_metres(world01, stats_np).astype(np.float32)
             else:
                 rstats = torch.from_numpy(stats_np.astype(np.float32))
                 wm, fit_t = denormalize_world_pointmap(w01, rpm01, mask, rstats)

@@ -177,7 +177,7 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
     world pointmap in camera metres (T,H,W,3) or None)."""
     import torch
 
-    from kinema4d.data import generated_valid, model_inputs
+    from kinema4d.data import anchored_to_metres, model_inputs
     from kinema4d.model import denormalize_world_pointmap, sample
     item = model_inputs(model.cfg, raw)
     with torch.no_grad():
@@ -187,9 +187,7 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
                           world0=item["world0"])
     world_m = None
     if w01 is not None and model.cfg.world_anchor:  # the normalization is known: exact metres, 0 where 'empty'
-        pred01 = w01.permute(0, 2, 3, 1).numpy()
-        world_m = _to_metres(pred01, item["world_stats"].numpy())
-        world_m[~generated_valid(pred01, anchored=True)] = 0.0
+        world_m = anchored_to_metres(w01.permute(0, 2, 3, 1).numpy(), item["world_stats"].numpy())
     elif w01 is not None:
         world_m = denormalize_world_pointmap(w01, item["robot_pointmap"], item["robot_mask"],
                                              item["robot_stats"])[0].permute(0, 2, 3, 1).numpy()
