@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.chunks < 1:
         p.error("--chunks must be >= 1")
+    if args.gif_upscale < 1:
+        p.error("--gif-upscale must be >= 1")
 
     t0 = time.perf_counter()
     # demo image + demo camera (resized to the checkpoint's training size), joints of the demo's first action
