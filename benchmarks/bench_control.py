@@ -19,9 +19,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pybullet as p
 
-from kinema4d.camera import Camera
-from kinema4d.render import DEFAULT_MAX_FACES_PER_LINK, RobotRenderer
-from kinema4d.robot import Robot
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.render import DEFAULT_MAX_FACES_PER_LINK, RobotRenderer
+from kinema4d.kinematics.robot import Robot
 
 NEAR, FAR = 0.01, 20.0
 

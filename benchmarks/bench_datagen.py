@@ -17,13 +17,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from kinema4d.datagen import DatagenConfig, datagen_main, run_block
+from kinema4d.data.datagen import DatagenConfig, datagen_main, run_block
 
 
 def bench_resolution(res: str, episodes: int, frames: int, tmp: Path) -> dict:
     cfg = DatagenConfig(out=tmp / res, episodes=episodes + 1, resolution=res, frames=frames,
                         failures_per_success=episodes, progress=False)
-    from kinema4d import data as kdata
+    from kinema4d.data import episodes as kdata
 
     kdata.init_dataset(tmp / res / "train", "train")
     t0 = time.perf_counter()

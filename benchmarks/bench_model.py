@@ -36,7 +36,7 @@ def _peak_rss_mb() -> float:
 
 
 def _inputs(sim, T: int):
-    from kinema4d.control import demo_actions
+    from kinema4d.kinematics.control import demo_actions
 
     idx = np.round(np.linspace(0, 48, T)).astype(int)
     actions = demo_actions(sim.robot, 49)[idx]
@@ -67,8 +67,8 @@ def run_case(case: str, checkpoint: str, T: int, steps: int, repeats: int, train
             times.append(time.perf_counter() - t0)
         return {"seconds": float(np.median(times)), "all": times, "peak_rss_mb": _peak_rss_mb()}
     if case == "train":
-        from kinema4d.model import WorldModel, flow_matching_loss, make_codec, sample_timesteps
-        from kinema4d.train import SyntheticEpisodes, TrainConfig, _collate, prepare_batch
+        from kinema4d.model.network import WorldModel, flow_matching_loss, make_codec, sample_timesteps
+        from kinema4d.model.train import SyntheticEpisodes, TrainConfig, _collate, prepare_batch
 
         tc = TrainConfig.from_dict(sim.ckpt.train_config) if sim.ckpt.train_config else TrainConfig()
         ds = SyntheticEpisodes(max(tc.batch_size, 8), tc.frames, tuple(tc.size), seed=0)

@@ -2,14 +2,14 @@
 
 Each step sends the next ``chunk`` end-effector targets (a small horizontal arc from the current pose, computed
 from the observation), the world model generates the next frames from the last generated frame, and the episode
-continues from there (``kinema4d.envs.Kinema4DEnv``).
+continues from there (``kinema4d.interactive.envs.Kinema4DEnv``).
 
     python examples/closed_loop.py                                   # bundled model + demo image / camera
     python examples/closed_loop.py --checkpoint runs/default --chunks 4 --out out/closed_loop
     cp out/closed_loop/frames.gif docs/images/closed_loop.gif        # README's GIF (first command)
 
 Writes ``<out>/frames.gif`` (generated RGB | world pointmap pseudo-colour, per frame) and ``<out>/rollout.npz``
-(the rollout format of ``kinema4d.view``: ``kinema4d view <out>/rollout.npz`` opens it).
+(the rollout format of ``kinema4d.interactive.viewer``: ``kinema4d view <out>/rollout.npz`` opens it).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kinema4d.envs import Kinema4DEnv, arc_chunk
-from kinema4d.view import Sequence4D, export_gif, save_rollout_npz
+from kinema4d.interactive.envs import Kinema4DEnv, arc_chunk
+from kinema4d.interactive.viewer import Sequence4D, export_gif, save_rollout_npz
 
 
 def main(argv: list[str] | None = None) -> dict:

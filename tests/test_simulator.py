@@ -15,13 +15,13 @@ import torch
 
 import kinema4d
 from kinema4d import cli
-from kinema4d.camera import Camera
-from kinema4d.control import demo_actions, demo_camera
-from kinema4d.render import normalize_pointmap, render_robot
-from kinema4d.robot import Robot
+from kinema4d.interactive.viewer import load_rollout_npz
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.control import demo_actions, demo_camera
+from kinema4d.kinematics.render import normalize_pointmap, render_robot
+from kinema4d.kinematics.robot import Robot
+from kinema4d.model.train import TrainConfig, train_main
 from kinema4d.simulator import DEFAULT_CHECKPOINT, DEMO_DIR, DEMO_FILES, Rollout, Simulator, resolve_checkpoint
-from kinema4d.train import TrainConfig, train_main
-from kinema4d.view import load_rollout_npz
 
 torch.set_num_threads(1)
 H = W = 16
@@ -112,7 +112,7 @@ def test_world_pointmap_least_squares_fit(rollout):
 def test_world_pointmap_recovers_metres(sim, image, actions, monkeypatch):
     """If the model generates a world pointmap that is an affine image of the (normalized) robot pointmap on robot
     pixels, the simulator's de-normalization returns the robot pointmap in metres there."""
-    import kinema4d.model as model_mod
+    import kinema4d.model.network as model_mod
 
     def fake_sample(model, codec, image0, rpm01, mask, **kw):
         wpm = 0.25 + 0.5 * rpm01
@@ -167,9 +167,9 @@ def _write_inputs(d, image, actions, camera):
 
 
 def test_cli_simulate(run_dir, robot, image, actions, camera, tmp_path, monkeypatch):
-    import kinema4d.control
+    import kinema4d.kinematics.control
 
-    monkeypatch.setattr(kinema4d.control, "load_robot", lambda spec: robot)  # reuse the cached renderer
+    monkeypatch.setattr(kinema4d.kinematics.control, "load_robot", lambda spec: robot)  # reuse the cached renderer
     png, npy, cam = _write_inputs(tmp_path / "in", image, actions, camera)
     out = tmp_path / "out"
     rc = cli.main(["simulate", "--checkpoint", str(run_dir), "--robot", "panda", "--camera", str(cam), "--image",
@@ -264,7 +264,7 @@ def test_simulate_demo(tmp_path):
 # ---------------------------------------------------------------------------------------------------- world anchor
 @pytest.fixture(scope="module")
 def anchor_sim(tmp_path_factory, robot, camera):
-    from kinema4d.model import ModelConfig
+    from kinema4d.model.network import ModelConfig
 
     d = tmp_path_factory.mktemp("anchor_run")
     train_main(TrainConfig(model=ModelConfig(world_anchor=True, prediction="x0"), out_dir=str(d), steps=2,
@@ -275,7 +275,7 @@ def anchor_sim(tmp_path_factory, robot, camera):
 def test_world_anchor_rollout(anchor_sim, image, actions, camera, tmp_path):
     """A world_anchor model needs pointmap0 (clear error without / with a wrong shape); depth and the equivalent
     pointmap give the same rollout; the metres are exact (anchor stats), 0 where the model generated 'empty'."""
-    from kinema4d.data import generated_valid
+    from kinema4d.data.episodes import generated_valid
 
     assert anchor_sim.needs_pointmap0
     with pytest.raises(ValueError, match="pointmap0"):

@@ -1,7 +1,7 @@
 """kinema4d: action-conditioned 4D world modeling of robots."""
 
-from kinema4d.camera import Camera
-from kinema4d.robot import Robot, actions_to_joints
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.robot import Robot, actions_to_joints
 
 __version__ = "0.1.0"
 __all__ = ["Camera", "Robot", "Rollout", "Simulator", "actions_to_joints", "__version__"]

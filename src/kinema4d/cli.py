@@ -12,7 +12,7 @@ import sys
 def _control(args):
     import tyro
 
-    from kinema4d.control import ControlConfig, run_control
+    from kinema4d.kinematics.control import ControlConfig, run_control
 
     cfg = tyro.cli(ControlConfig, args=args, prog="kinema4d control")
     out = run_control(cfg)
@@ -24,7 +24,7 @@ def _datagen(args):
 
     import tyro
 
-    from kinema4d.datagen import DatagenConfig, datagen_main
+    from kinema4d.data.datagen import DatagenConfig, datagen_main
 
     cfg = tyro.cli(DatagenConfig, args=args, prog="kinema4d datagen")
     print(json.dumps(datagen_main(cfg), indent=2))
@@ -34,7 +34,7 @@ def _dataset(args):
     import argparse
     import json
 
-    from kinema4d.datagen import dataset_info, dataset_preview
+    from kinema4d.data.datagen import dataset_info, dataset_preview
 
     ap = argparse.ArgumentParser(prog="kinema4d dataset")
     sub = ap.add_subparsers(dest="action", required=True)
@@ -55,7 +55,7 @@ def _dataset(args):
 def _view(args):
     import tyro
 
-    from kinema4d.view import ViewConfig, view_main
+    from kinema4d.interactive.viewer import ViewConfig, view_main
 
     cfg = tyro.cli(ViewConfig, args=args, prog="kinema4d view")
     for kind, path in view_main(cfg).items():
@@ -77,7 +77,7 @@ def _train(args):
 
     import tyro
 
-    from kinema4d.train import PRESETS, train_main
+    from kinema4d.model.train import PRESETS, train_main
 
     cfg = tyro.extras.overridable_config_cli(PRESETS, args=args, prog="kinema4d train",
                                              description="Train the kinema4d world model (presets: "

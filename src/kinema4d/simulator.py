@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 import kinema4d
-from kinema4d.camera import Camera
-from kinema4d.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim
-from kinema4d.viz import video_to_uint8
+from kinema4d.interactive.media import video_to_uint8
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim
 
 ASSETS = Path(kinema4d.__file__).parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_model"
@@ -68,7 +68,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> ResolvedCheckpoint:
         raise FileNotFoundError(f"checkpoint directory not found: {p}")
     run_dir = None
     if not (p / "model_config.json").is_file() and (p / "ckpt" / "latest.json").is_file():
-        from kinema4d.train import latest_checkpoint
+        from kinema4d.model.train import latest_checkpoint
 
         run_dir, p = p, latest_checkpoint(p)
         if not p.is_dir():
@@ -135,8 +135,8 @@ class Rollout:
         return int(self.rgb.shape[0])
 
     def to_sequence(self):
-        """-> :class:`kinema4d.view.Sequence4D` (for the viewer and exporters)."""
-        from kinema4d.view import Sequence4D
+        """-> :class:`kinema4d.interactive.viewer.Sequence4D` (for the viewer and exporters)."""
+        from kinema4d.interactive.viewer import Sequence4D
 
         return Sequence4D(camera=self.camera, rgb=self.rgb, world_pointmap=self.world_pointmap,
                           robot_pointmap=self.robot_pointmap, robot_mask=self.robot_mask, q=self.q,
@@ -144,7 +144,7 @@ class Rollout:
 
     def pointmap_video(self) -> np.ndarray:
         """uint8 (T, H, W', 3): pseudo-coloured world pointmap | robot pointmap, one colour scale (the world's)."""
-        from kinema4d.viz import hstack_videos, pointmap_to_rgb
+        from kinema4d.interactive.media import hstack_videos, pointmap_to_rgb
 
         if self.world_pointmap is None:
             return pointmap_to_rgb(self.robot_pointmap, self.robot_mask)
@@ -156,10 +156,11 @@ class Rollout:
 
     def save(self, out_dir: str | os.PathLike, ply: bool = False) -> dict[str, Path]:
         """Write ``rgb.mp4``, ``pointmap.mp4`` (world | robot pointmap), ``rollout.npz`` (the rollout format of
-        :mod:`kinema4d.view`, readable by ``kinema4d view``) and, with ``ply``, ``ply/frame_<t>.ply`` (world points
-        coloured by rgb; robot points without a world pointmap). All writes are atomic. Returns {kind: path}."""
-        from kinema4d.view import ROLLOUT_FILE, export_ply, save_rollout_npz
-        from kinema4d.viz import write_video
+        :mod:`kinema4d.interactive.viewer`, readable by ``kinema4d view``) and, with ``ply``, ``ply/frame_<t>.ply``
+        (world points coloured by rgb; robot points without a world pointmap). All writes are atomic.
+        Returns {kind: path}."""
+        from kinema4d.interactive.media import write_video
+        from kinema4d.interactive.viewer import ROLLOUT_FILE, export_ply, save_rollout_npz
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -242,7 +243,7 @@ class Simulator:
     def __init__(self, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, robot: str | Robot = "panda",
                  camera: Camera | str | os.PathLike | None = None, mode: str = "ee_pose", steps: int = 20,
                  cfg_scale: float = 1.0, seed: int = 0, dt: float = 0.1, fps: float = 10.0):
-        from kinema4d.model import load_model
+        from kinema4d.model.network import load_model
 
         if mode not in ACTION_MODES:
             raise ValueError(f"mode {mode!r} is not one of {ACTION_MODES}")
@@ -264,14 +265,14 @@ class Simulator:
             self.robot = robot
             self.robot_name = robot.name if robot.name in BUILTIN_ROBOTS else str(robot.urdf_path)
         else:
-            from kinema4d.control import load_robot
+            from kinema4d.kinematics.control import load_robot
 
             self.robot, self.robot_name = load_robot(str(robot)), str(robot)
         if camera is None:
             if self.size is None:
                 raise ValueError(f"checkpoint {self.ckpt.dir} has no train_config.json to take the image size "
                                  "from: pass a camera")
-            from kinema4d.control import demo_camera
+            from kinema4d.kinematics.control import demo_camera
 
             camera = demo_camera(width=self.size[1], height=self.size[0])
         elif not isinstance(camera, Camera):
@@ -299,8 +300,8 @@ class Simulator:
 
     def kinematic_stage(self, actions, q0=None):
         """actions (T, action_dim) -> (JointTrajectory, RobotRender) in this simulator's camera."""
-        from kinema4d.render import render_robot
-        from kinema4d.robot import actions_to_joints
+        from kinema4d.kinematics.render import render_robot
+        from kinema4d.kinematics.robot import actions_to_joints
 
         a = np.asarray(actions, dtype=np.float64)
         D = self.action_dim
@@ -327,9 +328,9 @@ class Simulator:
         """
         import torch
 
-        from kinema4d.data import anchor_stats, anchored_to_metres, normalize_with_stats
-        from kinema4d.model import check_video_size, denormalize_world_pointmap, sample
-        from kinema4d.render import normalize_pointmap
+        from kinema4d.data.episodes import anchor_stats, anchored_to_metres, normalize_with_stats
+        from kinema4d.kinematics.render import normalize_pointmap
+        from kinema4d.model.network import check_video_size, denormalize_world_pointmap, sample
 
         img = load_image(image)
         H, W = img.shape[:2]
@@ -445,7 +446,7 @@ def demo_inputs(demo_dir: str | os.PathLike | None = None) -> dict:
     if missing:
         raise FileNotFoundError(f"the bundled demo inputs are missing in {d} ({missing}); they ship with the bundled "
                                 f"model: {_TRAIN_HINT}, or pass --image/--camera/--actions yourself")
-    from kinema4d.control import load_actions
+    from kinema4d.kinematics.control import load_actions
 
     meta = json.loads((d / "demo.json").read_text())
     return {"image": d / "init.png", "camera": d / "camera.json", "actions": load_actions(d / "actions.npy"),
@@ -456,8 +457,8 @@ def demo_inputs(demo_dir: str | os.PathLike | None = None) -> dict:
 
 def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
     """Run ``kinema4d simulate``; returns {kind: path} of everything written (incl. ``simulate.json``)."""
-    from kinema4d.control import load_actions
     from kinema4d.geometry import save_atomic_text
+    from kinema4d.kinematics.control import load_actions
 
     checkpoint = cfg.checkpoint if cfg.checkpoint is not None else DEFAULT_CHECKPOINT
     resolve_checkpoint(checkpoint)  # a missing checkpoint is reported before anything else

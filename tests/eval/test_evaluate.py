@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from kinema4d.cli import main
-from kinema4d.datagen import DatagenConfig, datagen_main
+from kinema4d.data.datagen import DatagenConfig, datagen_main
 from kinema4d.eval.evaluate import penetration_pct, render_markdown, score_episode
-from kinema4d.train import TrainConfig, train_main
+from kinema4d.model.train import TrainConfig, train_main
 
 T, H, W = 5, 16, 16
 
@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory):
 
 
 def _item(data_dir):
-    from kinema4d.data import TorchEpisodes
+    from kinema4d.data.episodes import TorchEpisodes
 
     return TorchEpisodes(data_dir, split="test", size=(H, W), frames=T)[0]
 
@@ -52,11 +52,11 @@ def test_score_perfect_vs_static(data_dir):
 def test_latent_l2_and_penetration(data_dir):
     """Latent L2 is 0 for a perfect prediction and the pixel-codec MSE otherwise; penetration is ~0 for the GT
     geometry and 100 % for points put at a link's centre (a convex combination of its hull vertices)."""
-    from kinema4d.data import TorchEpisodes, frame_indices
+    from kinema4d.data.episodes import TorchEpisodes, frame_indices
     from kinema4d.eval.evaluate import _robot_pose
     from kinema4d.eval.metrics import link_hulls
     from kinema4d.geometry import transform_points
-    from kinema4d.model import PixelCodec
+    from kinema4d.model.network import PixelCodec
 
     ds = TorchEpisodes(data_dir, split="test", size=(H, W), frames=T)
     item = ds[0]
@@ -117,7 +117,7 @@ def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
 def test_eval_baselines_same_harness(data_dir, run_dir, tmp_path):
     """--baselines NAME=CKPT: every model is scored on the same episodes; world_anchor and action_embedding models
     get their extra inputs (frame-0 pointmap, recorded actions); bad specs and mismatched sizes are clear errors."""
-    from kinema4d.model import ModelConfig
+    from kinema4d.model.network import ModelConfig
 
     runs = {}
     for name, mcfg in {"binary_mask": ModelConfig(condition="binary_mask", world_anchor=True, prediction="x0"),

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from kinema4d.camera import Camera
-from kinema4d.data import Dataset4D
-from kinema4d.datagen import DatagenConfig, datagen_main
+from kinema4d.data.datagen import DatagenConfig, datagen_main
+from kinema4d.data.episodes import Dataset4D
 from kinema4d.eval.judge import judge_episode, judge_place, judge_place_height, reference_colour
+from kinema4d.kinematics.camera import Camera
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from scipy.spatial import cKDTree
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from kinema4d.eval import metrics as M
-from kinema4d.robot import Robot
+from kinema4d.kinematics.robot import Robot
 
 
 def _videos(seed=0, t=3, h=24, w=32, dtype=np.uint8):

@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from kinema4d import sim
 from kinema4d.cli import main
-from kinema4d.datagen import DatagenConfig, datagen_main
+from kinema4d.data import scene as sim
+from kinema4d.data.datagen import DatagenConfig, datagen_main
 from kinema4d.eval.policy import SETUPS
-from kinema4d.train import TrainConfig, train_main
+from kinema4d.model.train import TrainConfig, train_main
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
@@ -36,7 +36,7 @@ def test_datagen_distractors_is_content(tmp_path):
     cfg = DatagenConfig(out=tmp_path, episodes=1, split="test", resolution="32x48", frames=5,
                         failures_per_success=0, distractors=(3, 3), progress=False)
     datagen_main(cfg)
-    from kinema4d.data import Dataset4D
+    from kinema4d.data.episodes import Dataset4D
 
     assert len(Dataset4D(tmp_path / "test").attrs(0)["objects"]) == 4
     datagen_main(cfg)  # a rerun with the same config resumes (the tuple survives the JSON round trip)

@@ -3,10 +3,10 @@
 Protocol (every method sees exactly what the model sees at inference, per episode of the split):
 
 - inputs: the episode's first RGB frame I0, the kinematic robot pointmap sequence and its mask (the dataset's
-  ``robot_pointmap`` / ``robot_mask``, rendered by ``kinema4d.render``), at the checkpoint's training size and
-  frame count (``TorchEpisodes(size, frames)``: uniform temporal subsampling of the recorded episode); models with
-  ``world_anchor`` also get the frame-0 world pointmap (``kinema4d.data.model_inputs``), action-embedding models
-  the recorded ee-pose actions;
+  ``robot_pointmap`` / ``robot_mask``, rendered by ``kinema4d.kinematics.render``), at the checkpoint's training size
+  and frame count (``TorchEpisodes(size, frames)``: uniform temporal subsampling of the recorded episode); models with
+  ``world_anchor`` also get the frame-0 world pointmap (``kinema4d.data.episodes.model_inputs``), action-embedding
+  models the recorded ee-pose actions;
 - ``kinema4d`` (``--checkpoint``) and every ``--baselines NAME=CKPT`` model: ``model.sample`` with ``steps`` Euler
   steps, seed = ``seed + episode position``;
 - ``static``: I0 and the frame-0 world pointmap repeated over time (a baseline that knows frame 0's geometry).
@@ -26,7 +26,7 @@ Metrics (definitions in :mod:`kinema4d.eval.metrics`), two paper-style tables:
   reference (mask edges and the convex-hull link volumes make it non-zero).
 
 Frame 0 is excluded from the per-sequence means (it is the given image for every method). Which predicted pixels
-hold a point is ``kinema4d.data.generated_valid`` (the training target is 0 on empty pixels).
+hold a point is ``kinema4d.data.episodes.generated_valid`` (the training target is 0 on empty pixels).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import numpy as np
 
 from kinema4d.eval import metrics as M
 from kinema4d.geometry import save_atomic_text
-from kinema4d.viz import video_to_uint8
+from kinema4d.interactive.media import video_to_uint8
 
 VIDEO_COLUMNS = (("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("latent_l2", "latent L2 ↓", "{:.4f}"),
                  ("lpips", "LPIPS ↓", "{:.3f}"), ("fid", "FID ↓", "{:.2f}"), ("fvd", "FVD ↓", "{:.2f}"))
@@ -87,7 +87,7 @@ def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_
     T_cam_world (4, 4)) the penetration rate, ``lpips_weights`` LPIPS (each NaN / None when absent);
     ``anchored``: pred_w01 is in a world_anchor model's normalization (decides which pixels hold a point,
     ``data.generated_valid``)."""
-    from kinema4d.data import generated_valid
+    from kinema4d.data.episodes import generated_valid
 
     gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
     gt_valid = item["world_valid"].numpy() > 0.5
@@ -148,7 +148,7 @@ def _latent_l2(codec, pred_rgb: np.ndarray, gt_rgb: np.ndarray) -> float:
 def load_methods(checkpoint, baselines: tuple[str, ...] = ()) -> tuple[dict, tuple[int, int], int]:
     """``checkpoint`` (None = bundled default) as "kinema4d" plus NAME=CHECKPOINT ``baselines`` -> ({name:
     (ResolvedCheckpoint, model, codec)}, (H, W), frames); every model must share the training size and frames."""
-    from kinema4d.model import load_model
+    from kinema4d.model.network import load_model
     from kinema4d.simulator import DEFAULT_CHECKPOINT, resolve_checkpoint
 
     models = {"kinema4d": checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT}
@@ -177,8 +177,8 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
     world pointmap in camera metres (T,H,W,3) or None)."""
     import torch
 
-    from kinema4d.data import anchored_to_metres, model_inputs
-    from kinema4d.model import denormalize_world_pointmap, sample
+    from kinema4d.data.episodes import anchored_to_metres, model_inputs
+    from kinema4d.model.network import denormalize_world_pointmap, sample
     item = model_inputs(model.cfg, raw)
     with torch.no_grad():
         rgb, w01 = sample(model, codec, item["rgb"][0], item["robot_pointmap"], item["robot_mask"], steps=steps,
@@ -199,8 +199,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     videos into ``cfg.out``. Returns the report dict."""
     from tqdm import tqdm
 
-    from kinema4d.data import TorchEpisodes, generated_valid
-    from kinema4d.viz import hstack_videos, pointmap_to_rgb, write_video
+    from kinema4d.data.episodes import TorchEpisodes, generated_valid
+    from kinema4d.interactive.media import hstack_videos, pointmap_to_rgb, write_video
 
     loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines)
     ds = TorchEpisodes(cfg.data, split=cfg.split, size=size, frames=frames)
@@ -282,8 +282,8 @@ def _frame_means(per_episode: list) -> list:
 def _robot_pose(ds, index: int, frames: int, robots: dict) -> tuple | None:
     """(Robot, q (frames, dof), T_cam_world) of episode ``index`` of the TorchEpisodes ``ds`` for the penetration
     rate (robots cached in ``robots`` by name and base pose); None for a robot that is not a builtin."""
-    from kinema4d.data import frame_indices
-    from kinema4d.robot import BUILTIN_ROBOTS, Robot
+    from kinema4d.data.episodes import frame_indices
+    from kinema4d.kinematics.robot import BUILTIN_ROBOTS, Robot
 
     e = ds.ds.read_episode(index, keys=("q",))
     name, base = e["attrs"].get("robot"), e["attrs"].get("T_world_base")

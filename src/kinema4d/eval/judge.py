@@ -2,7 +2,7 @@
 
 The judge sees what a world model produces: RGB frames and a camera-space pointmap in metres. It finds the target
 object by its colour, lifts its pixels to 3D with the pointmap and applies the simulator's success rule
-(:meth:`kinema4d.sim.Scene.evaluate`): the object's centre within ``xy_tol`` of the goal pad in xy and resting on
+(:meth:`kinema4d.data.scene.Scene.evaluate`): the object's centre within ``xy_tol`` of the goal pad in xy and resting on
 the table (not held up).
 
 The object's reference colour is read from the initial image I0 at the object's known initial position, so the
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kinema4d.camera import Camera
 from kinema4d.geometry import transform_points
+from kinema4d.kinematics.camera import Camera
 
 
 @dataclass

@@ -20,8 +20,8 @@ Geometry (pointmaps (T, H, W, 3) camera-frame metres, validity masks (T, H, W) b
 
 - Normalization (:func:`normalize_pair`): prediction and ground truth are both mapped with the *ground truth
   sequence's* per-channel min-max over its valid points, ``x01 = (x - min_gt) / (max_gt - min_gt)`` per x/y/z,
-  the same sequence-level normalization the model sees (Supp. B.1, ``kinema4d.render.normalize_pointmap``) but
-  with the GT's statistics for both, so a scale error of the prediction is *not* normalized away. Distances are
+  the same sequence-level normalization the model sees (Supp. B.1, ``kinema4d.kinematics.render.normalize_pointmap``)
+  but with the GT's statistics for both, so a scale error of the prediction is *not* normalized away. Distances are
   therefore in units of the scene extent (per axis) and the F-Score threshold 0.01 means 1 % of the extent. A
   channel with zero GT extent keeps scale 1 (translated only) so its errors stay visible.
 - Chamfer distance between clouds P and Q with nearest-neighbour distances d_P(p) = min_q ||p - q||_2:

@@ -54,7 +54,7 @@ class PolicyEvalConfig:
 
 def generate_setups(cfg: PolicyEvalConfig) -> dict[str, Path]:
     """Make sure ``DATA/<setup>/test`` holds ``cfg.episodes`` episodes for every setup; returns {setup: root}."""
-    from kinema4d.datagen import DatagenConfig, datagen_main
+    from kinema4d.data.datagen import DatagenConfig, datagen_main
 
     roots = {}
     for name in cfg.setups:
@@ -80,9 +80,9 @@ def policy_eval(cfg: PolicyEvalConfig) -> dict:
     ``success_rates.png`` into ``cfg.out``. Returns the report dict."""
     from tqdm import tqdm
 
-    from kinema4d.data import TorchEpisodes
+    from kinema4d.data.episodes import TorchEpisodes
     from kinema4d.eval.evaluate import _to_metres, load_methods, predict
-    from kinema4d.viz import video_to_uint8
+    from kinema4d.interactive.media import video_to_uint8
 
     if cfg.episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {cfg.episodes}")

@@ -1,4 +1,5 @@
-"""kinema4d.envs: the gymnasium closed-loop environment (chunked autoregressive rollouts of the world model)."""
+"""kinema4d.interactive.envs: the gymnasium closed-loop environment (chunked autoregressive rollouts of the world
+model)."""
 
 import warnings
 
@@ -6,10 +7,10 @@ import gymnasium
 import numpy as np
 import pytest
 
-from kinema4d import envs
-from kinema4d.camera import Camera
-from kinema4d.envs import ENV_ID, Kinema4DEnv, arc_chunk
-from kinema4d.robot import joints_to_ee_actions
+from kinema4d.interactive import envs
+from kinema4d.interactive.envs import ENV_ID, Kinema4DEnv, arc_chunk
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.robot import joints_to_ee_actions
 
 pytestmark = pytest.mark.filterwarnings("ignore:IK did not reach:UserWarning")
 
@@ -17,8 +18,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:IK did not reach:UserWarning")
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     """A 2-step tiny checkpoint (16x16, 5 frames) and a Simulator on it with a camera that sees the Panda."""
+    from kinema4d.model.train import TrainConfig, train_main
     from kinema4d.simulator import Simulator
-    from kinema4d.train import TrainConfig, train_main
 
     out = tmp_path_factory.mktemp("tiny_run")
     train_main(TrainConfig(out_dir=str(out), steps=2, size=(16, 16), frames=5, progress=False))
@@ -208,9 +209,9 @@ def test_default_checkpoint_demo():
 def test_world_anchor_chunks_chain_the_generated_pointmap(tmp_path, image0):
     """A world_anchor checkpoint: chunk 0 gets the given pointmap0, chunk k the last generated world pointmap;
     without pointmap0 the env says what is missing."""
-    from kinema4d.model import ModelConfig
+    from kinema4d.model.network import ModelConfig
+    from kinema4d.model.train import TrainConfig, train_main
     from kinema4d.simulator import Simulator
-    from kinema4d.train import TrainConfig, train_main
 
     train_main(TrainConfig(model=ModelConfig(world_anchor=True, prediction="x0"), out_dir=str(tmp_path), steps=1,
                            size=(16, 16), frames=5, progress=False, val_steps=1))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from kinema4d import data as kdata
-from kinema4d.camera import Camera
+from kinema4d.data import episodes as kdata
+from kinema4d.kinematics.camera import Camera
 
 T, H, W = 5, 24, 32
 

@@ -1,4 +1,4 @@
-"""kinema4d.train: tiny runs, checkpoint files, resume, DDP (2 gloo ranks), Wan codec stage, presets."""
+"""kinema4d.model.train: tiny runs, checkpoint files, resume, DDP (2 gloo ranks), Wan codec stage, presets."""
 
 import dataclasses
 import json
@@ -13,8 +13,8 @@ import torch
 import tyro
 from safetensors.torch import load_file
 
-from kinema4d.model import ModelConfig
-from kinema4d.train import PRESETS, SyntheticEpisodes, TrainConfig, load_checkpoint, make_dataset, train_main
+from kinema4d.model.network import ModelConfig
+from kinema4d.model.train import PRESETS, SyntheticEpisodes, TrainConfig, load_checkpoint, make_dataset, train_main
 
 torch.set_num_threads(1)
 TINY = PRESETS["tiny"][1]
@@ -86,7 +86,7 @@ def test_stop_at_keeps_the_schedule(tmp_path):
 
 
 def test_resume_restores_exact_state(tmp_path):
-    from kinema4d.model import WorldModel, make_codec
+    from kinema4d.model.network import WorldModel, make_codec
 
     cfg = _cfg(tmp_path, steps=2)
     train_main(cfg)
@@ -136,7 +136,7 @@ def _free_port():
 def test_ddp_two_ranks_gloo(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "kinema4d.train", "tiny", "--out-dir", str(tmp_path),
+           "--master_port", str(_free_port()), "-m", "kinema4d.model.train", "tiny", "--out-dir", str(tmp_path),
            "--steps", "2", "--batch-size", "4", "--no-progress", "--val-steps", "1"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -155,17 +155,17 @@ def test_presets_cli():
     t = tyro.extras.overridable_config_cli(PRESETS, args=["tiny", "--steps", "7", "--model.mask", "binary"])
     assert t.steps == 7 and t.model.mask == "binary" and isinstance(t.model, ModelConfig)
     with pytest.raises(FileNotFoundError, match="cannot be downloaded"):
-        from kinema4d.model import WorldModel
+        from kinema4d.model.network import WorldModel
 
         WorldModel(p.model)
 
 
 def test_trains_on_torch_episodes(tmp_path):
-    """The data engineer's TorchEpisodes (zarr episodes written with kinema4d.data) feeds the trainer as is."""
+    """The data engineer's TorchEpisodes (zarr episodes written with kinema4d.data.episodes) feeds the trainer as is."""
     import numpy as np
 
-    kdata = pytest.importorskip("kinema4d.data")
-    from kinema4d.camera import Camera
+    kdata = pytest.importorskip("kinema4d.data.episodes")
+    from kinema4d.kinematics.camera import Camera
 
     T, H, W = 5, 24, 32
     root = kdata.init_dataset(tmp_path / "data" / "train", "train")
@@ -189,8 +189,8 @@ def test_trains_on_torch_episodes(tmp_path):
 
 
 def test_cached_codec_matches_codec():
-    from kinema4d.model import make_codec
-    from kinema4d.train import CachedCodec
+    from kinema4d.model.network import make_codec
+    from kinema4d.model.train import CachedCodec
 
     codec = make_codec(dataclasses.replace(TINY.model, codec="wan")).eval()
     x = torch.rand(2, 3, 5, 16, 32)
@@ -207,7 +207,7 @@ def test_preload_cache_roundtrip(tmp_path):
     refused, not silently used."""
     import torch
 
-    from kinema4d.train import PreloadedEpisodes, SyntheticEpisodes
+    from kinema4d.model.train import PreloadedEpisodes, SyntheticEpisodes
 
     ds = SyntheticEpisodes(3, 5, (16, 16), 0)
     cache = tmp_path / "c.safetensors"

@@ -1,8 +1,8 @@
 """Training of the 4D world model (flow matching), single process or DDP under torchrun (gloo on CPU).
 
-    python -m kinema4d.train tiny --out-dir runs/tiny             # presets: tiny | default | paper
-    torchrun --nproc_per_node 2 -m kinema4d.train tiny --steps 4
-    python -m kinema4d.train default --data data/robo --resume
+    python -m kinema4d.model.train tiny --out-dir runs/tiny             # presets: tiny | default | paper
+    torchrun --nproc_per_node 2 -m kinema4d.model.train tiny --steps 4
+    python -m kinema4d.model.train default --data data/robo --resume
 
 A checkpoint is a directory ``<out_dir>/ckpt/step_XXXXXXX/`` of safetensors + JSON (never pickle):
 ``model.safetensors``, ``ema.safetensors``, ``codec.safetensors``, ``optimizer.safetensors`` + ``optimizer.json``,
@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from kinema4d.data import model_inputs
-from kinema4d.model import (
+from kinema4d.data.episodes import model_inputs
+from kinema4d.interactive.media import video_to_uint8, write_video
+from kinema4d.model.network import (
     PAPER_MODEL,
     ModelConfig,
     WorldModel,
@@ -42,7 +43,6 @@ from kinema4d.model import (
     sample,
     sample_timesteps,
 )
-from kinema4d.viz import video_to_uint8, write_video
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config
@@ -54,7 +54,7 @@ class TrainConfig:
     """One training run. ``batch_size`` is the GLOBAL batch (split over DDP ranks)."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    data: str | None = None  # dataset dir for kinema4d.data.TorchEpisodes; None = SyntheticEpisodes
+    data: str | None = None  # dataset dir for kinema4d.data.episodes.TorchEpisodes; None = SyntheticEpisodes
     val_split: str | None = "val"  # TorchEpisodes split for validation samples (falls back to the train data)
     size: tuple[int, int] = (16, 16)  # (H, W) per modality
     frames: int = 5
@@ -158,12 +158,12 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Synthetic data (same keys as kinema4d.data.TorchEpisodes, plus 'action')
+# Synthetic data (same keys as kinema4d.data.episodes.TorchEpisodes, plus 'action')
 # ----------------------------------------------------------------------------------------------------------------
 
 
 class SyntheticEpisodes(torch.utils.data.Dataset):
-    """Moving boxes pushed by a fake robot blob, with the keys of ``kinema4d.data.TorchEpisodes`` (+ ``action``
+    """Moving boxes pushed by a fake robot blob, with the keys of ``kinema4d.data.episodes.TorchEpisodes`` (+ ``action``
     (T, 8): blob centre xyz in metres, identity quaternion xyzw, gripper 1). Deterministic per (seed, index).
 
     A camera (f = W, centre of the image) looks at a back plane z = 1.2 m; a box (z = 1.0) sits in the middle; the
@@ -285,9 +285,10 @@ def make_dataset(cfg: TrainConfig, split: str = "train", seed_offset: int = 0):
     if cfg.data is None:
         return SyntheticEpisodes(cfg.synthetic_episodes, cfg.frames, cfg.size, cfg.seed + seed_offset)
     try:
-        from kinema4d.data import TorchEpisodes
+        from kinema4d.data.episodes import TorchEpisodes
     except ImportError as e:
-        raise ImportError(f"cfg.data={cfg.data!r} needs kinema4d.data.TorchEpisodes (import failed: {e})") from e
+        raise ImportError(f"cfg.data={cfg.data!r} needs kinema4d.data.episodes.TorchEpisodes "
+                          f"(import failed: {e})") from e
     return TorchEpisodes(cfg.data, split=split, size=tuple(cfg.size), frames=cfg.frames)
 
 
@@ -350,7 +351,7 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, cfg: TrainConfig, mod
     """Write ``<out_dir>/ckpt/step_XXXXXXX`` and point ``latest.json`` at it (rank 0 only)."""
     from safetensors.torch import save_file
 
-    from kinema4d.model import _state_to_save, save_model
+    from kinema4d.model.network import _state_to_save, save_model
 
     d = Path(out_dir) / "ckpt" / f"step_{step:07d}"
     tmp = d.with_name(d.name + ".tmp")
@@ -693,7 +694,7 @@ def train_main(cfg: TrainConfig) -> dict:
 
 
 def main(args: list[str] | None = None) -> dict:
-    """CLI: ``python -m kinema4d.train {tiny,default,paper} [--field value ...]`` (tyro)."""
+    """CLI: ``python -m kinema4d.model.train {tiny,default,paper} [--field value ...]`` (tyro)."""
     import tyro
 
     cfg = tyro.extras.overridable_config_cli(PRESETS, args=args, description="Train the kinema4d world model")

@@ -3,7 +3,7 @@
 :func:`render_robot` turns joint positions ``q`` (T, dof) into per-pixel camera-space geometry of the robot:
 pointmap (T, H, W, 3) float32 metres, mask (T, H, W) bool, depth (T, H, W) float32 z metres, link id (T, H, W)
 int16 (index into ``robot.link_names``, -1 empty) and optionally RGB (T, H, W, 3) uint8. The first surface hit
-per pixel is kept (z-buffer); pixel (c, r) samples the ray through (u, v) = (c, r) (``kinema4d.camera``).
+per pixel is kept (z-buffer); pixel (c, r) samples the ray through (u, v) = (c, r) (``kinema4d.kinematics.camera``).
 
 Two backends give the same images:
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kinema4d.camera import T_GLCAM_CAM, Camera
 from kinema4d.geometry import invert_rigid
+from kinema4d.kinematics.camera import T_GLCAM_CAM, Camera
 
 BACKENDS = ("auto", "gl", "embree")
 DEFAULT_NEAR, DEFAULT_FAR = 0.01, 20.0
@@ -132,7 +132,7 @@ def simplified_urdf(robot, max_faces_per_link: int = 1000, cache_dir=None) -> Pa
 
     import trimesh
 
-    from kinema4d.robot import resolve_mesh_path
+    from kinema4d.kinematics.robot import resolve_mesh_path
 
     src = robot.urdf_path.read_bytes()
     key = hashlib.sha1(src + f"{max_faces_per_link}".encode()).hexdigest()[:12]
@@ -531,7 +531,7 @@ def render_robot(robot, q, camera: Camera, rgb: bool = False, backend: str = "au
 
 def _check_camera(camera) -> None:
     if not isinstance(camera, Camera):
-        raise TypeError(f"camera must be a kinema4d.camera.Camera, got {type(camera).__name__}")
+        raise TypeError(f"camera must be a kinema4d.kinematics.camera.Camera, got {type(camera).__name__}")
 
 
 _WARNED: set[str] = set()

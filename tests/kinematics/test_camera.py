@@ -4,7 +4,7 @@ import numpy as np
 import pybullet as p
 import pytest
 
-from kinema4d.camera import Camera
+from kinema4d.kinematics.camera import Camera
 
 
 @pytest.fixture

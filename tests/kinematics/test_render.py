@@ -8,10 +8,10 @@ import pybullet as p
 import pytest
 from trimesh.triangles import closest_point
 
-from kinema4d import render as render_mod
-from kinema4d.camera import Camera
 from kinema4d.geometry import invert_rigid, transform_points
-from kinema4d.render import (
+from kinema4d.kinematics import render as render_mod
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.render import (
     DEFAULT_MAX_FACES_PER_LINK,
     PointmapStats,
     RobotRenderer,
@@ -25,7 +25,7 @@ from kinema4d.render import (
     shift_image,
     translate,
 )
-from kinema4d.robot import Robot
+from kinema4d.kinematics.robot import Robot
 
 NEAR, FAR = 0.01, 20.0
 
@@ -57,7 +57,7 @@ def panda_q(panda):
 
 
 def _mimic_joints(urdf_path):
-    """{joint: (master, multiplier, offset)} read straight from the URDF (independent of kinema4d.robot)."""
+    """{joint: (master, multiplier, offset)} read straight from the URDF (independent of kinema4d.kinematics.robot)."""
     out = {}
     for j in ET.parse(urdf_path).getroot().iter("joint"):
         m = j.find("mimic")
@@ -252,7 +252,7 @@ def test_bad_inputs(kuka):
     q[1, 2] = np.nan
     with pytest.raises(ValueError, match="q has a non-finite value at frame 1"):
         render_robot(kuka, q, cam)
-    with pytest.raises(TypeError, match="camera must be a kinema4d.camera.Camera, got dict"):
+    with pytest.raises(TypeError, match="camera must be a kinema4d.kinematics.camera.Camera, got dict"):
         render_robot(kuka, np.zeros((1, 7)), cam.to_dict())
     with pytest.raises(ValueError, match="backend must be one of"):
         render_robot(kuka, np.zeros((1, 7)), cam, backend="vulkan")
@@ -364,7 +364,7 @@ def test_rotate():
 
 def test_simplified_urdf_matches_renderer_in_pybullet(tmp_path):
     """pybullet drawing the simplified URDF agrees with our renderer at the same face limit (data engine path)."""
-    from kinema4d.render import simplified_urdf
+    from kinema4d.kinematics.render import simplified_urdf
 
     robot = Robot.builtin("panda")
     urdf = simplified_urdf(robot, 1000, cache_dir=tmp_path)

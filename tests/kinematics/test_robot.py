@@ -5,7 +5,7 @@ import pybullet as p
 import pytest
 
 from kinema4d.geometry import pose_to_matrix, rotation_angle
-from kinema4d.robot import Robot, action_dim, actions_to_joints, joints_to_ee_actions
+from kinema4d.kinematics.robot import Robot, action_dim, actions_to_joints, joints_to_ee_actions
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,8 @@ import numpy as np
 import pytest
 
 from kinema4d.cli import main
-from kinema4d.control import demo_camera
 from kinema4d.geometry import save_atomic_npz
-from kinema4d.robot import Robot
-from kinema4d.view import (
+from kinema4d.interactive.viewer import (
     Sequence4D,
     ViewConfig,
     export_gif,
@@ -23,6 +21,8 @@ from kinema4d.view import (
     view_main,
     write_rerun,
 )
+from kinema4d.kinematics.control import demo_camera
+from kinema4d.kinematics.robot import Robot
 
 T, H, W = 3, 48, 64
 
@@ -138,8 +138,8 @@ def test_exports(tmp_path, seq):
 
 def test_control_output(tmp_path):
     """`kinema4d view DIR` on a control-stage output directory."""
-    if Path(__file__).resolve().parents[1].joinpath("src/kinema4d/render.py").is_file():
-        from kinema4d.control import ControlConfig, run_control
+    if Path(__file__).resolve().parents[2].joinpath("src/kinema4d/kinematics/render.py").is_file():
+        from kinema4d.kinematics.control import ControlConfig, run_control
 
         cam = tmp_path / "cam.json"
         demo_camera(W, H).save(cam)
@@ -195,8 +195,8 @@ def test_errors(tmp_path, seq, capsys):
 
 def test_view_dataset_episode(tmp_path):
     """A data-engine episode views through the same path; the robot meshes sit at the episode's base pose."""
-    from kinema4d.datagen import DatagenConfig, datagen_main
-    from kinema4d.view import load_sequence
+    from kinema4d.data.datagen import DatagenConfig, datagen_main
+    from kinema4d.interactive.viewer import load_sequence
 
     datagen_main(DatagenConfig(out=tmp_path, episodes=1, resolution="32x48", frames=3, progress=False))
     seq = load_sequence(tmp_path / "train", episode=0)

@@ -54,8 +54,8 @@ from typing import Annotated
 import numpy as np
 import tyro
 
-from kinema4d.camera import Camera
 from kinema4d.geometry import atomic_write, check_rigid, save_atomic_npz, transform_points
+from kinema4d.kinematics.camera import Camera
 
 ROLLOUT_FILE = "rollout.npz"
 CONTROL_FILE = "robot_pointmap.npz"
@@ -236,8 +236,9 @@ def resolve_input(path: str | os.PathLike) -> Path:
 
 
 def load_episode(path: str | os.PathLike, episode: int) -> Sequence4D:
-    """A data-engine episode (``kinema4d.data`` split directory, episode position ``episode``) as a Sequence4D."""
-    from kinema4d.data import Dataset4D
+    """A data-engine episode (``kinema4d.data.episodes`` split directory, episode position ``episode``) as a
+    Sequence4D."""
+    from kinema4d.data.episodes import Dataset4D
 
     e = Dataset4D(path).read_episode(episode)
     a = e["attrs"]
@@ -271,7 +272,7 @@ def load_sequence(path: str | os.PathLike, episode: int | None = None) -> Sequen
 
 # ---------------------------------------------------------------------- rerun
 def _load_robot(name: str):
-    from kinema4d.control import load_robot
+    from kinema4d.kinematics.control import load_robot
 
     return load_robot(name)
 
@@ -356,7 +357,7 @@ def side_by_side_frames(seq: Sequence4D) -> np.ndarray:
 
     Both pointmaps are pseudo-coloured (XYZ -> RGB) on one shared scale, so the robot has the same colours in both.
     """
-    from kinema4d.viz import hstack_videos, pointmap_to_rgb
+    from kinema4d.interactive.media import hstack_videos, pointmap_to_rgb
 
     pms = [(pm, v) for pm, v in ((seq.world_pointmap, seq.world_valid), (seq.robot_pointmap, seq.robot_valid))
            if pm is not None]
@@ -372,7 +373,7 @@ def side_by_side_frames(seq: Sequence4D) -> np.ndarray:
 
 def export_mp4(seq: Sequence4D, path: str | os.PathLike) -> Path:
     """H.264 mp4 of :func:`side_by_side_frames` at ``seq.fps`` (odd sizes padded by one pixel)."""
-    from kinema4d.viz import write_video
+    from kinema4d.interactive.media import write_video
 
     return write_video(path, side_by_side_frames(seq), fps=seq.fps)
 
@@ -380,7 +381,7 @@ def export_mp4(seq: Sequence4D, path: str | os.PathLike) -> Path:
 def export_gif(seq: Sequence4D, path: str | os.PathLike, max_width: int = GIF_MAX_WIDTH, upscale: int = 1) -> Path:
     """Looping GIF of :func:`side_by_side_frames`, first enlarged ``upscale`` times (nearest neighbour: a 32x48
     rollout is unreadable at its own size), then downscaled by an integer factor (block mean) to <= max_width."""
-    from kinema4d.viz import write_video
+    from kinema4d.interactive.media import write_video
 
     if upscale < 1:
         raise ValueError(f"export_gif: upscale must be >= 1, got {upscale}")

@@ -1,4 +1,4 @@
-"""kinema4d.model: shapes, conditioning (Sec. 3.2), backbone extensions, sampling, save/load, LoRA, errors."""
+"""kinema4d.model.network: shapes, conditioning (Sec. 3.2), backbone extensions, sampling, save/load, LoRA, errors."""
 
 import dataclasses
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from kinema4d.model import (
+from kinema4d.model.network import (
     PAPER_MODEL,
     ModelConfig,
     PixelCodec,
@@ -25,7 +25,7 @@ from kinema4d.model import (
     save_model,
     soften_mask,
 )
-from kinema4d.train import PRESETS, SyntheticEpisodes
+from kinema4d.model.train import PRESETS, SyntheticEpisodes
 
 torch.set_num_threads(1)
 TINY = ModelConfig()

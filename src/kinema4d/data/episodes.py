@@ -43,8 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kinema4d.camera import Camera
 from kinema4d.geometry import save_atomic_text
+from kinema4d.kinematics.camera import Camera
 
 FORMAT = "kinema4d-episodes"
 VERSION = 1
@@ -363,7 +363,7 @@ class TorchEpisodes(torch.utils.data.Dataset):
         raise RuntimeError(f"all {n} episodes in {self.root} are corrupt")
 
     def _load(self, i: int) -> dict:
-        from kinema4d.render import normalize_pointmap
+        from kinema4d.kinematics.render import normalize_pointmap
 
         e = self.ds.read_episode(i, keys=("rgb", "world_pointmap", "robot_pointmap", "robot_render_mask", "actions"))
         idx = frame_indices(e["rgb"].shape[0], self.frames)

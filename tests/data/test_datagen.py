@@ -11,14 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kinema4d import data as kdata
-from kinema4d.datagen import DatagenConfig, datagen_main, dataset_info, dataset_preview, parse_resolution, plan
+from kinema4d.data import episodes as kdata
+from kinema4d.data.datagen import DatagenConfig, datagen_main, dataset_info, dataset_preview, parse_resolution, plan
 
 TINY = {"resolution": "32x48", "frames": 4, "failures_per_success": 2, "progress": False}
 
 
 def _cmd(out: Path, episodes: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "kinema4d.datagen", "--out", str(out), "--episodes", str(episodes),
+    return [sys.executable, "-m", "kinema4d.data.datagen", "--out", str(out), "--episodes", str(episodes),
             "--workers", str(workers), "--resolution", "32x48", "--frames", "4", "--failures-per-success", "2",
             "--no-progress"]
 

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from kinema4d import sim
-from kinema4d.datagen import variant_of
-from kinema4d.render import render_robot
+from kinema4d.data import scene as sim
+from kinema4d.data.datagen import variant_of
+from kinema4d.kinematics.render import render_robot
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,11 @@
 Episodes come in blocks of ``1 + failures_per_success``: block b = one sampled scene with its scripted
 pick-and-place (the clean demonstration, id ``b * (1 + F)``) followed by F perturbed re-simulations of it (ids
 ``b * (1 + F) + v``, v = 1..F; variant v perturbs temporal segment ``(v - 1) // 3 % 3`` at
-sigma ``FAILURE_SIGMAS[(v - 1) % 3]``, see :func:`kinema4d.sim.perturb_actions`). A scene whose clean run fails is
-resampled (up to ``max_attempts`` times, the attempt is recorded). Everything is a pure function of
+sigma ``FAILURE_SIGMAS[(v - 1) % 3]``, see :func:`kinema4d.data.scene.perturb_actions`). A scene whose clean run fails
+is resampled (up to ``max_attempts`` times, the attempt is recorded). Everything is a pure function of
 (seed, split, block, attempt, variant), so a rerun regenerates exactly the missing episodes: the run is resumable
 and the episode set does not depend on the number of workers or the backend. Splits use disjoint seed streams
-(the split's index enters the seed) and select the randomization ranges (``kinema4d.sim.split_ranges``).
+(the split's index enters the seed) and select the randomization ranges (``kinema4d.data.scene.split_ranges``).
 
 ``episodes`` counts all written episodes (clean + perturbed); the last block may be cut short.
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kinema4d import data as kdata
-from kinema4d import sim
+from kinema4d.data import episodes as kdata
+from kinema4d.data import scene as sim
 from kinema4d.geometry import save_atomic_text
 
 DEFAULT_RESOLUTION = "64x96"
@@ -309,7 +309,7 @@ def dataset_info(path) -> dict:
 
 def dataset_preview(path, episode: int, out_mp4, fps: float = 8.0) -> Path:
     """Write an mp4 of episode position ``episode``: RGB | world pointmap | robot pointmap (pseudo-colour)."""
-    from kinema4d.viz import hstack_videos, pointmap_to_rgb, write_video
+    from kinema4d.interactive.media import hstack_videos, pointmap_to_rgb, write_video
 
     e = kdata.Dataset4D(path).read_episode(episode)
     frames = hstack_videos(e["rgb"], pointmap_to_rgb(e["world_pointmap"], e["world_pointmap"][..., 2] > 0),
@@ -320,7 +320,7 @@ def dataset_preview(path, episode: int, out_mp4, fps: float = 8.0) -> Path:
 def main(argv: list[str] | None = None) -> int:
     import tyro
 
-    cfg = tyro.cli(DatagenConfig, args=argv, prog="python -m kinema4d.datagen")
+    cfg = tyro.cli(DatagenConfig, args=argv, prog="python -m kinema4d.data.datagen")
     info = datagen_main(cfg)
     print(json.dumps(info, indent=2))
     return 0

@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from kinema4d.camera import Camera
 from kinema4d.cli import main
-from kinema4d.control import demo_actions
-from kinema4d.robot import Robot
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.control import demo_actions
+from kinema4d.kinematics.robot import Robot
 
 
 @pytest.fixture(scope="module")

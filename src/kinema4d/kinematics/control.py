@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from kinema4d.camera import Camera
 from kinema4d.geometry import matrix_to_pose, save_atomic_npz, save_atomic_text
-from kinema4d.robot import ACTION_MODES, Robot, actions_to_joints
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.robot import ACTION_MODES, Robot, actions_to_joints
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def demo_actions(robot: Robot, T: int = 49) -> np.ndarray:
 
 
 def load_robot(spec: str) -> Robot:
-    from kinema4d.robot import BUILTIN_ROBOTS
+    from kinema4d.kinematics.robot import BUILTIN_ROBOTS
 
     if spec in BUILTIN_ROBOTS:
         return Robot.builtin(spec)
@@ -89,8 +89,8 @@ def load_actions(path: Path) -> np.ndarray:
 
 def run_control(cfg: ControlConfig) -> Path:
     """Run the stage; returns the output directory. Writes are atomic (npz, mp4, config JSON)."""
-    from kinema4d.render import render_robot
-    from kinema4d.viz import hstack_videos, mask_to_rgb, pointmap_to_rgb, write_video
+    from kinema4d.interactive.media import hstack_videos, mask_to_rgb, pointmap_to_rgb, write_video
+    from kinema4d.kinematics.render import render_robot
 
     if cfg.mode not in ACTION_MODES:
         raise ValueError(f"--mode {cfg.mode!r} is not one of {ACTION_MODES}")

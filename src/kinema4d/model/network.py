@@ -76,7 +76,8 @@ class ModelConfig:
     # Beyond the paper: also give the frame-0 WORLD pointmap (what an RGB-D camera sees at t=0). The XYZ half of the
     # input latents then holds the robot pointmap on robot pixels and the frame-0 world pointmap elsewhere, in every
     # frame (as image_padding="repeat" does for I0), and pointmaps are normalized with stats known at inference
-    # (``kinema4d.data.anchor_normalize``), so the output converts to metres exactly. False = Sec. 3.2 as published.
+    # (``kinema4d.data.episodes.anchor_normalize``), so the output converts to metres exactly. False = Sec. 3.2 as
+    # published.
     world_anchor: bool = False
     # What the backbone outputs: "velocity" (eps - x0, Wan / the paper), "x0" (the clean latents; the velocity is
     # (x_t - x0) / max(t, x0_t_min)) or "x0_residual" (x0 = the input latents + the output: an untrained model
@@ -495,7 +496,7 @@ class WorldModel(nn.Module):
         rgb0 (B,3,H,W) = I0; robot_pointmap (B,T,3,H,W) in [0,1]; robot_mask (B,T,H,W); action (B,T,A) for
         condition="action_embedding"; rgb / world_pointmap (B,T,3,H,W) for the training target; world0 (B,3,H,W)
         the frame-0 world pointmap in [0,1] (0 = empty) for ``world_anchor`` models (pointmaps normalized by
-        ``kinema4d.data.anchor_normalize``).
+        ``kinema4d.data.episodes.anchor_normalize``).
         Returns ``cond`` (B, 4+C, t, h, 2w) = [mask | input latents], ``robot`` (B, C, t, h, w) the robot latents
         (XYZ half of the input latents), ``action`` and, with a target, ``x0`` (B, C, t, h, 2w).
         """

@@ -11,7 +11,7 @@ from the last generated frame and the last joint state::
     rollout                         frames 0 .. chunk; frame 0 re-renders the conditioning image
 
 Registered as ``"kinema4d/Kinema4D-v0"`` when this module is imported (``gymnasium.make("kinema4d/Kinema4D-v0",
-simulator=sim)``, or ``gymnasium.make("kinema4d.envs:kinema4d/Kinema4D-v0")`` to import it on the fly).
+simulator=sim)``, or ``gymnasium.make("kinema4d.interactive.envs:kinema4d/Kinema4D-v0")`` to import it on the fly).
 
 Spaces (``D = 8`` for a robot with a gripper: xyz metres + quaternion xyzw + gripper opening in [0, 1], 1 = open;
 ``D = 7`` without a gripper):
@@ -49,11 +49,11 @@ import numpy as np
 from gymnasium import spaces
 
 from kinema4d.eval.metrics import robot_adherence
-from kinema4d.robot import Robot, action_dim, joints_to_ee_actions
+from kinema4d.kinematics.robot import Robot, action_dim, joints_to_ee_actions
 
 if TYPE_CHECKING:
+    from kinema4d.interactive.viewer import Sequence4D
     from kinema4d.simulator import Rollout, Simulator
-    from kinema4d.view import Sequence4D
 
 ENV_ID = "kinema4d/Kinema4D-v0"
 _COLUMNS = ("x", "y", "z", "qx", "qy", "qz", "qw", "gripper")
@@ -98,7 +98,7 @@ class Kinema4DEnv(gymnasium.Env):
             ckpt = checkpoint if checkpoint is not None else simmod.DEFAULT_CHECKPOINT
             cam = camera
             if cam is None:  # the demo camera, at the checkpoint's training size
-                from kinema4d.camera import Camera
+                from kinema4d.kinematics.camera import Camera
 
                 cam = Camera.load(Path(simmod.DEMO_DIR) / "camera.json")
                 size = (simmod.resolve_checkpoint(ckpt).train_config or {}).get("size")
@@ -333,9 +333,9 @@ class Kinema4DEnv(gymnasium.Env):
 
     # ------------------------------------------------------------------ episode export
     def episode_sequence(self) -> Sequence4D:
-        """The episode so far (``env.history``) as one :class:`kinema4d.view.Sequence4D`: chunk 0's frames, then
-        frames 1.. of every later chunk (its frame 0 repeats the previous chunk's last frame)."""
-        from kinema4d.view import Sequence4D
+        """The episode so far (``env.history``) as one :class:`kinema4d.interactive.viewer.Sequence4D`: chunk 0's
+        frames, then frames 1.. of every later chunk (its frame 0 repeats the previous chunk's last frame)."""
+        from kinema4d.interactive.viewer import Sequence4D
 
         if not self.history:
             raise ValueError("no chunks generated yet (or keep_history=False)")
@@ -375,7 +375,7 @@ def _demo_q0(robot: Robot) -> np.ndarray:
     import json
 
     from kinema4d import simulator as simmod
-    from kinema4d.robot import actions_to_joints
+    from kinema4d.kinematics.robot import actions_to_joints
 
     d = Path(simmod.DEMO_DIR)
     meta = json.loads((d / "demo.json").read_text()) if (d / "demo.json").is_file() else {}
@@ -403,7 +403,7 @@ def arc_chunk(ee_pose, chunk: int, radius: float = 0.04, angle: float = np.pi / 
 def register() -> None:
     """Register ``"kinema4d/Kinema4D-v0"`` with gymnasium (idempotent; done at import of this module)."""
     if ENV_ID not in gymnasium.registry:
-        gymnasium.register(id=ENV_ID, entry_point="kinema4d.envs:Kinema4DEnv")
+        gymnasium.register(id=ENV_ID, entry_point="kinema4d.interactive.envs:Kinema4DEnv")
 
 
 register()

@@ -35,10 +35,10 @@ import pybullet as p
 import pybullet_data
 from scipy.spatial.transform import Rotation, Slerp
 
-from kinema4d.camera import Camera
 from kinema4d.geometry import matrix_to_pose, pose_to_matrix
-from kinema4d.render import DEFAULT_MAX_FACES_PER_LINK, simplified_urdf
-from kinema4d.robot import Robot
+from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.render import DEFAULT_MAX_FACES_PER_LINK, simplified_urdf
+from kinema4d.kinematics.robot import Robot
 
 SPLITS = ("train", "val", "test", "ood")
 TABLE_TOP = 0.625
@@ -557,7 +557,7 @@ def run_episode(robot: Robot, spec: SceneSpec, actions: np.ndarray, frames: int 
     world_pm = cam.depth_to_pointmap(depth)
     robot_pm = robot_rmask = None
     if render_robot_pm:
-        from kinema4d.render import render_robot
+        from kinema4d.kinematics.render import render_robot
 
         t1 = time.perf_counter()
         rr = render_robot(robot, q, cam, backend=robot_backend)
