@@ -114,7 +114,8 @@ def _robot():
 
 def _episode_arrays(ep: sim.Episode) -> dict:
     return {"rgb": ep.rgb, "world_pointmap": ep.world_pointmap, "robot_pointmap": ep.robot_pointmap,
-            "robot_mask": ep.robot_mask, "robot_render_mask": ep.robot_render_mask, "q": ep.q, "actions": ep.actions,
+            "robot_mask": ep.robot_mask, "robot_render_mask": ep.robot_render_mask,
+            "robot_rgb": ep.robot_rgb, "q": ep.q, "actions": ep.actions,
             "object_poses": ep.object_poses}
 
 

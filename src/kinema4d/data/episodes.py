@@ -14,6 +14,8 @@ On-disk layout of one dataset directory (one split; ``kinema4d datagen`` writes 
         robot_pointmap            (T, H, W, 3) float16, kinematic render of ``q`` (render_robot), 0 = empty
         robot_mask                (T, H, W) bool, robot pixels from the simulator's segmentation
         robot_render_mask         (T, H, W) bool, pixels of robot_pointmap
+        robot_rgb                 (T, H, W, 3) uint8, the same render's shaded colours, black background
+                                  (optional: datasets written before it lack it; the robot-RGB condition needs it)
         q                         (T, dof) float32 joint positions (``joint_names`` order), read from the simulator
         actions                   (T, 8) float32 ee_pose actions: xyz, quat xyzw of ee_link (world), gripper [0, 1]
         object_poses              (T, N, 7) float32 xyz + quat xyzw (world), attrs "objects" order
@@ -51,7 +53,8 @@ VERSION = 1
 COMPLETE = "_COMPLETE"
 ARRAYS = ("rgb", "world_pointmap", "robot_pointmap", "robot_mask", "robot_render_mask", "q", "actions",
           "object_poses")
-IMAGE_ARRAYS = ("rgb", "world_pointmap", "robot_pointmap", "robot_mask", "robot_render_mask")
+OPTIONAL_ARRAYS = ("robot_rgb",)
+IMAGE_ARRAYS = ("rgb", "world_pointmap", "robot_pointmap", "robot_mask", "robot_render_mask", "robot_rgb")
 
 
 class CorruptEpisodeError(RuntimeError):
@@ -135,7 +138,8 @@ def complete_episodes(root: str | os.PathLike) -> list[int]:
 
 
 def write_episode(root: str | os.PathLike, episode: int, arrays: dict, attrs: dict) -> dict:
-    """Write one episode atomically; returns its index entry. ``arrays`` holds every name in ``ARRAYS``.
+    """Write one episode atomically; returns its index entry. ``arrays`` holds every name in ``ARRAYS`` and may
+    hold those of ``OPTIONAL_ARRAYS`` (None or absent: not written).
 
     Images are stored one frame per chunk (pointmaps as float16). Raises FileExistsError if it is complete already.
     """
@@ -154,10 +158,11 @@ def write_episode(root: str | os.PathLike, episode: int, arrays: dict, attrs: di
     if tmp.exists():
         shutil.rmtree(tmp)
     dtypes = {"rgb": np.uint8, "world_pointmap": np.float16, "robot_pointmap": np.float16, "robot_mask": bool,
-              "robot_render_mask": bool, "q": np.float32, "actions": np.float32, "object_poses": np.float32}
+              "robot_render_mask": bool, "robot_rgb": np.uint8, "q": np.float32, "actions": np.float32,
+              "object_poses": np.float32}
     g = zarr.open_group(str(tmp), mode="w")
     checksums, shapes = {}, {}
-    for k in ARRAYS:
+    for k in (*ARRAYS, *(k for k in OPTIONAL_ARRAYS if arrays.get(k) is not None)):
         a = np.ascontiguousarray(np.asarray(arrays[k]).astype(dtypes[k], copy=False))
         chunks = (1, *a.shape[1:]) if k in IMAGE_ARRAYS else a.shape
         g.create_array(k, shape=a.shape, dtype=a.dtype, chunks=chunks, compressors=ZstdCodec(level=3))[...] = a
@@ -262,9 +267,13 @@ class Dataset4D:
             g = zarr.open_group(str(path), mode="r")
         except Exception as e:  # zarr raises several types for a broken group
             raise CorruptEpisodeError(ep, path, f"cannot open group ({type(e).__name__}: {e})") from None
-        for k in ARRAYS if keys is None else keys:
-            if k not in ARRAYS:
-                raise KeyError(f"unknown episode array {k!r}; known: {list(ARRAYS)}")
+        stored = attrs.get("shapes", {})
+        for k in [*ARRAYS, *(k for k in OPTIONAL_ARRAYS if k in stored)] if keys is None else keys:
+            if k not in ARRAYS + OPTIONAL_ARRAYS:
+                raise KeyError(f"unknown episode array {k!r}; known: {list(ARRAYS + OPTIONAL_ARRAYS)}")
+            if k in OPTIONAL_ARRAYS and k not in stored:
+                raise KeyError(f"episode {ep:06d} in {self.path} has no {k!r} array (written by an older datagen); "
+                               f"regenerate the dataset with `kinema4d datagen`")
             try:
                 a = g[k][...]
             except Exception as e:  # missing array, undecodable chunk, ...
@@ -318,6 +327,8 @@ class TorchEpisodes(torch.utils.data.Dataset):
     - ``world_stats`` / ``robot_stats`` float32 (2, 3): [min; max] camera-frame metres (denormalize with them)
     - ``action`` float32 (T, 8): the recorded ee_pose actions (xyz, quat xyzw of the ee link in the world = robot
       base frame, gripper), for action-embedding models
+    - ``robot_rgb`` float32 (T, 3, H, W) in [0, 1], the kinematic render's robot colours (0 off the robot), only
+      when the dataset stores it
     - ``K`` float32 (3, 3) intrinsics for the returned size; ``success`` bool tensor; ``index`` int (position)
 
     Resizing: nearest (centre-aligned) for pointmaps and masks, area (downscale) / bilinear (upscale) for RGB.
@@ -365,8 +376,12 @@ class TorchEpisodes(torch.utils.data.Dataset):
     def _load(self, i: int) -> dict:
         from kinema4d.kinematics.render import normalize_pointmap
 
-        e = self.ds.read_episode(i, keys=("rgb", "world_pointmap", "robot_pointmap", "robot_render_mask", "actions"))
+        keys = ("rgb", "world_pointmap", "robot_pointmap", "robot_render_mask", "actions")
+        has_robot_rgb = "robot_rgb" in self.ds.attrs(i).get("shapes", {})
+        e = self.ds.read_episode(i, keys=keys + (("robot_rgb",) if has_robot_rgb else ()))
         idx = frame_indices(e["rgb"].shape[0], self.frames)
+        robot_rgb = (torch.from_numpy(e["robot_rgb"][idx]).permute(0, 3, 1, 2).float() / 255.0
+                     if has_robot_rgb else None)
         rgb = torch.from_numpy(e["rgb"][idx]).permute(0, 3, 1, 2).float() / 255.0
         wpm = torch.from_numpy(e["world_pointmap"][idx]).permute(0, 3, 1, 2)
         rpm = torch.from_numpy(e["robot_pointmap"][idx]).permute(0, 3, 1, 2)
@@ -381,6 +396,8 @@ class TorchEpisodes(torch.utils.data.Dataset):
             wpm = F.interpolate(wpm, size=(H, W), mode="nearest-exact")
             rpm = F.interpolate(rpm, size=(H, W), mode="nearest-exact")
             rmask = F.interpolate(rmask, size=(H, W), mode="nearest-exact")
+            if robot_rgb is not None:  # nearest: the colours stay those of robot pixels, aligned with rmask
+                robot_rgb = F.interpolate(robot_rgb, size=(H, W), mode="nearest-exact")
             cam = cam.resized(W, H)
         wvalid = wpm[:, 2] > 0
         rvalid = rmask[:, 0] > 0.5
@@ -398,7 +415,7 @@ class TorchEpisodes(torch.utils.data.Dataset):
             "K": torch.from_numpy(cam.K.astype(np.float32)),
             "success": torch.tensor(bool(e["attrs"]["success"])),
             "index": int(i),
-        }
+        } | ({} if robot_rgb is None else {"robot_rgb": robot_rgb.contiguous()})
 
 
 def frame_indices(T: int, frames: int | None) -> np.ndarray:

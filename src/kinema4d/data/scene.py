@@ -9,8 +9,10 @@ seeded IK of end-effector pose actions; the fingers follow the gripper channel; 
 Randomization ranges per split (:func:`split_ranges`): train / val / test share the ranges (disjoint seeds);
 ``ood`` uses unseen shapes (capsule, hexagonal prism), unseen colours and a camera outside the training range.
 Main camera (oblique top-down, medial-frontal, looking from the far side of the table back at the robot):
-look-at target ``(-0.22, 0, 0.75)`` +- 3 cm; azimuth about world z (0 = straight in front of the robot),
+look-at target ``(-0.16, 0, 0.70)`` +- 3 cm; azimuth about world z (0 = straight in front of the robot),
 elevation above the horizontal, distance to the target and vertical FOV are sampled uniformly from the ranges.
+The framing is tight (vertical FOV 36-40 deg at 0.95-1.05 m): the workspace fills the image, so a 4-5 cm object
+covers ~4 pixels at 64x96 (with the earlier 50-58 deg framing it covered ~2.5 and the sky filled the top third).
 
 Failures (Supp. B.2, :func:`perturb_actions`): the episode's control steps are split into 3 equal temporal
 segments; in one segment a Gaussian random walk is added to the 6-DoF ee pose (position and a world-frame
@@ -43,7 +45,7 @@ from kinema4d.kinematics.robot import Robot
 SPLITS = ("train", "val", "test", "ood")
 TABLE_TOP = 0.625
 BASE_XYZ = (-0.6, 0.0, TABLE_TOP)
-CAM_TARGET = (-0.22, 0.0, 0.75)
+CAM_TARGET = (-0.16, 0.0, 0.70)  # the workspace centre region, so the workspace fills the image
 FAILURE_SIGMAS = (0.5, 0.8, 1.2)
 N_SEGMENTS = 3
 
@@ -66,7 +68,7 @@ class Ranges:
     cam_azimuth_deg: tuple[tuple[float, float], ...]  # one or more intervals, one is picked uniformly
     cam_elevation_deg: tuple[float, float]
     cam_distance: tuple[float, float]
-    cam_fov_deg: tuple[float, float] = (50.0, 58.0)
+    cam_fov_deg: tuple[float, float] = (36.0, 40.0)
     object_size: tuple[float, float] = (0.04, 0.05)  # cube side / cylinder diameter
     object_height: tuple[float, float] = (0.04, 0.06)
     n_distractors: tuple[int, int] = (0, 2)
@@ -75,10 +77,10 @@ class Ranges:
 
 
 TRAIN_RANGES = Ranges(shapes=("box", "cylinder"), colours=("red", "green", "blue", "yellow", "orange", "purple"),
-                      cam_azimuth_deg=((-25.0, 25.0),), cam_elevation_deg=(45.0, 60.0), cam_distance=(0.95, 1.1))
+                      cam_azimuth_deg=((-25.0, 25.0),), cam_elevation_deg=(45.0, 60.0), cam_distance=(0.95, 1.05))
 OOD_RANGES = Ranges(shapes=("capsule", "hexprism"), colours=("cyan", "magenta", "white", "brown", "pink"),
                     cam_azimuth_deg=((-45.0, -30.0), (30.0, 45.0)), cam_elevation_deg=(63.0, 72.0),
-                    cam_distance=(1.1, 1.2))
+                    cam_distance=(1.1, 1.2), cam_fov_deg=(33.0, 35.0))
 
 
 def split_ranges(split: str) -> Ranges:
@@ -303,7 +305,8 @@ class Episode:
 
     ``rgb`` (T, H, W, 3) uint8; ``world_pointmap`` (T, H, W, 3) float32 camera metres from the depth buffer, 0 on
     background; ``robot_mask`` (T, H, W) bool from segmentation; ``robot_pointmap`` (T, H, W, 3) float32 and
-    ``robot_render_mask`` (T, H, W) bool rendered kinematically (``render_robot``) from ``q``; ``q`` (T, dof)
+    ``robot_render_mask`` (T, H, W) bool rendered kinematically (``render_robot``) from ``q``; ``robot_rgb``
+    (T, H, W, 3) uint8 the same render's shaded colours (black background: the robot-RGB condition); ``q`` (T, dof)
     joint positions read from pybullet (``robot.joint_names`` order); ``actions`` (T, 8) commanded ee_pose +
     gripper; ``object_poses`` (T, N, 7) xyz + quat xyzw world; ``meta`` JSON-able metadata (scene, success, ...).
     """
@@ -313,6 +316,7 @@ class Episode:
     robot_mask: np.ndarray
     robot_pointmap: np.ndarray | None
     robot_render_mask: np.ndarray | None
+    robot_rgb: np.ndarray | None
     q: np.ndarray
     actions: np.ndarray
     object_poses: np.ndarray
@@ -555,19 +559,20 @@ def run_episode(robot: Robot, spec: SceneSpec, actions: np.ndarray, frames: int 
             scene.close()
     timing["physics"] = time.perf_counter() - t0 - timing["render_sim"]
     world_pm = cam.depth_to_pointmap(depth)
-    robot_pm = robot_rmask = None
+    robot_pm = robot_rmask = robot_rgb = None
     if render_robot_pm:
         from kinema4d.kinematics.render import render_robot
 
         t1 = time.perf_counter()
-        rr = render_robot(robot, q, cam, backend=robot_backend)
-        robot_pm, robot_rmask = rr.pointmap, rr.mask
+        rr = render_robot(robot, q, cam, rgb=True, backend=robot_backend)
+        robot_pm, robot_rmask, robot_rgb = rr.pointmap, rr.mask, rr.rgb
         timing["render_robot"] = time.perf_counter() - t1
     meta = {"scene": spec.to_dict(), "instruction": spec.instruction, "outcome": outcome,
             "success": outcome["success"], "frames": frames, "control_hz": control_hz, "physics_hz": physics_hz,
             "n_control_steps": len(actions), "record_steps": rec.tolist()}
     return Episode(rgb=rgb, world_pointmap=world_pm, robot_mask=rmask, robot_pointmap=robot_pm,
-                   robot_render_mask=robot_rmask, q=q.astype(np.float32), actions=actions[rec].astype(np.float32),
+                   robot_render_mask=robot_rmask,
+                   robot_rgb=robot_rgb, q=q.astype(np.float32), actions=actions[rec].astype(np.float32),
                    object_poses=poses.astype(np.float32), camera=cam, success=outcome["success"], meta=meta,
                    timing=timing)
 
