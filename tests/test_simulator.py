@@ -255,8 +255,10 @@ def test_simulate_demo(tmp_path):
     assert cli.main(["simulate", "--demo", "--out", str(out), "--steps", "4"]) == 0
     seq = load_rollout_npz(out / "rollout.npz")
     cam = Camera.load(DEMO_DIR / "camera.json")
-    T_demo = np.load(DEMO_DIR / "actions.npy").shape[0]
-    assert seq.rgb.shape == (T_demo, cam.height, cam.width, 3) and seq.world_pointmap is not None
+    T_actions = np.load(DEMO_DIR / "actions.npy").shape[0]
+    assert T_actions == 49  # one per recorded frame: the model generates its trained frames (9 at stride 6) from them
+    T_model = json.loads((DEFAULT_CHECKPOINT / "train_config.json").read_text())["frames"]
+    assert seq.rgb.shape == (T_model, cam.height, cam.width, 3) and seq.world_pointmap is not None
     assert np.isfinite(seq.world_pointmap).all() and seq.robot_mask.any()
     assert (out / "rgb.mp4").is_file() and (out / "pointmap.mp4").is_file() and (out / "simulate.json").is_file()
 
@@ -312,3 +314,31 @@ def test_cli_simulate_pointmap0(anchor_sim, image, actions, camera, tmp_path):
     assert cli.main([*args, "--out", str(tmp_path / "o2"), "--pointmap0", str(tmp_path / "depth.npy")]) == 0
     rep = json.loads((tmp_path / "o2" / "simulate.json").read_text())
     assert rep["inputs"]["pointmap0"].endswith("depth.npy")
+
+
+def test_frame_spacing_is_enforced(run_dir, robot, camera, image, tmp_path):
+    """A model trained on 5 of 9 recorded frames (stride 2) generates every second action's frame from 9 actions,
+    refuses 8, and takes per-frame actions only when told (action_rate='model'). A checkpoint trained on data
+    before episode_frames was recorded is taken as 49-frame data-engine episodes."""
+    ck = tmp_path / "ck"
+    shutil.copytree(resolve_checkpoint(run_dir).dir, ck)
+    tc = json.loads((ck / "train_config.json").read_text())
+    (ck / "train_config.json").write_text(json.dumps(tc | {"data": "data/x", "episode_frames": 2 * (T - 1) + 1}))
+    sim = Simulator(ck, robot=robot, camera=camera, steps=2)
+    assert sim.frame_stride == 2
+    a = demo_actions(robot, 49)[::6]  # (9, 8) at the recording rate
+    ro = sim.rollout(image, a)
+    assert ro.rgb.shape[0] == T and ro.info["frame_indices"] == [0, 2, 4, 6, 8]
+    from kinema4d.kinematics.robot import actions_to_joints
+
+    np.testing.assert_allclose(ro.q, actions_to_joints(robot, a, "ee_pose").q[::2], atol=1e-9)
+    np.testing.assert_array_equal(ro.robot_mask, render_robot(robot, ro.q, camera).mask)
+    with pytest.raises(ValueError, match="frame spacing"):
+        sim.rollout(image, a[:8])
+    per_frame = Simulator(ck, robot=robot, camera=camera, steps=2, action_rate="model")
+    assert per_frame.rollout(image, a[:3]).rgb.shape[0] == 3
+    with pytest.raises(ValueError, match="action_rate"):
+        Simulator(ck, robot=robot, camera=camera, action_rate="per_step")
+    del tc["episode_frames"]
+    (ck / "train_config.json").write_text(json.dumps(tc | {"data": "data/x"}))
+    assert Simulator(ck, robot=robot, camera=camera).frame_stride == 48 // (T - 1)

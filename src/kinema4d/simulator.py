@@ -238,17 +238,29 @@ class Simulator:
       default noise seed); ``dt`` seconds per action step (joint_vel); ``fps`` of the saved videos.
 
     ``size`` (H, W) and ``train_frames`` come from the checkpoint's train_config.json (None without it).
+
+    Frame spacing: the model was trained on ``train_frames`` frames uniformly subsampled from episodes of
+    ``episode_frames`` recorded frames (49 for the data engine), i.e. one generated frame every ``frame_stride``
+    recorded frames. ``action_rate="episode"`` (default): actions come one per recorded frame (as the data engine
+    records them) and ``rollout`` runs the kinematic stage on all of them but generates the frames at the trained
+    spacing: T actions with (T - 1) % frame_stride == 0 give 1 + (T - 1) / frame_stride frames (49 -> 9); any
+    other T is an error. ``action_rate="model"``: actions come one per generated frame, already at the trained
+    spacing (the closed-loop env's chunks). No other spacing is ever fed to the model.
     """
 
     def __init__(self, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, robot: str | Robot = "panda",
                  camera: Camera | str | os.PathLike | None = None, mode: str = "ee_pose", steps: int = 20,
-                 cfg_scale: float = 1.0, seed: int = 0, dt: float = 0.1, fps: float = 10.0):
+                 cfg_scale: float = 1.0, seed: int = 0, dt: float = 0.1, fps: float = 10.0,
+                 action_rate: str = "episode"):
         from kinema4d.model.network import load_model
 
         if mode not in ACTION_MODES:
             raise ValueError(f"mode {mode!r} is not one of {ACTION_MODES}")
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
+        if action_rate not in ("episode", "model"):
+            raise ValueError(f"action_rate must be 'episode' (one action per recorded frame) or 'model' (one per "
+                             f"generated frame), got {action_rate!r}")
         self.ckpt = resolve_checkpoint(checkpoint)
         self.checkpoint = self.ckpt.dir
         try:
@@ -261,6 +273,18 @@ class Simulator:
         tc = self.ckpt.train_config or {}
         self.size: tuple[int, int] | None = tuple(int(v) for v in tc["size"]) if "size" in tc else None
         self.train_frames: int | None = int(tc["frames"]) if "frames" in tc else None
+        # checkpoints from before train_config recorded it were trained on 49-frame data-engine episodes (the only
+        # length datagen wrote) or on synthetic episodes of exactly `frames` frames (data = None)
+        ep = tc.get("episode_frames") or (49 if tc.get("data") else self.train_frames)
+        self.episode_frames: int | None = None if ep is None else int(ep)
+        self.frame_stride = 1
+        if self.train_frames is not None and self.train_frames > 1 and self.episode_frames != self.train_frames:
+            stride = (self.episode_frames - 1) / (self.train_frames - 1)
+            if stride != int(stride):
+                raise ValueError(f"checkpoint {self.ckpt.dir} was trained on {self.train_frames} of "
+                                 f"{self.episode_frames} frames, not a whole frame stride: no action spacing matches")
+            self.frame_stride = int(stride)
+        self.action_rate = action_rate
         if isinstance(robot, Robot):
             self.robot = robot
             self.robot_name = robot.name if robot.name in BUILTIN_ROBOTS else str(robot.urdf_path)
@@ -295,11 +319,27 @@ class Simulator:
         """JSON-able summary of the simulator (checkpoint, weights, sizes, sampling settings)."""
         return {"checkpoint": str(self.ckpt.dir), "weights": self.ckpt.weights, "robot": self.robot_name,
                 "mode": self.mode, "size_hw": None if self.size is None else list(self.size),
-                "train_frames": self.train_frames, "steps": self.steps, "cfg_scale": self.cfg_scale,
-                "camera": self.camera.to_dict(), "model": dataclasses.asdict(self.model.cfg)}
+                "train_frames": self.train_frames, "episode_frames": self.episode_frames,
+                "frame_stride": self.frame_stride, "action_rate": self.action_rate, "steps": self.steps,
+                "cfg_scale": self.cfg_scale, "camera": self.camera.to_dict(),
+                "model": dataclasses.asdict(self.model.cfg)}
 
-    def kinematic_stage(self, actions, q0=None):
-        """actions (T, action_dim) -> (JointTrajectory, RobotRender) in this simulator's camera."""
+    def frame_indices(self, T: int) -> np.ndarray:
+        """Indices (T',) int of the actions whose times the model generates (see the class docstring: frame
+        spacing). Raises ValueError when T actions do not fit the trained spacing."""
+        if self.action_rate == "model" or self.frame_stride == 1:
+            return np.arange(T)
+        k = self.frame_stride
+        if (T - 1) % k:
+            raise ValueError(f"{T} actions do not fit the model's frame spacing: it was trained on one frame every "
+                             f"{k} recorded frames ({self.train_frames} of {self.episode_frames}), so it needs T = 1 + "
+                             f"{k}n actions at the recording rate (e.g. {self.episode_frames}); or pass "
+                             "action_rate='model' if the actions are already one per generated frame at that spacing")
+        return np.arange(0, T, k)
+
+    def kinematic_stage(self, actions, q0=None, frames=None):
+        """actions (T, action_dim) -> (JointTrajectory over all T, RobotRender of the ``frames`` indices (default
+        all)) in this simulator's camera; the render has RGB for robot-RGB models."""
         from kinema4d.kinematics.render import render_robot
         from kinema4d.kinematics.robot import actions_to_joints
 
@@ -309,7 +349,8 @@ class Simulator:
             raise ValueError(f"actions must have shape (T, {D}) for mode {self.mode!r} on {self.robot.name}, got "
                              f"{a.shape}")
         traj = actions_to_joints(self.robot, a, self.mode, q0=q0, dt=self.dt)
-        return traj, render_robot(self.robot, traj.q, self.camera)
+        q = traj.q if frames is None else traj.q[frames]
+        return traj, render_robot(self.robot, q, self.camera, rgb=bool(self.model.cfg.robot_rgb))
 
     @property
     def needs_pointmap0(self) -> bool:
@@ -320,8 +361,9 @@ class Simulator:
         """Generate a rollout from the initial image and an action sequence.
 
         ``image``: path or (H, W, 3) uint8, the size of the camera and of the training data. ``actions``:
-        (T, action_dim) in ``self.mode`` (any T the codec allows; the pixel codec allows any). ``q0``: (dof,) IK /
-        integration seed (default ``robot.home``). ``seed``: sampling noise (default ``self.seed``).
+        (T, action_dim) in ``self.mode``, at ``self.action_rate`` (see the class docstring: frame spacing; the
+        rollout has ``len(self.frame_indices(T))`` frames, ``info["frame_indices"]`` names their actions).
+        ``q0``: (dof,) IK / integration seed (default ``robot.home``). ``seed``: sampling noise (default ``self.seed``).
         ``pointmap0``: for ``world_anchor`` checkpoints (``needs_pointmap0``), the frame-0 scene geometry in this
         camera: (H, W, 3) camera-space metres or (H, W) z-depth metres (an RGB-D frame), array or .npy path;
         0 / NaN = no measurement. See :func:`load_pointmap0`.
@@ -343,7 +385,8 @@ class Simulator:
         if a.ndim != 2 or a.shape[1] != self.action_dim:
             raise ValueError(f"actions must have shape (T, {self.action_dim}) for mode {self.mode!r} on "
                              f"{self.robot.name}, got {a.shape}")
-        check_video_size(self.model.cfg, a.shape[0], H, W)
+        idx = self.frame_indices(a.shape[0])
+        check_video_size(self.model.cfg, len(idx), H, W)
         cfg = self.model.cfg
         if cfg.world_anchor and pointmap0 is None:
             raise ValueError(f"checkpoint {self.ckpt.dir} is a world_anchor model: pass pointmap0, the frame-0 "
@@ -351,15 +394,15 @@ class Simulator:
         pm0 = load_pointmap0(pointmap0, self.camera) if cfg.world_anchor else None
         action_t = None
         if cfg.condition == "action_embedding":
-            if a.shape[1] != cfg.action_dim or a.shape[0] > cfg.max_frames:
+            if a.shape[1] != cfg.action_dim or len(idx) > cfg.max_frames:
                 raise ValueError(f"this model embeds actions (T <= {cfg.max_frames}, {cfg.action_dim}); got {a.shape}")
-            action_t = torch.from_numpy(a.astype(np.float32))
+            action_t = torch.from_numpy(a[idx].astype(np.float32))
 
         t0 = time.perf_counter()
-        traj, r = self.kinematic_stage(a, q0)
+        traj, r = self.kinematic_stage(a, q0, idx)
         t1 = time.perf_counter()
         if not r.mask.any():
-            raise ValueError(f"the robot is not visible from the camera in any of the {a.shape[0]} frames: check the "
+            raise ValueError(f"the robot is not visible from the camera in any of the {len(idx)} frames: check the "
                              "camera pose and the actions' frame (world = robot base)")
         mask = torch.from_numpy(r.mask.astype(np.float32))
         image0 = torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
@@ -377,8 +420,9 @@ class Simulator:
             pm01, stats = normalize_pointmap(r.pointmap, r.mask)
             rpm01 = torch.from_numpy(pm01).permute(0, 3, 1, 2).contiguous()
             stats_np = np.stack([stats.min, stats.max])
+        robot_rgb = None if r.rgb is None else torch.from_numpy(r.rgb).permute(0, 3, 1, 2).float() / 255.0
         rgb, w01 = sample(self.model, self.codec, image0, rpm01, mask, steps=self.steps, cfg_scale=self.cfg_scale,
-                          seed=s, action=action_t, world0=world0)
+                          seed=s, action=action_t, world0=world0, robot_rgb=robot_rgb)
         t2 = time.perf_counter()
         world = world01 = fit = None
         if w01 is not None:
@@ -392,13 +436,14 @@ class Simulator:
                 world = wm.permute(0, 2, 3, 1).numpy().astype(np.float32)
                 fit = fit_t.double().numpy()
         rgb8 = video_to_uint8(rgb.cpu())
-        info = {"seed": s, "steps": self.steps, "cfg_scale": self.cfg_scale, "frames": int(a.shape[0]),
+        info = {"seed": s, "steps": self.steps, "cfg_scale": self.cfg_scale, "frames": len(idx),
+                "actions": int(a.shape[0]), "frame_indices": idx.tolist(),
                 "seconds": {"kinematic": t1 - t0, "generate": t2 - t1},
                 "ik_max_pos_err_m": None if traj.ik is None else float(traj.ik.pos_err.max()),
                 "robot_pixels_per_frame": float(r.mask.reshape(len(r.mask), -1).sum(1).mean())}
         return Rollout(rgb=np.ascontiguousarray(rgb8), world_pointmap=world, world_pointmap01=world01,
                        robot_pointmap=r.pointmap.astype(np.float32), robot_mask=r.mask.astype(bool),
-                       q=traj.q, camera=self.camera, robot_name=self.robot_name, fps=self.fps,
+                       q=traj.q[idx], camera=self.camera, robot_name=self.robot_name, fps=self.fps,
                        robot_stats=stats_np, world_fit=fit, info=info)
 
 

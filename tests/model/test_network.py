@@ -61,8 +61,10 @@ def test_paper_shapes_without_allocation():
     assert s["context"] == (1, 13 * 30 * 45, 4096)
     d = PRESETS["wan_small"][1]
     assert latent_shapes(d.model, d.frames, *d.size)["latent"] == (1, 16, 5, 8, 24)
-    d = PRESETS["default"][1]  # the bundled CPU model: pixel codec 4x, 9 frames of 32x48
-    assert latent_shapes(d.model, d.frames, *d.size)["latent"] == (1, 48, 9, 8, 24)
+    d = PRESETS["default"][1]  # the bundled CPU model: pixel codec 8x, 9 frames of 64x96
+    s = latent_shapes(d.model, d.frames, *d.size)
+    assert s["latent"] == (1, 192, 9, 8, 24) and s["tokens"] == (1, 9 * 4 * 12)
+    assert s["context"] == (1, 9 * 4 * 6, d.model.text_dim)  # robot tokens: stride 2 on the 8 x 12 latent grid
 
 
 @pytest.mark.parametrize("codec", ["pixel", "wan"])
@@ -439,3 +441,82 @@ def test_x0_residual_starts_at_its_input():
         robot = b["robot_mask"][0][:, None].expand_as(wpm) > 0.5
         torch.testing.assert_close(wpm[robot], b["robot_pointmap"][0][robot], atol=1e-5, rtol=0)
         torch.testing.assert_close(wpm[~robot], world0[0][None].expand_as(wpm)[~robot], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------------------- issue 12
+RELEASE = dataclasses.replace(TINY, context="robot_tokens", robot_token_patch=2, robot_latent_proj=True,
+                              robot_rgb=True, world_anchor=True, image_padding="repeat", prediction="x0_residual")
+
+
+def test_robot_rgb_enters_the_rgb_half_on_robot_pixels_only():
+    """robot_rgb=True: the RGB half of the input latents decodes (pixel codec: exactly) to the robot's rendered
+    colours on robot pixels and I0 elsewhere; a model that needs them says so when they are missing."""
+    model, codec = WorldModel(RELEASE), make_codec(RELEASE)
+    b = _batch(1)
+    robot_rgb = torch.rand(1, T, 3, H, W)
+    p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], world0=b["world_pointmap"][:, 0],
+                      robot_rgb=robot_rgb)
+    rgb_in = codec.decode(model.denormalize(p["cond"][:, 4:]))[..., :W].transpose(1, 2)  # (1, T, 3, H, W)
+    on = b["robot_mask"][:, :, None].expand_as(rgb_in) > 0.5
+    assert on.any() and (~on).any()
+    torch.testing.assert_close(rgb_in[on], robot_rgb[on], atol=1e-6, rtol=0)
+    torch.testing.assert_close(rgb_in[~on], b["rgb"][:, :1].expand_as(rgb_in)[~on], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="robot_rgb"):
+        model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], world0=b["world_pointmap"][:, 0])
+    with pytest.raises(ValueError, match="condition='pointmap'"):
+        dataclasses.replace(RELEASE, condition="binary_mask")
+
+
+def test_robot_tokens_know_frame_and_place():
+    """context='robot_tokens' (the released design): t * ceil(h/p) * ceil(w/p) tokens; zero-init output (an untrained
+    model ignores them); once trained, the same robot patch at another frame or place gives another token."""
+    model, codec = WorldModel(RELEASE), make_codec(RELEASE)
+    b = _batch(1)
+    p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], world0=b["world_pointmap"][:, 0],
+                      robot_rgb=torch.rand(1, T, 3, H, W))
+    C = RELEASE.latent_channels
+    assert p["robot"].shape == (1, 4 + 2 * C, T, H // 4, W // 4)  # mask | robot-only XYZ | robot-only RGB latents
+    ctx = model.context(p["robot"])
+    assert ctx.shape == latent_shapes(RELEASE, T, H, W)["context"] and ctx.abs().max() == 0
+    torch.nn.init.normal_(model.robot_tokens.proj.weight)
+    same = torch.ones(1, 4 + 2 * C, T, H // 4, W // 4)  # identical content everywhere
+    tok = model.context(same).view(T, 2, 2, -1)
+    assert (tok[0, 0, 0] - tok[1, 0, 0]).abs().max() > 1e-3  # another frame
+    assert (tok[0, 0, 0] - tok[0, 1, 0]).abs().max() > 1e-3 and (tok[0, 0, 0] - tok[0, 0, 1]).abs().max() > 1e-3
+    null = model.context(same, drop=torch.tensor([True]))  # classifier-free guidance: null tokens
+    assert null.abs().max() == 0
+
+
+def test_robot_latent_projection_touches_only_the_xyz_input_latents():
+    model, codec = WorldModel(RELEASE), make_codec(RELEASE)
+    b = _batch(1)
+    p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], world0=b["world_pointmap"][:, 0],
+                      robot_rgb=torch.rand(1, T, 3, H, W))
+    torch.testing.assert_close(model.condition(p["cond"], p["robot"]), p["cond"])  # zero-init: a no-op
+    torch.nn.init.normal_(model.robot_latent_proj.weight)
+    out = model.condition(p["cond"], p["robot"])
+    w = p["cond"].shape[-1] // 2
+    torch.testing.assert_close(out[:, :4], p["cond"][:, :4])  # mask channels
+    torch.testing.assert_close(out[..., :w], p["cond"][..., :w])  # RGB half
+    assert (out[:, 4:, ..., w:] - p["cond"][:, 4:, ..., w:]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="robot_tokens"):
+        dataclasses.replace(TINY, robot_latent_proj=True)
+
+
+def test_release_conditioning_trains_and_samples():
+    model, codec = WorldModel(RELEASE), make_codec(RELEASE)
+    b = _batch()
+    g = torch.Generator().manual_seed(0)
+    p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], rgb=b["rgb"],
+                      world_pointmap=b["world_pointmap"], world0=b["world_pointmap"][:, 0], robot_rgb=b["robot_rgb"],
+                      generator=g)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):  # the second step reaches the zero-init paths (proj_out is zero at step 0)
+        loss = flow_matching_loss(model, model, p, torch.tensor([0.3, 0.7]), torch.randn_like(p["x0"]))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model.robot_tokens.proj.weight.abs().max() > 0 and model.robot_latent_proj.weight.abs().max() > 0
+    rgb, wpm = sample(model, codec, b["rgb"][0, 0], b["robot_pointmap"][0], b["robot_mask"][0], steps=2,
+                      world0=b["world_pointmap"][0, 0], robot_rgb=b["robot_rgb"][0])
+    assert rgb.shape == wpm.shape == (T, 3, H, W) and torch.isfinite(rgb).all()

@@ -44,7 +44,8 @@ def test_tiny_run_writes_everything(tmp_path):
               "state.json", "model_config.json", "train_config.json"):
         assert (ck / f).is_file(), f
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("*.pkl"))
-    assert TrainConfig.from_dict(json.loads((ck / "train_config.json").read_text())) == _cfg(tmp_path, steps=3)
+    saved = TrainConfig.from_dict(json.loads((ck / "train_config.json").read_text()))
+    assert saved == dataclasses.replace(_cfg(tmp_path, steps=3), episode_frames=saved.frames)  # synthetic: T frames
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 4
     assert list((tmp_path / "tb").iterdir()) and (tmp_path / "val" / "step_0000003.mp4").stat().st_size > 0
 
@@ -161,13 +162,14 @@ def test_presets_cli():
 
 
 def test_trains_on_torch_episodes(tmp_path):
-    """The data engineer's TorchEpisodes (zarr episodes written with kinema4d.data.episodes) feeds the trainer as is."""
+    """The data engineer's TorchEpisodes (zarr episodes written with kinema4d.data.episodes) feeds the trainer as is;
+    the recorded episode length (9 frames, 5 trained on) lands in train_config.json as episode_frames."""
     import numpy as np
 
-    kdata = pytest.importorskip("kinema4d.data.episodes")
+    from kinema4d.data import episodes as kdata
     from kinema4d.kinematics.camera import Camera
 
-    T, H, W = 5, 24, 32
+    T, H, W = 9, 24, 32
     root = kdata.init_dataset(tmp_path / "data" / "train", "train")
     rng, entries = np.random.default_rng(0), {}
     cam = Camera.look_at([1.0, 0.2, 1.0], [0.0, 0.0, 0.6], width=W, height=H)
@@ -186,6 +188,7 @@ def test_trains_on_torch_episodes(tmp_path):
     s = train_main(_cfg(tmp_path / "run", data=str(tmp_path / "data"), size=(16, 16), frames=5, steps=2,
                         val_steps=1))
     assert s["step"] == 2 and all(x == x for x in s["losses"])
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["episode_frames"] == T
 
 
 def test_cached_codec_matches_codec():

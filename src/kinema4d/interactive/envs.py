@@ -63,7 +63,9 @@ class Kinema4DEnv(gymnasium.Env):
     """Closed-loop world-model environment (module docstring).
 
     Args:
-        simulator: a ready :class:`~kinema4d.simulator.Simulator` (``mode="ee_pose"``); None builds one from
+        simulator: a ready :class:`~kinema4d.simulator.Simulator` (``mode="ee_pose"``; each step's actions are one
+            per generated frame, so build it with ``action_rate="model"``: the targets are then spaced as the model's
+            training frames, ``simulator.frame_stride`` recorded frames apart); None builds one from
             ``checkpoint`` (default ``kinema4d.simulator.DEFAULT_CHECKPOINT``), ``camera`` (default the demo
             camera, ``DEMO_DIR/camera.json``), ``robot``, ``steps``, ``cfg_scale``.
         image: the initial frame, uint8 (H, W, 3) or an image path; default the demo image ``DEMO_DIR/init.png``.
@@ -105,7 +107,7 @@ class Kinema4DEnv(gymnasium.Env):
                 if size is not None and (cam.height, cam.width) != tuple(size):
                     cam = cam.resized(width=int(size[1]), height=int(size[0]))
             simulator = simmod.Simulator(ckpt, robot=robot, camera=cam, mode="ee_pose", steps=steps,
-                                         cfg_scale=cfg_scale, seed=seed)
+                                         cfg_scale=cfg_scale, seed=seed, action_rate="model")
         mode = getattr(simulator, "mode", "ee_pose")
         if mode != "ee_pose":
             raise ValueError(f"Kinema4DEnv needs a Simulator with mode='ee_pose', got mode={mode!r}")

@@ -65,7 +65,22 @@ class ModelConfig:
     backbone_path: str | None = None
     lora_rank: int = 64
     # conditioning switches (Tab. 4)
-    context: Literal["robot_latent", "text", "none"] = "robot_latent"
+    # cross-attention context: "robot_latent" = one token per latent patch of the robot latents, no position (the
+    # original kinema4d design); "robot_tokens" = the released Kinema4D design: [robot mask | robot-only latents]
+    # patchified by a strided Conv3d (1, p, p), LayerNorm, GELU, + a learned 3-D position embedding, zero-init
+    # Linear to text_dim (a few hundred tokens that know their frame and place); "text" = learned constant tokens
+    # (no text involved); "none" = one zero token
+    context: Literal["robot_latent", "robot_tokens", "text", "none"] = "robot_latent"
+    robot_token_patch: int = 4  # context="robot_tokens": spatial stride on the latent grid (the release: 15)
+    robot_token_dim: int = 128  # context="robot_tokens": conv features per token (the release: head_dim)
+    robot_token_max_hw: int = 64  # context="robot_tokens": rows / columns of the learned position tables
+    # the released design's second use of the robot latents: a zero-init C->C 1x1x1 projection of the robot-only
+    # latents added to the XYZ half of the input (condition) latents
+    robot_latent_proj: bool = False
+    # robot-RGB condition (the released default model): the RGB half of the input latents holds the kinematic
+    # renderer's robot colours (``render_robot(rgb=True)``, the same renderer at datagen and at inference) on robot
+    # pixels, over I0; the robot-token context then also sees the robot-only RGB latents
+    robot_rgb: bool = False
     mask: Literal["soft", "binary", "none"] = "soft"
     soft_ratio: float = 0.1
     condition: Literal["pointmap", "binary_mask", "action_embedding"] = "pointmap"
@@ -100,6 +115,13 @@ class ModelConfig:
             raise ValueError(f"soft_ratio must be in [0, 1], got {self.soft_ratio}")
         if self.attention_head_dim % 2:
             raise ValueError("attention_head_dim must be even (RoPE)")
+        if self.robot_rgb and self.condition != "pointmap":
+            raise ValueError(f"robot_rgb=True needs condition='pointmap' (robot RGB + pointmap), got "
+                             f"{self.condition!r}")
+        if self.robot_latent_proj and self.context != "robot_tokens":
+            raise ValueError("robot_latent_proj=True needs context='robot_tokens' (both read the robot-only latents)")
+        if self.robot_token_patch < 1 or self.robot_token_dim < 1:
+            raise ValueError("robot_token_patch and robot_token_dim must be >= 1")
         if self.prediction not in ("velocity", "x0", "x0_residual") or not 0.0 < self.x0_t_min < 1.0:
             raise ValueError(f"prediction must be 'velocity', 'x0' or 'x0_residual' and 0 < x0_t_min < 1, got "
                              f"{self.prediction!r}, {self.x0_t_min}")
@@ -167,12 +189,17 @@ def latent_shapes(cfg: ModelConfig, T: int, H: int, W: int, batch: int = 1) -> d
     h, w = H // sf, W // sf
     pt, ph, pw = cfg.patch_size
     n_tok = (t // pt) * (h // ph) * (2 * w // pw)
+    if cfg.context == "robot_tokens":
+        p = cfg.robot_token_patch
+        n_ctx = t * -(-h // p) * -(-w // p)
+    else:
+        n_ctx = (t // pt) * (h // ph) * (w // pw)
     return {
         "latent": (batch, C, t, h, 2 * w),
         "mask": (batch, MASK_CHANNELS, t, h, 2 * w),
         "backbone_input": (batch, 2 * C + MASK_CHANNELS, t, h, 2 * w),
         "tokens": (batch, n_tok),
-        "context": (batch, (t // pt) * (h // ph) * (w // pw), cfg.text_dim),
+        "context": (batch, n_ctx, cfg.text_dim),
     }
 
 
@@ -353,6 +380,41 @@ class DomainEmbedding(nn.Module):
         return out + emb.t().to(out.dtype)[None, :, None, None, :]
 
 
+class RobotTokens(nn.Module):
+    """Robot-condition tokens of the released Kinema4D design (``context="robot_tokens"``).
+
+    (B, in_ch, t, h, w) = [robot mask (4) | robot-only latents] on the latent grid -> (B, t * ceil(h/p) * ceil(w/p),
+    out_dim): a Conv3d with kernel = stride = (1, p, p) (the grid is zero-padded to a multiple of p), LayerNorm,
+    GELU, plus a learned 3-D position embedding, then a zero-initialized Linear to ``out_dim``. The release's
+    position embedding is one dense (1, dim, t, h', w') table for its fixed 480x720 x 49 shape; ours is the sum of
+    three learned tables (frame, row, column; normal init, std 0.02), so one model serves any size up to the
+    tables' lengths.
+    """
+
+    def __init__(self, in_ch: int, dim: int, out_dim: int, patch: int, max_frames: int, max_hw: int):
+        super().__init__()
+        self.patch = patch
+        self.conv = nn.Conv3d(in_ch, dim, kernel_size=(1, patch, patch), stride=(1, patch, patch))
+        self.norm = nn.LayerNorm(dim)
+        self.pos_t = nn.Parameter(torch.zeros(max_frames, dim))
+        self.pos_h = nn.Parameter(torch.zeros(max_hw, dim))
+        self.pos_w = nn.Parameter(torch.zeros(max_hw, dim))
+        self.proj = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch
+        x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))  # (B, in_ch, t, h, w), h and w multiples of p
+        x = self.conv(x)  # (B, dim, t, h/p, w/p)
+        B, D, t, h, w = x.shape
+        if t > len(self.pos_t) or max(h, w) > len(self.pos_h):
+            raise ValueError(f"robot token grid (t, h, w) = {(t, h, w)} exceeds the position tables "
+                             f"({len(self.pos_t)} frames, {len(self.pos_h)} rows/columns): raise max_frames / "
+                             "robot_token_max_hw")
+        x = F.gelu(self.norm(x.permute(0, 2, 3, 4, 1)))  # (B, t, h, w, dim)
+        x = x + self.pos_t[:t, None, None] + self.pos_h[None, :h, None] + self.pos_w[None, None, :w]
+        return self.proj(x.reshape(B, t * h * w, D))  # (B, L, out_dim)
+
+
 def make_backbone(cfg: ModelConfig):
     """A randomly initialized ``WanTransformer3DModel`` with the shapes of ``cfg``."""
     from diffusers import WanTransformer3DModel
@@ -431,6 +493,7 @@ class WorldModel(nn.Module):
             tr.patch_embedding.register_forward_hook(self.domain.hook)
         # cross-attention context
         self.context_conv = self.context_proj = self.text_tokens = self.action_mlp = self.action_pos = None
+        self.robot_tokens = None
         if cfg.condition == "action_embedding":
             self.action_mlp = nn.Sequential(nn.Linear(cfg.action_dim, cfg.text_dim), nn.SiLU(),
                                             nn.Linear(cfg.text_dim, cfg.text_dim))
@@ -438,8 +501,13 @@ class WorldModel(nn.Module):
         elif cfg.context == "robot_latent":
             self.context_conv = nn.Conv3d(C, C, 1)
             self.context_proj = nn.Linear(C * math.prod(cfg.patch_size), cfg.text_dim)
+        elif cfg.context == "robot_tokens":
+            in_ch = MASK_CHANNELS + C * (2 if cfg.robot_rgb else 1)
+            self.robot_tokens = RobotTokens(in_ch, cfg.robot_token_dim, cfg.text_dim, cfg.robot_token_patch,
+                                            cfg.max_frames, cfg.robot_token_max_hw)
         elif cfg.context == "text":
             self.text_tokens = nn.Parameter(torch.zeros(cfg.text_tokens, cfg.text_dim))
+        self.robot_latent_proj = nn.Conv3d(C, C, 1) if cfg.robot_latent_proj else None
         if cfg.image_dim is not None:  # Wan2.1-I2V blocks expect CLIP image tokens (257) ahead of 512 text tokens
             self.image_tokens = nn.Parameter(torch.zeros(257, cfg.image_dim))
         # (2, 2) [[rgb_mean, rgb_std], [xyz_mean, xyz_std]] latent normalization (Supp. B.1), saved with the model
@@ -455,6 +523,11 @@ class WorldModel(nn.Module):
           training makes the embeddings grow).
         - ``transformer.proj_out`` (from-scratch backbone only): zero, as DiT's final layer, so the initial velocity
           prediction is 0 and the first loss is E|eps - x0|^2.
+        - ``robot_tokens.proj`` (last Linear of the robot-token context) and ``robot_latent_proj`` (1x1x1 conv added
+          to the XYZ input latents): zero, as in the released Kinema4D code, so both new paths start as no-ops and
+          a pretrained backbone's behaviour is unchanged at step 0. ``robot_tokens``' position tables: normal, std
+          0.02 (they must differ from token to token from the start, or the zero-init projection gets no gradient
+          that tells positions apart).
         Other from-scratch Linear layers get Xavier-uniform weights and zero biases (DiT); the learned text /
         action position / image tokens start at zero.
         """
@@ -468,6 +541,14 @@ class WorldModel(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.zeros_(self.transformer.proj_out.weight)
             nn.init.zeros_(self.transformer.proj_out.bias)
+        if self.robot_tokens is not None:
+            for tab in (self.robot_tokens.pos_t, self.robot_tokens.pos_h, self.robot_tokens.pos_w):
+                nn.init.normal_(tab, std=0.02)
+            nn.init.zeros_(self.robot_tokens.proj.weight)
+            nn.init.zeros_(self.robot_tokens.proj.bias)
+        if self.robot_latent_proj is not None:
+            nn.init.zeros_(self.robot_latent_proj.weight)
+            nn.init.zeros_(self.robot_latent_proj.bias)
         if self.context_conv is not None:
             nn.init.zeros_(self.context_conv.weight)
             nn.init.zeros_(self.context_conv.bias)
@@ -490,15 +571,18 @@ class WorldModel(nn.Module):
     def prepare(self, codec, rgb0: torch.Tensor, robot_pointmap: torch.Tensor, robot_mask: torch.Tensor,
                 action: torch.Tensor | None = None, rgb: torch.Tensor | None = None,
                 world_pointmap: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                world0: torch.Tensor | None = None) -> dict:
+                world0: torch.Tensor | None = None, robot_rgb: torch.Tensor | None = None) -> dict:
         """Build the latents of Sec. 3.2 from pixel-space tensors (batch-first, dataset layout).
 
         rgb0 (B,3,H,W) = I0; robot_pointmap (B,T,3,H,W) in [0,1]; robot_mask (B,T,H,W); action (B,T,A) for
         condition="action_embedding"; rgb / world_pointmap (B,T,3,H,W) for the training target; world0 (B,3,H,W)
         the frame-0 world pointmap in [0,1] (0 = empty) for ``world_anchor`` models (pointmaps normalized by
-        ``kinema4d.data.episodes.anchor_normalize``).
-        Returns ``cond`` (B, 4+C, t, h, 2w) = [mask | input latents], ``robot`` (B, C, t, h, w) the robot latents
-        (XYZ half of the input latents), ``action`` and, with a target, ``x0`` (B, C, t, h, 2w).
+        ``kinema4d.data.episodes.anchor_normalize``); robot_rgb (B,T,3,H,W) in [0,1] the kinematic render's robot
+        colours (black off the robot) for ``robot_rgb`` models.
+        Returns ``cond`` (B, 4+C, t, h, 2w) = [mask | input latents], ``robot``: for context="robot_tokens" the
+        robot-token input (B, 4+C(+C), t, h, w) = [mask | robot-only XYZ latents (| robot-only RGB latents)],
+        otherwise (B, C, t, h, w) the XYZ half of the input latents; ``action`` and, with a target, ``x0``
+        (B, C, t, h, 2w).
         """
         cfg = self.cfg
         B, T, _, H, W = robot_pointmap.shape
@@ -512,6 +596,12 @@ class WorldModel(nn.Module):
         else:  # I0 zero-padded over time, zeros in the codec's [-1, 1] space (= 0.5 here), as Wan2.1-I2V pads it
             first = torch.full((B, 3, T, H, W), 0.5, device=dev)
             first[:, :, 0] = rgb0
+        if cfg.robot_rgb:
+            if robot_rgb is None or robot_rgb.shape != (B, T, 3, H, W):
+                raise ValueError(f"this model has robot_rgb=True: it needs robot_rgb, the kinematic render's robot "
+                                 f"colours (B,T,3,H,W) = {(B, T, 3, H, W)}, got "
+                                 f"{None if robot_rgb is None else tuple(robot_rgb.shape)}")
+            first = torch.where(robot_mask[:, None] > 0.5, robot_rgb.transpose(1, 2).to(first.dtype), first)
         if cfg.condition == "pointmap":
             right = robot_pointmap.transpose(1, 2)
         elif cfg.condition == "binary_mask":
@@ -540,7 +630,14 @@ class WorldModel(nn.Module):
             if cfg.mask == "soft":
                 m = soften_mask(m, cfg.soft_ratio, generator)
             m = torch.cat([m, m], dim=-1)  # the same occupancy for the RGB and XYZ halves (pixel-aligned)
-        out = {"cond": torch.cat([m.to(inp.dtype), inp], dim=1), "robot": inp[..., w:], "action": action}
+        robot_in = inp[..., w:]
+        if cfg.context == "robot_tokens":  # robot-only latents: the robot pointmap (and colours), 0 elsewhere
+            rrgb = robot_rgb.transpose(1, 2) if cfg.robot_rgb else torch.zeros_like(first)
+            ronly = self.normalize(codec.encode(torch.cat([rrgb.to(first.dtype), robot_pointmap.transpose(1, 2)],
+                                                          dim=-1)))
+            parts = [m[..., w:].to(inp.dtype), ronly[..., w:]] + ([ronly[..., :w]] if cfg.robot_rgb else [])
+            robot_in = torch.cat(parts, dim=1)
+        out = {"cond": torch.cat([m.to(inp.dtype), inp], dim=1), "robot": robot_in, "action": action}
         if rgb is not None:
             wpm = world_pointmap if cfg.output == "rgb+pointmap" else torch.zeros_like(rgb)
             x0 = self.normalize(codec.encode(torch.cat([rgb, wpm], dim=-1).transpose(1, 2)))
@@ -559,6 +656,10 @@ class WorldModel(nn.Module):
             T = action.shape[1]
             tok = self.action_mlp(action.to(robot.dtype)) + self.action_pos[:T]
             ctx = tok if keep is None else tok * keep[:, None, None]
+        elif self.robot_tokens is not None:
+            ctx = self.robot_tokens(robot)
+            if keep is not None:
+                ctx = ctx * keep[:, None, None]
         elif self.context_conv is not None:
             r = robot if keep is None else robot * keep[:, None, None, None, None]
             r = self.context_conv(r)
@@ -580,7 +681,16 @@ class WorldModel(nn.Module):
                 action: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
         """x_t (B,C,t,h,2w) noisy latents, t (B,) in [0,1] (noise level), cond (B,4+C,t,h,2w), robot (B,C,t,h,w)
         robot latents, action (B,T,A), drop (B,) bool null context -> predicted velocity eps - x0 (B,C,t,h,2w)."""
-        return self.velocity(x_t, t, cond, self.context(robot, action, drop))
+        return self.velocity(x_t, t, self.condition(cond, robot), self.context(robot, action, drop))
+
+    def condition(self, cond: torch.Tensor, robot: torch.Tensor) -> torch.Tensor:
+        """``cond`` (B,4+C,t,h,2w) with, for ``robot_latent_proj`` models, the zero-init projection of the robot-only
+        XYZ latents (``robot`` channels [4, 4+C)) added to the XYZ half of the input latents; else ``cond``."""
+        if self.robot_latent_proj is None:
+            return cond
+        C, w = self.cfg.latent_channels, cond.shape[-1] // 2
+        add = self.robot_latent_proj(robot[:, MASK_CHANNELS:MASK_CHANNELS + C].to(cond.dtype))  # (B, C, t, h, w)
+        return cond + F.pad(add, (w, 0, 0, 0, 0, 0, MASK_CHANNELS, 0))  # into columns [w, 2w), channels [4, 4+C)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """As ``forward`` with precomputed cross-attention tokens ``context`` (B, L, text_dim)."""
@@ -642,11 +752,12 @@ def sample_timesteps(n: int, mode: str, generator: torch.Generator | None = None
 @torch.no_grad()
 def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: torch.Tensor,
            robot_mask: torch.Tensor, steps: int = 20, cfg_scale: float = 1.0, seed: int = 0,
-           action: torch.Tensor | None = None, shift: float = 1.0,
-           world0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+           action: torch.Tensor | None = None, shift: float = 1.0, world0: torch.Tensor | None = None,
+           robot_rgb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Generate one rollout. image0 (3,H,W) in [0,1], robot_pointmap01 (T,3,H,W) in [0,1] (sequence min-max, or
     the anchor stats for world_anchor models), robot_mask (T,H,W), action (T,A) for condition='action_embedding',
-    world0 (3,H,W) in [0,1] the frame-0 world pointmap for world_anchor models.
+    world0 (3,H,W) in [0,1] the frame-0 world pointmap for world_anchor models, robot_rgb (T,3,H,W) in [0,1] the
+    kinematic render's robot colours for robot_rgb models.
 
     Returns rgb (T,3,H,W) in [0,1] and world_pointmap01 (T,3,H,W) in [0,1] (None for output='rgb_only'). Euler
     steps of diffusers' ``FlowMatchEulerDiscreteScheduler`` (x0-prediction models stop at ``x0_t_min`` and return
@@ -664,10 +775,12 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     g = torch.Generator().manual_seed(seed)
     prep = model.prepare(codec, image0[None].to(dev), robot_pointmap01[None].to(dev), robot_mask[None].to(dev),
                          None if action is None else action[None].to(dev), generator=g,
-                         world0=None if world0 is None else world0[None].to(dev))
+                         world0=None if world0 is None else world0[None].to(dev),
+                         robot_rgb=None if robot_rgb is None else robot_rgb[None].to(dev))
     T, _, H, W = robot_pointmap01.shape
     shp = latent_shapes(model.cfg, T, H, W)["latent"]
     x = torch.randn(shp, generator=g).to(dev)
+    cond = model.condition(prep["cond"], prep["robot"])
     ctx = model.context(prep["robot"], prep["action"])
     ctx_null = model.context(prep["robot"], prep["action"], drop=torch.ones(1, dtype=torch.bool, device=dev))
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
@@ -675,9 +788,9 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     x0_model = model.cfg.prediction != "velocity"
     for i, ts in enumerate(sched.timesteps):
         t = (ts / 1000).expand(1).to(x.dtype)
-        v = model.velocity(x, t, prep["cond"], ctx)
+        v = model.velocity(x, t, cond, ctx)
         if cfg_scale != 1.0:
-            v_u = model.velocity(x, t, prep["cond"], ctx_null)
+            v_u = model.velocity(x, t, cond, ctx_null)
             v = v_u + cfg_scale * (v - v_u)
         if x0_model and float(sched.sigmas[i + 1]) < model.cfg.x0_t_min:
             # x0-prediction: below x0_t_min the velocity's clamped t would under-denoise each step, and the backbone
@@ -804,7 +917,7 @@ def load_state(model: WorldModel, sd: dict[str, torch.Tensor], where: str = "sta
 
 __all__ = [
     "ModelConfig", "PAPER_MODEL", "PixelCodec", "WanCodec", "make_codec", "latent_shapes", "check_video_size",
-    "downsample_mask", "soften_mask", "SharedWidthRope", "DomainEmbedding", "make_backbone",
+    "downsample_mask", "soften_mask", "SharedWidthRope", "DomainEmbedding", "RobotTokens", "make_backbone",
     "load_pretrained_backbone", "WorldModel", "flow_matching_loss", "sample_timesteps", "sample",
     "denormalize_world_pointmap", "compute_latent_stats", "save_model", "load_model", "load_state",
 ]

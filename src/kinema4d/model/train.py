@@ -89,6 +89,9 @@ class TrainConfig:
     preload: bool = False  # read every episode once into RAM before training (lazy zarr reads cost ~0.2 s/episode)
     preload_workers: int = 2
     preload_cache: str | None = None  # .safetensors of the preloaded items, shared by runs on the same data
+    # recorded frames per training episode that ``frames`` are uniformly subsampled from; None = read from the data
+    # when training starts (saved in train_config.json: Simulator.rollout enforces the frame spacing it implies)
+    episode_frames: int | None = None
     cache_latents: bool = True  # memoize the frozen codec's encodings per video (hash of its bytes), in RAM
     progress: bool = True
 
@@ -102,33 +105,47 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+# The bundled default (issue 12): 9 frames at stride 6 (the whole 49-frame episode) of 64x96, so that a 4-5 cm object
+# covers ~4x4 pixels (tight data-engine framing); an 8x pixel codec keeps the token count of the earlier 32x48 model
+# (432 tokens of 16x16 pixels; x0-prediction copes with the 768-value tokens); 256 wide (8 heads) so that RGB and
+# XYZ both hold (at 128 wide one loss weight traded them, ../shared/notes); the released Kinema4D conditioning
+# (robot tokens with positions in cross-attention + the zero-init robot-latent projection) and its default robot
+# RGB + pointmap condition.
 _DEFAULT = TrainConfig(
-    model=ModelConfig(codec="pixel", pixel_factor=4, num_attention_heads=4, attention_head_dim=32, ffn_dim=512,
+    model=ModelConfig(codec="pixel", pixel_factor=8, num_attention_heads=8, attention_head_dim=32, ffn_dim=1024,
                       num_layers=4, text_dim=128, freq_dim=128, image_padding="repeat", world_anchor=True,
-                      prediction="x0_residual"),
-    data="data/synth", size=(32, 48), frames=9, batch_size=8, steps=2000, lr=5e-4, weight_decay=0.01, warmup=200,
-    schedule="cosine", ema_decay=0.995, xyz_loss_weight=16.0, preload=True,
-    preload_cache="data/cache/synth_train_32x48x9.safetensors", stats_samples=256, out_dir="runs/default",
-    log_every=10, ckpt_every=250, val_every=1000, val_steps=20,
+                      prediction="x0_residual", context="robot_tokens", robot_token_patch=2, robot_latent_proj=True,
+                      robot_rgb=True),
+    data="data/synth64", size=(64, 96), frames=9, batch_size=8, steps=2400, lr=5e-4, weight_decay=0.01, warmup=200,
+    schedule="cosine", ema_decay=0.995, xyz_loss_weight=4.0, preload=True,
+    preload_cache="data/cache/synth64_train_64x96x9.safetensors", stats_samples=256, out_dir="runs/default",
+    log_every=10, ckpt_every=200, val_every=800, val_steps=20,
 )
+# the conditioning before issue 12 (robot latents as position-less context tokens, no robot RGB) for the ablation
+# table and the baselines, which must not see the robot pointmap through the robot-token path
+_V1_CONDITIONING = dataclasses.replace(_DEFAULT.model, context="robot_latent", robot_latent_proj=False, robot_rgb=False)
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "tiny": ("tests: 0.64M params, 5 frames of 16x16, pixel codec, synthetic data", TrainConfig()),
     "default": (
-        "the bundled CPU checkpoint: 9 frames (stride 6 over a 49-frame episode) of 32x48, pixel codec, "
-        "4-layer 4x32-head DiT, x0-prediction, frame-0 world pointmap anchor, XYZ loss weight 16; ~15 min alone on 2 "
-        "CPU cores",
+        "the bundled CPU checkpoint: 9 frames (stride 6 over a 49-frame episode) of 64x96, 8x pixel codec, "
+        "4-layer 8x32-head DiT, x0-prediction, frame-0 world pointmap anchor, released Kinema4D conditioning (robot "
+        "tokens + robot-latent projection) with robot RGB, XYZ loss weight 4",
         _DEFAULT,
+    ),
+    "ablation_v1_conditioning": (
+        "the default with the conditioning before issue 12: position-less robot-latent context, no robot RGB",
+        dataclasses.replace(_DEFAULT, model=_V1_CONDITIONING, out_dir="runs/ablation_v1_conditioning"),
     ),
     "baseline_binary_mask": (
         "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="binary_mask"),
+        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_V1_CONDITIONING, condition="binary_mask"),
                             out_dir="runs/baseline_binary_mask"),
     ),
     "baseline_action_embedding": (
         "Sec. 4 baseline under the default's budget: per-frame ee pose + gripper tokens as cross-attention context "
         "(IRASim / Ctrl-World style); no robot pixels (no pointmap, no mask)",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="action_embedding",
+        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_V1_CONDITIONING, condition="action_embedding",
                                                                 mask="none"),
                             out_dir="runs/baseline_action_embedding"),
     ),
@@ -225,6 +242,7 @@ class SyntheticEpisodes(torch.utils.data.Dataset):
             "success": torch.tensor(bool(reach > 0.7)),
             "index": int(i),
             "action": t(action),
+            "robot_rgb": t(rgb * rmask[..., None]).permute(0, 3, 1, 2).contiguous(),  # the robot's colours only
         }
 
 
@@ -487,7 +505,18 @@ def prepare_batch(model: WorldModel, codec, batch: dict, generator: torch.Genera
     batch = model_inputs(model.cfg, batch)
     return model.prepare(codec, batch["rgb"][:, 0], batch["robot_pointmap"], batch["robot_mask"],
                          action=batch.get("action"), rgb=batch["rgb"], world_pointmap=batch["world_pointmap"],
-                         generator=generator, world0=batch["world0"])
+                         generator=generator, world0=batch["world0"], robot_rgb=_robot_rgb(model.cfg, batch))
+
+
+def _robot_rgb(model_cfg, item: dict) -> torch.Tensor | None:
+    """The item's (or batch's) ``robot_rgb`` for robot-RGB models (None for others); a clear error when the
+    dataset does not store it."""
+    if not model_cfg.robot_rgb:
+        return None
+    if "robot_rgb" not in item:
+        raise ValueError("this model has robot_rgb=True but the dataset items carry no 'robot_rgb' (datasets written "
+                         "before kinema4d stored the kinematic robot colours): regenerate with `kinema4d datagen`")
+    return item["robot_rgb"]
 
 
 def train_codec(cfg: TrainConfig, codec, dataset, rank: int = 0, world: int = 1) -> list[float]:
@@ -537,7 +566,8 @@ def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, ste
             params[k].copy_(v)
     e = model_inputs(model.cfg, val_set[0])
     rgb, wpm = sample(model, codec, e["rgb"][0], e["robot_pointmap"], e["robot_mask"], steps=cfg.val_steps,
-                      cfg_scale=cfg.val_cfg_scale, seed=cfg.seed, action=e.get("action"), world0=e["world0"])
+                      cfg_scale=cfg.val_cfg_scale, seed=cfg.seed, action=e.get("action"), world0=e["world0"],
+                      robot_rgb=_robot_rgb(model.cfg, e))
     with torch.no_grad():
         for k, v in backup.items():
             params[k].copy_(v)
@@ -564,13 +594,16 @@ def train_main(cfg: TrainConfig) -> dict:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
+    latent_shapes(cfg.model, cfg.frames, *cfg.size)  # validates the video size early
+    dataset = make_dataset(cfg, "train")
+    if cfg.episode_frames is None:
+        n = cfg.frames if cfg.data is None else int(dataset.ds.attrs(0)["shapes"]["rgb"][0])
+        cfg = dataclasses.replace(cfg, episode_frames=n)
     out = Path(cfg.out_dir)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(cfg.to_json())
-    latent_shapes(cfg.model, cfg.frames, *cfg.size)  # validates the video size early
 
-    dataset = make_dataset(cfg, "train")
     if cfg.preload and cfg.data is not None:
         dataset = PreloadedEpisodes(dataset, cfg.preload_workers, cache=cfg.preload_cache,
                                     key=f"{Path(cfg.data).resolve()}|train|{tuple(cfg.size)}|{cfg.frames}")
