@@ -103,7 +103,9 @@ def _eval(args):
 
         pcfg = tyro.cli(PolicyEvalConfig, args=args[1:], prog="kinema4d eval policy")
         policy_eval(pcfg)
-        print(f"wrote {pcfg.out}/policy.md, policy.html, policy.json, success_rates.png")
+        files = "policy_ranking.md, policy_ranking.json, policy_ranking.png" if pcfg.ranking else \
+            "policy.md, policy.html, policy.json, success_rates.png"
+        print(f"wrote {pcfg.out}/{files}")
         return
     cfg = tyro.cli(EvalConfig, args=args, prog="kinema4d eval")
     evaluate(cfg)
@@ -117,7 +119,7 @@ COMMANDS = {
     "train": (_train, "train the world model: `train PRESET [--field value ...]` (tiny | default | ...)"),
     "simulate": (_simulate, "image + actions -> 4D rollout (rgb.mp4, pointmap.mp4, rollout.npz); `simulate --demo`"),
     "eval": (_eval, "score a checkpoint vs baselines on a split -> report.md/html; `eval compare A B`; "
-             "`eval policy` (Tab. 3 success rates)"),
+             "`eval policy` (Tab. 3 success rates; `--ranking`: policy ranking)"),
     "view": (_view, "rerun recording (+ mp4 / gif / PLY) of a rollout.npz or control output: `view PATH`"),
 }
 

@@ -10,6 +10,13 @@ and the episode set does not depend on the number of workers or the backend. Spl
 (the split's index enters the seed) and select the randomization ranges (``kinema4d.data.scene.split_ranges``).
 
 ``episodes`` counts all written episodes (clean + perturbed); the last block may be cut short.
+
+Policy episodes (``policy`` = a name of :data:`kinema4d.data.scene.POLICIES`, with ``failures_per_success=0``):
+block b = the same scene as above (resampled until the clean expert succeeds, checked by physics alone) executed
+by that member of the scripted policy family (:func:`kinema4d.data.scene.policy_actions`, its generator seeded by
+(seed, split, block, attempt, 2000) for every member), one episode per block. So runs with the same seed and
+different policies hold the same scenes, and the members share their random numbers (ranking policies, see
+:mod:`kinema4d.eval.policy`). The episode attrs record ``policy`` and the variant ``{"kind": "policy", ...}``.
 """
 
 from __future__ import annotations
@@ -61,6 +68,9 @@ class DatagenConfig:
     """(min, max) distractor objects, overriding the split's range (policy-evaluation setups)."""
     robot_backend: str = "auto"
     """Robot pointmap renderer: auto | gl | embree."""
+    policy: str | None = None
+    """Execute this member of the scripted policy family (kinema4d.data.scene.POLICIES: expert, p1..p4) instead of
+    the clean demo + perturbed variants; needs failures_per_success=0."""
     progress: bool = True
     """Show a tqdm progress bar."""
 
@@ -70,7 +80,7 @@ class DatagenConfig:
 
 # fields that define the content of an episode: a rerun into the same directory must match them
 CONTENT_FIELDS = ("split", "seed", "resolution", "frames", "failures_per_success", "control_hz", "physics_hz",
-                  "max_attempts", "distractors")
+                  "max_attempts", "distractors", "policy")
 
 
 def parse_resolution(s: str) -> tuple[int, int]:
@@ -95,6 +105,12 @@ def _check(cfg: DatagenConfig) -> None:
     d = cfg.distractors
     if d is not None and not (len(d) == 2 and 0 <= d[0] <= d[1] <= 8):
         raise ValueError(f"distractors must be (min, max) with 0 <= min <= max <= 8, got {cfg.distractors}")
+    if cfg.policy is not None:
+        if cfg.policy not in sim.POLICIES:
+            raise ValueError(f"unknown policy {cfg.policy!r}; choose from {list(sim.POLICIES)}")
+        if cfg.failures_per_success != 0:
+            raise ValueError("policy episodes have no failure variants: pass failures_per_success=0 "
+                             f"(--failures-per-success 0), got {cfg.failures_per_success}")
 
 
 def variant_of(v: int) -> tuple[int, float]:
@@ -131,7 +147,7 @@ def _episode_attrs(robot, ep: sim.Episode, cfg: DatagenConfig, block: int, attem
         "attempt": attempt, "seed": [cfg.seed, sim.SPLITS.index(cfg.split), block, attempt],
         "frames": ep.meta["frames"], "control_hz": ep.meta["control_hz"], "physics_hz": ep.meta["physics_hz"],
         "n_control_steps": ep.meta["n_control_steps"], "record_steps": ep.meta["record_steps"],
-    }
+    } | ({"policy": cfg.policy} if cfg.policy is not None else {})
 
 
 def _dir_bytes(path: Path) -> int:
@@ -157,6 +173,9 @@ def run_block(cfg: DatagenConfig, block: int, todo: list[int]) -> list[dict]:
         results.append({"entry": entry, "timing": timing,
                         "bytes": _dir_bytes(root / "episodes" / kdata.episode_name(ep_id))})
 
+    if cfg.policy is not None:
+        _run_policy_block(cfg, block, write)
+        return results
     attempt0 = None
     if first not in todo and (root / "episodes" / kdata.episode_name(first) / kdata.COMPLETE).is_file():
         attempt0 = int(kdata.read_attrs(root, first).get("attempt", 0))
@@ -189,6 +208,34 @@ def run_block(cfg: DatagenConfig, block: int, todo: list[int]) -> list[dict]:
             scene.close()
         break
     return results
+
+
+def _run_policy_block(cfg: DatagenConfig, block: int, write) -> None:
+    """Block ``block`` of a policy run (module docstring): the expert-solvable scene, executed by ``cfg.policy``."""
+    robot = _robot()
+    H, W = cfg.size()
+    split_i = sim.SPLITS.index(cfg.split)
+    for attempt in range(cfg.max_attempts):
+        seed = [cfg.seed, split_i, block, attempt]
+        spec = sim.sample_scene(np.random.default_rng(np.random.SeedSequence(seed)), cfg.split, W, H, seed=seed,
+                                n_distractors=cfg.distractors)
+        actions, _ = sim.scripted_pick_place(robot, spec, cfg.control_hz)
+        scene = sim.Scene(robot, spec, physics_hz=cfg.physics_hz, control_hz=cfg.control_hz)
+        try:
+            last = attempt == cfg.max_attempts - 1
+            expert = sim.POLICIES[cfg.policy] == sim.PolicySpec(0.0, 0.0)  # its own run is the check
+            if not expert and not last and not sim.execute(scene, actions)["success"]:
+                continue
+            prng = np.random.default_rng(np.random.SeedSequence([*seed, 2000]))
+            acts, info = sim.policy_actions(robot, spec, cfg.policy, prng, cfg.control_hz)
+            ep = sim.run_episode(robot, spec, acts, frames=cfg.frames, control_hz=cfg.control_hz,
+                                 physics_hz=cfg.physics_hz, robot_backend=cfg.robot_backend, scene=scene)
+            if expert and not last and not ep.success:
+                continue
+            write(block, ep, attempt, {"kind": "policy", "policy": cfg.policy, **info})
+        finally:
+            scene.close()
+        break
 
 
 def _run_block_star(args):

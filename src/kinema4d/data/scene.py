@@ -22,6 +22,14 @@ deviation of ``sigma * pos_scale`` metres (default 8 cm) and ``sigma * rot_scale
 sigma in {0.5, 0.8, 1.2}. The gripper channel is never perturbed; the commanded grasp point is kept >= 1 cm above
 the table top (a workspace limit). 3 segments x 3 sigmas = 9 failure variants per demonstration.
 
+Policy family (:data:`POLICIES`, for ranking policies of different quality as SimplerEnv ranks real policies):
+the scripted expert with a lateral grasp offset (the pick approaches, descends, grasps and lifts at a point shifted
+horizontally by ``grasp_offset`` metres in a random direction; the offset ramps in over the approach and out over
+the carry, so the place is aimed at the pad) and action noise (:func:`perturb_actions` on segment 0, i.e. the
+approach and descent, held afterwards). ``expert`` is the clean scripted policy; p1-p4 increase both. The random
+direction and noise come from one generator per scene, drawn in the same order for every member, so the members
+share their random numbers and differ only in magnitude (:func:`policy_actions`).
+
 Success (:meth:`Scene.evaluate`): after the episode the target object's centre is within ``success_xy_tol``
 (5 cm) of the pad centre in xy, it rests upright on the table (centre height within 1.5 cm of its resting height)
 and it touches no robot link.
@@ -296,6 +304,68 @@ def perturb_actions(actions: np.ndarray, segment: int, sigma: float, rng: np.ran
     a[:, 2] = np.maximum(a[:, 2], z_min)
     a[:, 3:7] = (Rotation.from_rotvec(off_r) * Rotation.from_quat(a[:, 3:7])).as_quat()
     return a
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """One member of the scripted policy family (see module docstring)."""
+
+    grasp_offset: float  # metres: horizontal shift of the grasp point, in a random direction per scene
+    sigma: float  # perturb_actions sigma on segment 0 (approach / descent); 0 = no noise
+
+    def describe(self) -> str:
+        if self.grasp_offset == 0 and self.sigma == 0:
+            return "clean scripted expert"
+        return f"grasp offset {self.grasp_offset * 100:g} cm, noise sigma {self.sigma:g} on segment 0"
+
+
+# Measured physics success on canonical test scenes (no distractor, scenes resampled until the expert succeeds,
+# 40 scenes): expert 1.0, p1 ~0.8, p2 ~0.5, p3 ~0.3, p4 ~0.1.
+POLICIES: dict[str, PolicySpec] = {
+    "expert": PolicySpec(grasp_offset=0.0, sigma=0.0),
+    "p1": PolicySpec(grasp_offset=0.015, sigma=0.15),
+    "p2": PolicySpec(grasp_offset=0.02, sigma=0.2),
+    "p3": PolicySpec(grasp_offset=0.03, sigma=0.3),
+    "p4": PolicySpec(grasp_offset=0.04, sigma=0.5),
+}
+
+
+def offset_grasp(actions: np.ndarray, phases: list, offset_xy) -> np.ndarray:
+    """Shift the pick of a :func:`scripted_pick_place` trajectory horizontally by ``offset_xy`` (2,) metres.
+
+    The offset ramps in over the ``approach`` phase (min-jerk), is held through ``descend``, ``grasp`` and
+    ``lift`` (so the grasp point moves by exactly ``offset_xy``) and ramps out over ``carry``; the start pose and
+    the place are unchanged. Returns a new (N, 8) array.
+    """
+    a = np.array(actions, dtype=np.float64)
+    span = {name: (s, e) for name, s, e in phases}
+    w = np.zeros(len(a))
+    s, e = span["approach"]
+    w[s:e] = _min_jerk(np.arange(1, e - s + 1) / (e - s))
+    w[e:span["lift"][1]] = 1.0
+    s, e = span["carry"]
+    w[s:e] = 1.0 - _min_jerk(np.arange(1, e - s + 1) / (e - s))
+    a[:, :2] += w[:, None] * np.asarray(offset_xy, np.float64)[None]
+    return a
+
+
+def policy_actions(robot: Robot, spec: SceneSpec, policy: str | PolicySpec, rng: np.random.Generator,
+                   control_hz: float = 20.0) -> tuple[np.ndarray, dict]:
+    """ee_pose actions (N, 8) of the family member ``policy`` (a :data:`POLICIES` name or a spec) on ``spec``.
+
+    ``rng`` draws the offset direction (uniform angle), then the noise of :func:`perturb_actions` (segment 0);
+    both are drawn for every member, so the same ``rng`` state gives every member the same direction and noise
+    shape. Returns (actions, info) with info = {"grasp_offset_xy": [dx, dy] metres, "sigma": float}.
+    """
+    p_ = POLICIES[policy] if isinstance(policy, str) else policy
+    actions, phases = scripted_pick_place(robot, spec, control_hz)
+    theta = rng.uniform(-np.pi, np.pi)
+    off = p_.grasp_offset * np.array([np.cos(theta), np.sin(theta)])
+    if p_.grasp_offset > 0:
+        actions = offset_grasp(actions, phases, off)
+    if p_.sigma > 0:
+        actions = perturb_actions(actions, 0, p_.sigma, rng)
+    return actions, {"grasp_offset_xy": off.tolist(), "sigma": float(p_.sigma)}
 
 
 # ---------------------------------------------------------------------- physics scene
@@ -575,6 +645,14 @@ def run_episode(robot: Robot, spec: SceneSpec, actions: np.ndarray, frames: int 
                    robot_rgb=robot_rgb, q=q.astype(np.float32), actions=actions[rec].astype(np.float32),
                    object_poses=poses.astype(np.float32), camera=cam, success=outcome["success"], meta=meta,
                    timing=timing)
+
+
+def execute(scene: Scene, actions: np.ndarray) -> dict:
+    """Physics only: reset ``scene``, apply ``actions`` (N, 8) and return :meth:`Scene.evaluate` (no rendering)."""
+    scene.reset()
+    for a in actions:
+        scene.apply_action(a)
+    return scene.evaluate()
 
 
 def make_robot() -> Robot:
