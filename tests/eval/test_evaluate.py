@@ -100,6 +100,16 @@ def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
     assert rep["summary"]["kinema4d"]["lpips"] is None and rep["summary"]["static"]["fvd"] is None
     assert "n/a = not available" in (out / "report.md").read_text()
     assert np.isfinite(rep["summary"]["kinema4d"]["latent_l2"]) and np.isfinite(rep["gt_penetration_pct"])
+    assert rep["robot_input"] == "stored" and rep["config"]["robot_input"] == "stored"
+    md = (out / "report.md").read_text()
+    assert "## Object (target object, last frame)" in md and "| GT frames (locator ceiling) |" in md
+    assert "Object (target object, last frame)" in (out / "report.html").read_text()
+    for m in ("kinema4d", "static"):  # the object table's columns for every method
+        s = rep["summary"][m]
+        assert 0.0 <= s["object_found_pct"] <= 100.0 and s["object_gt_moving"] == sum(rep["object_gt"]["per_episode"]
+                                                                                        ["gt_moved"])
+        assert len(rep["per_episode"][m]["object_endpoint_mm"]) == 2
+        assert all(isinstance(f, bool) for f in rep["per_episode"][m]["object_found"])
     pe = rep["per_episode"]  # per-episode values behind the summary, for paired statistics
     for m in ("kinema4d", "static"):
         assert len(pe[m]["psnr"]) == 2 and np.mean(pe[m]["psnr"]) == pytest.approx(rep["summary"][m]["psnr"])
@@ -134,6 +144,8 @@ def test_eval_baselines_same_harness(data_dir, run_dir, tmp_path):
     assert list(rep["summary"]) == ["kinema4d", "binary_mask", "action_embedding", "static"]
     for m in rep["summary"]:
         assert np.isfinite(rep["summary"][m]["psnr"]) and np.isfinite(rep["summary"][m]["chamfer_l1"]), m
+        assert np.isfinite(rep["summary"][m]["object_found_pct"]), m  # object metrics for every method
+        assert len(rep["per_episode"][m]["object_moved"]) == 2, m
     assert "| binary_mask |" in (out / "report.md").read_text()
     assert main([*base, "--out", str(out), "--baselines", "static=x"]) == 2
     other = tmp_path / "other"
@@ -160,3 +172,60 @@ def test_eval_feature_metrics_with_local_weights(data_dir, run_dir, tmp_path):
             assert rep["summary"][m][k] is not None and np.isfinite(rep["summary"][m][k]), (m, k)
     assert rep["summary"]["static"]["penetration_pct"] != rep["summary"]["static"]["penetration_pct"]  # NaN: off
     assert "n/a = not available" not in (out / "report.md").read_text()
+
+
+def test_eval_pipeline_robot_input(data_dir, run_dir, tmp_path):
+    """--robot-input pipeline: the commanded actions through IK and the kinematic render replace the stored robot
+    pointmaps; the report says so and scores every method as in stored mode."""
+    out = tmp_path / "pipe"
+    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(data_dir), "--split", "test", "--out", str(out),
+                 "--steps", "1", "--videos", "0", "--robot-input", "pipeline", "--no-progress"]) == 0
+    rep = json.loads((out / "report.json").read_text())
+    assert rep["robot_input"] == "pipeline" and rep["config"]["robot_input"] == "pipeline"
+    assert len(rep["pipeline_ik_max_pos_err_mm"]) == 2
+    for m in ("kinema4d", "static"):
+        for k in ("psnr", "chamfer_l1", "adherence_mm", "object_found_pct"):
+            assert np.isfinite(rep["summary"][m][k]), (m, k)
+    assert np.isfinite(rep["summary"]["kinema4d"]["penetration_pct"]) and np.isfinite(rep["gt_penetration_pct"])
+    md = (out / "report.md").read_text()
+    assert "robot input 'pipeline'" in md and "Robot input: pipeline" in md
+    with pytest.raises(SystemExit) as exc:  # tyro rejects other choices
+        main(["eval", "--checkpoint", str(run_dir), "--data", str(data_dir), "--out", str(out),
+              "--robot-input", "executed"])
+    assert exc.value.code == 2
+    from kinema4d.eval.evaluate import EvalConfig, evaluate
+
+    with pytest.raises(ValueError, match="robot_input"):
+        evaluate(EvalConfig(checkpoint=run_dir, data=data_dir, out=out, robot_input="executed"))
+
+
+def test_predict_passes_robot_rgb_only_to_robot_rgb_models(data_dir, monkeypatch):
+    """predict hands sample() the item's robot_rgb iff the model's config asks for it (older sample() has no such
+    argument), and a robot-RGB model on an item without robot_rgb is a clear error."""
+    import types
+
+    import torch
+
+    import kinema4d.model.network as network
+    from kinema4d.eval.evaluate import predict
+
+    seen = {}
+
+    def fake_sample(model, codec, image0, rpm, mask, **kw):
+        seen.clear()
+        seen.update(kw)
+        return torch.zeros(T, 3, H, W), None
+
+    monkeypatch.setattr(network, "sample", fake_sample)
+    raw = _item(data_dir)
+    raw = raw | {"robot_rgb": torch.rand(T, 3, H, W)}
+    cfg = dict(world_anchor=False, condition="pointmap")
+    predict(types.SimpleNamespace(cfg=types.SimpleNamespace(**cfg)), None, raw, 1, 1.0, 0)
+    assert "robot_rgb" not in seen
+    predict(types.SimpleNamespace(cfg=types.SimpleNamespace(**cfg, robot_rgb=False)), None, raw, 1, 1.0, 0)
+    assert "robot_rgb" not in seen
+    predict(types.SimpleNamespace(cfg=types.SimpleNamespace(**cfg, robot_rgb=True)), None, raw, 1, 1.0, 0)
+    assert seen["robot_rgb"] is raw["robot_rgb"]
+    with pytest.raises(ValueError, match="robot_rgb"):
+        predict(types.SimpleNamespace(cfg=types.SimpleNamespace(**cfg, robot_rgb=True)), None,
+                {k: v for k, v in raw.items() if k != "robot_rgb"}, 1, 1.0, 0)

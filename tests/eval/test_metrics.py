@@ -213,6 +213,79 @@ def test_penetration_panda():
         (len(inside) - 10) / (len(both) - 10))
 
 
+# ------------------------------------------------------------------------------------------------ objects
+def _blob_scene():
+    """(H, W, 3) uint8 frame, (H, W, 3) camera-frame pointmap and camera: a grey table plane at z = 0.6 seen by a
+    look-at camera, and red pixels at the projections of three known world points (their pointmap values are those
+    points), one more red pixel at a known point marked as robot, a red pixel without a point (empty pointmap) and
+    a pixel 45 colour units from red (outside the 40 tolerance)."""
+    from kinema4d.geometry import transform_points
+    from kinema4d.kinematics.camera import Camera
+
+    cam = Camera.look_at(eye=[0.8, 0.0, 1.5], target=[0, 0, 0.6], width=96, height=64, fov_y_deg=50)
+    H, W = cam.height, cam.width
+    rgb = np.full((H, W, 3), 180, np.uint8)
+    d_world = cam.unproject(cam.pixel_grid(), np.ones((H, W))) @ cam.T_world_cam[:3, :3].T
+    depth = (0.6 - cam.T_world_cam[2, 3]) / d_world[..., 2]  # z-depth along each pixel's ray to the table
+    pm = cam.depth_to_pointmap(depth)
+    red = (200, 20, 20)
+    pts = {"object": [[0.10, 0.20, 0.65], [0.12, 0.21, 0.65], [0.14, 0.25, 0.65]], "robot": [[0.30, 0.10, 0.70]],
+           "empty": [[-0.20, -0.20, 0.60]], "off_colour": [[-0.10, 0.30, 0.60]]}
+    robot_mask = np.zeros((H, W), bool)
+    pix = set()
+    for kind, ps in pts.items():
+        for p in ps:
+            uv, z = cam.project(np.asarray([p], np.float64))
+            c, r = np.round(uv[0]).astype(int)
+            assert 0 <= r < H and 0 <= c < W and z[0] > 0 and (r, c) not in pix
+            pix.add((r, c))
+            rgb[r, c] = (200, 20, 65) if kind == "off_colour" else red  # 45 from red
+            pm[r, c] = 0.0 if kind == "empty" else transform_points(cam.T_cam_world, np.asarray(p))
+            robot_mask[r, c] = kind == "robot"
+    return rgb, pm, cam, robot_mask, red
+
+
+def test_locate_object_hand_computed():
+    """Median xy of the red points with a point, not robot: x of (0.10, 0.12, 0.14) -> 0.12, y of (0.20, 0.21,
+    0.25) -> 0.21; against a GT centre (0.15, 0.25) that is sqrt(0.03^2 + 0.04^2) = 50 mm. Without the robot mask
+    the robot pixel (0.30, 0.10) joins: medians of 4 values, x (0.12 + 0.14) / 2 = 0.13, y (0.20 + 0.21) / 2."""
+    rgb, pm, cam, robot_mask, red = _blob_scene()
+    xy, n = M.locate_object(rgb, pm, cam, red, robot_mask)
+    assert n == 3
+    np.testing.assert_allclose(xy, [0.12, 0.21], atol=1e-9)
+    assert M.object_endpoint_error_mm(xy, [0.15, 0.25]) == pytest.approx(50.0)
+    assert M.object_endpoint_error_mm(xy, [0.15, 0.25, 0.6]) == pytest.approx(50.0)  # z ignored: planar error
+    xy_all, n_all = M.locate_object(rgb, pm, cam, red)
+    assert n_all == 4
+    np.testing.assert_allclose(xy_all, [0.13, 0.205], atol=1e-9)
+    assert M.object_moved(xy, [0.12, 0.19]) is False  # 2 cm
+    assert M.object_moved(xy, [0.12, 0.25]) is True  # 4 cm > 3 cm
+    assert M.locate_object(rgb, pm, cam, red, robot_mask, min_pixels=4) == (None, 3)
+    none, n0 = M.locate_object(rgb, pm, cam, (20, 200, 20), robot_mask)  # no green pixel: not found
+    assert none is None and n0 == 0
+    assert np.isnan(M.object_endpoint_error_mm(none, [0.15, 0.25])) and M.object_moved(none, [1.0, 1.0]) is False
+    with pytest.raises(ValueError, match="robot_mask"):
+        M.locate_object(rgb, pm, cam, red, robot_mask[:-1])
+
+
+def test_motion_recall_precision_hand_computed():
+    gt = [True, True, True, False, False]
+    gen = [True, False, False, True, False]
+    out = M.motion_recall_precision(gt, gen)  # 1 of 3 GT-moving found moving; 1 of 2 rollout-moving is right
+    assert out == {"recall": pytest.approx(1 / 3), "precision": pytest.approx(1 / 2), "gt_moving": 3,
+                   "gen_moving": 2}
+    still = M.motion_recall_precision([False, False], [True, False])  # nothing moves in GT: recall undefined
+    assert np.isnan(still["recall"]) and still["precision"] == 0.0 and still["gt_moving"] == 0
+    frozen = M.motion_recall_precision([True, False], [False, False])  # the rollout never moves: no precision
+    assert frozen["recall"] == 0.0 and np.isnan(frozen["precision"]) and frozen["gen_moving"] == 0
+    empty = M.motion_recall_precision([], [])
+    assert np.isnan(empty["recall"]) and np.isnan(empty["precision"])
+    perfect = M.motion_recall_precision([True, False, True], [True, False, True])
+    assert perfect["recall"] == 1.0 and perfect["precision"] == 1.0
+    with pytest.raises(ValueError):
+        M.motion_recall_precision([True], [True, False])
+
+
 # ------------------------------------------------------------------------------------------------ networks
 def _tiny_net(tmp_path, dims, seed=0):
     import torch

@@ -141,3 +141,33 @@ def judge_episode(rgb: np.ndarray, world_pm: np.ndarray, attrs: dict, rgb0: np.n
     if ref is None:
         return Judgement(False, float("inf"), float("nan"), 0)
     return judge_place(rgb, world_pm, camera, ref, attrs["goal_xy"], attrs["table_top_z"], obj["size"][2], **kwargs)
+
+
+def object_reference(rgb0: np.ndarray, pointmap0: np.ndarray, camera: Camera, attrs: dict,
+                     robot_mask0: np.ndarray | None = None, colour_tol: float = 40.0,
+                     check_tol: float = 0.03) -> np.ndarray | None:
+    """Reference colour (3,) of the target object ``attrs["objects"][0]`` for locating it in later frames
+    (:func:`kinema4d.eval.metrics.locate_object`), or None when I0 does not resolve the object.
+
+    ``rgb0`` (H, W, 3) uint8 is I0, ``pointmap0`` (H, W, 3) its camera-frame pointmap in metres (0 = empty),
+    ``camera`` at that size, ``robot_mask0`` (H, W) the robot's pixels. The colour is :func:`reference_colour` at
+    the object's top centre (as :func:`judge_episode` reads it); it is accepted only if it identifies the object
+    in I0 itself: located with it in I0 (same rule as in later frames), the object lies within ``check_tol``
+    metres of its known initial xy. At low resolution an object covers a pixel or two blended with the table, and
+    the colour read there can match large parts of the scene instead (seen at 32x48: hundreds of pixels, located
+    0.4 m away); such an episode counts as 'not found' for every method.
+    """
+    from kinema4d.eval.metrics import locate_object
+
+    obj = attrs["objects"][0]
+    top = np.array([*obj["xy"], attrs["table_top_z"] + obj["size"][2]])
+    try:
+        ref = reference_colour(rgb0, camera, top)
+    except ValueError:  # behind the camera or outside the image
+        return None
+    if ref is None:
+        return None
+    xy, _ = locate_object(rgb0, pointmap0, camera, ref, robot_mask0, colour_tol=colour_tol)
+    if xy is None or np.linalg.norm(xy - np.asarray(obj["xy"], np.float64)) > check_tol:
+        return None
+    return ref

@@ -48,6 +48,23 @@ Robot checks:
   The test is exact and vectorized: points are moved into each link frame (with the robot's FK at that frame's
   ``q``) and checked against the hull's half-spaces, ``n . x <= d - margin`` for all faces.
 
+Objects (the task's target object, ``attrs["objects"][0]``, in the last frame of a rollout):
+
+- Locating it (:func:`locate_object`) the way the colour judge does (:mod:`kinema4d.eval.judge`): pixels of the
+  frame within ``colour_tol`` (Euclidean, 0-255 scale; 40) of a reference colour read from I0 at the object's
+  known initial position, that hold a point in the pointmap and are not robot pixels (the robot mask known from
+  the kinematics), lifted to the world frame with the pointmap (metres) and ``camera.T_world_cam``; the object's
+  position is the median xy of those points. Fewer than ``min_pixels`` (1) such pixels: not found.
+- Endpoint error (:func:`object_endpoint_error_mm`): planar (xy) distance in mm between the located position and
+  the ground-truth object centre. The located points are the object's visible surface (mostly its top), so for
+  an upright object the xy bias against its centre is at most half the object's horizontal size. NaN when the
+  object is not found; means are over the episodes where it was found (the found share is reported beside).
+- Motion (:func:`object_moved`, :func:`motion_recall_precision`): an episode moves the object when its final xy
+  is more than ``OBJECT_MOTION_M`` (3 cm) from its initial xy: in ground truth from the recorded object poses, in
+  a rollout from the located position (not found = not moved). Recall = share of the GT-moving episodes where the
+  rollout moves it too, precision = share of the rollout-moving episodes where GT moves it; NaN when the
+  denominator is 0.
+
 Model-based metrics (LPIPS, FID, FVD): their feature networks are loaded *only* from a local weights path (no
 downloads). Without one, :class:`MetricUnavailable` is raised - never a made-up number. A feature network is a
 directory (or a ``<name>.safetensors`` file next to ``<name>.json``) holding ``config.json`` + ``model.safetensors``
@@ -81,6 +98,7 @@ __all__ = [
     "MetricUnavailable", "psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "latent_l2", "normalize_pair",
     "chamfer", "fscore", "geometric_metrics", "robot_adherence", "penetration_rate", "link_hulls", "lpips", "fid",
     "fvd", "frechet_distance", "gaussian_fit", "FeatureNet", "load_feature_net", "save_feature_net", "nanmean",
+    "OBJECT_MOTION_M", "locate_object", "object_endpoint_error_mm", "object_moved", "motion_recall_precision",
 ]
 
 
@@ -358,6 +376,66 @@ def penetration_rate(points, exclude_mask, robot, q, T_cam_world=None, margin: f
                 inside[idx] = np.all(p[idx] @ eq[:, :3].T + eq[:, 3] <= -margin, axis=1)
         inside_n += int(inside.sum())
     return inside_n / total
+
+
+# ---------------------------------------------------------------------------------------------------- objects
+OBJECT_MOTION_M = 0.03  # an object 'moves' when its final xy is more than this from its initial xy (metres)
+
+
+def locate_object(rgb, pointmap, camera, ref_rgb, robot_mask=None, colour_tol: float = 40.0,
+                  min_pixels: int = 1) -> tuple[np.ndarray | None, int]:
+    """The object of colour ``ref_rgb`` (3,) (0-255) in one frame: ``rgb`` (H, W, 3) uint8, ``pointmap`` (H, W, 3)
+    camera-frame metres (0 = empty), ``camera`` (:class:`~kinema4d.kinematics.camera.Camera`, for
+    ``T_world_cam``), ``robot_mask`` (H, W) bool robot pixels (excluded) or None.
+
+    Returns (xy (2,) world metres = median xy of the matching points, number of matching pixels); xy is None when
+    fewer than ``min_pixels`` match (not found).
+    """
+    from kinema4d.geometry import transform_points
+
+    rgb, pm = np.asarray(rgb), np.asarray(pointmap, np.float64)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3 or pm.shape != rgb.shape:
+        raise ValueError(f"expected rgb and pointmap (H, W, 3) of one shape, got {rgb.shape} and {pm.shape}")
+    near = np.linalg.norm(rgb.astype(np.float64) - np.asarray(ref_rgb, np.float64), axis=-1) < colour_tol
+    sel = near & np.any(pm != 0, axis=-1) & np.isfinite(pm).all(-1)
+    if robot_mask is not None:
+        if np.shape(robot_mask) != rgb.shape[:2]:
+            raise ValueError(f"robot_mask {np.shape(robot_mask)} must be (H, W) = {rgb.shape[:2]}")
+        sel &= ~np.asarray(robot_mask, bool)
+    n = int(sel.sum())
+    if n < max(min_pixels, 1):
+        return None, n
+    p_world = transform_points(np.asarray(camera.T_world_cam, np.float64), pm[sel])
+    return np.median(p_world[:, :2], axis=0), n
+
+
+def object_endpoint_error_mm(xy, xy_gt) -> float:
+    """Planar distance (mm) between a located object position ``xy`` (2,) metres (None = not found -> NaN) and
+    the ground-truth ``xy_gt`` (2,) (or (3,): only x, y are used)."""
+    if xy is None:
+        return float("nan")
+    return float(1000.0 * np.linalg.norm(np.asarray(xy, np.float64)[:2] - np.asarray(xy_gt, np.float64)[:2]))
+
+
+def object_moved(xy, xy0, threshold: float = OBJECT_MOTION_M) -> bool:
+    """True when ``xy`` (metres; None = not found = not moved) is more than ``threshold`` from ``xy0`` in x, y."""
+    if xy is None:
+        return False
+    return bool(np.linalg.norm(np.asarray(xy, np.float64)[:2] - np.asarray(xy0, np.float64)[:2]) > threshold)
+
+
+def motion_recall_precision(gt_moved, gen_moved) -> dict:
+    """Object-motion recall / precision over episodes: ``gt_moved``, ``gen_moved`` (N,) bool.
+
+    Returns ``recall`` = |GT and gen| / |GT|, ``precision`` = |GT and gen| / |gen| (NaN when the denominator is
+    0), ``gt_moving`` = |GT|, ``gen_moving`` = |gen| (ints).
+    """
+    g, p = np.asarray(gt_moved, bool), np.asarray(gen_moved, bool)
+    if g.shape != p.shape or g.ndim != 1:
+        raise ValueError(f"gt_moved {g.shape} and gen_moved {p.shape} must be (N,) of one length")
+    both, ng, npred = int((g & p).sum()), int(g.sum()), int(p.sum())
+    return {"recall": both / ng if ng else float("nan"), "precision": both / npred if npred else float("nan"),
+            "gt_moving": ng, "gen_moving": npred}
 
 
 # ---------------------------------------------------------------------------------------------------- networks
