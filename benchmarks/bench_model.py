@@ -6,8 +6,12 @@ case's own. Cases, all at the checkpoint's training size with the demo Panda tra
 - ``load``          import + load the Simulator (memory baseline, no rollout)
 - ``kinematic@T``   the kinematic stage alone (seeded IK + robot pointmap render) for T frames -- the peer: the
                     rollout's cost is reported as a ratio to it
+- ``episode``       a full ``Simulator.rollout`` of a 49-action episode (one action per recorded frame, the
+                    default ``action_rate``): the kinematic stage on all 49 actions, the model generates its
+                    trained frames over the whole episode (9 at stride 6 for the bundled model)
 - ``rollout@T``     a full ``Simulator.rollout`` (kinematic stage + ``--steps`` sampling steps + de-normalization)
-                    at the training T and at T = 49
+                    of T generated frames (``action_rate="model"``: one action per generated frame) at the
+                    training T and at T = 49
 - ``train``         training steps of the checkpoint's TrainConfig (model, batch size, size, frames) on synthetic
                     data of the same size -> samples / s
 
@@ -52,10 +56,10 @@ def run_case(case: str, checkpoint: str, T: int, steps: int, repeats: int, train
 
     from kinema4d.simulator import Simulator
 
-    sim = Simulator(checkpoint, steps=steps)
+    sim = Simulator(checkpoint, steps=steps, action_rate="episode" if case == "episode" else "model")
     if case == "load":
         return {"seconds": 0.0, "all": [], "peak_rss_mb": _peak_rss_mb()}
-    if case in ("kinematic", "rollout"):
+    if case in ("kinematic", "rollout", "episode"):
         image, actions, kw = _inputs(sim, T)
         fn = (lambda: sim.kinematic_stage(actions)) if case == "kinematic" else (
             lambda: sim.rollout(image, actions, **kw))
@@ -135,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"checkpoint {ck.dir} ({ck.weights}), size {tc.get('size')}, train T {train_T}, {args.steps} sampling "
           f"steps, {args.repeats} repeats, torch threads {torch.get_num_threads()}")
-    rows = [("load", 0, _subprocess("load", args, train_T))]
+    rows = [("load", 0, _subprocess("load", args, train_T)), ("episode", 49, _subprocess("episode", args, 49))]
     for T in frames:
         rows.append(("kinematic", T, _subprocess("kinematic", args, T)))
         rows.append(("rollout", T, _subprocess("rollout", args, T)))
@@ -145,7 +149,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{'case':<14} {'T':>4} {'seconds':>10} {'peak RSS MB':>12}  notes")
     for name, T, r in rows:
         note = ""
-        if name == "rollout":
+        if name == "episode":
+            note = f"49 actions -> {train_T} generated frames at the trained spacing"
+        elif name == "rollout":
             gen = r["seconds"] - kin[T]
             note = (f"{r['seconds'] / max(kin[T], 1e-9):.1f}x the kinematic stage; ~{gen / args.steps * 1000:.0f} ms "
                     f"per sampling step, {r['seconds'] / T * 1000:.0f} ms per frame")

@@ -90,32 +90,38 @@ def judge_place(rgb: np.ndarray, world_pm: np.ndarray, camera: Camera, ref_rgb: 
 
 def judge_place_height(world_pm: np.ndarray, robot_mask: np.ndarray, camera: Camera, goal_xy, table_z: float,
                        object_height: float, xy_tol: float = 0.05, height_range: tuple[float, float] = (0.5, 1.5),
-                       last_frames: int = 1, min_pixels: int = 1) -> Judgement:
+                       last_frames: int = 1, min_pixels: int = 1, search_margin: float = 0.05) -> Judgement:
     """Judge a rollout by geometry: ``world_pm`` (T, H, W, 3) camera-frame metres (0 = empty), ``robot_mask``
     (T, H, W) bool robot pixels (excluded: a gripper above the pad is not a placed object).
 
-    Success: in each of the last ``last_frames`` frames at least ``min_pixels`` points lie within ``xy_tol`` metres
-    of ``goal_xy`` (world xy) at a height above ``table_z`` between ``height_range`` x ``object_height`` (the top
-    or the side of a placed object; the pad itself is flat). ``xy_err`` is the distance of the nearest such point
-    (inf when none), ``z_above_table`` their median height.
+    Object points: points within ``xy_tol + search_margin`` metres of ``goal_xy`` (world xy) at a height above
+    ``table_z`` between ``height_range`` x ``object_height`` (the top or the side of an object; the pad itself is
+    flat). Success: in each of the last ``last_frames`` frames at least ``min_pixels`` such points, and their median
+    xy within ``xy_tol`` of the goal -- the object's centre, as the simulator's rule has it: an object whose centre
+    misses the pad by 6 cm still has surface points within 5 cm (measured: 3 of 10 episodes misjudged at 64x96
+    when any single point counted). ``xy_err`` is the largest per-frame distance of that median (inf when no
+    point), ``z_above_table`` the points' median height.
     """
     world_pm, robot_mask = np.asarray(world_pm, np.float64), np.asarray(robot_mask, bool)
     if world_pm.ndim != 4 or world_pm.shape[-1] != 3 or robot_mask.shape != world_pm.shape[:3]:
         raise ValueError(f"world_pm {world_pm.shape} must be (T, H, W, 3) and robot_mask {robot_mask.shape} (T, H, W)")
     if world_pm.shape[1:3] != (camera.height, camera.width):
         raise ValueError(f"frames are {world_pm.shape[1:3]} but the camera is {(camera.height, camera.width)}")
+    goal = np.asarray(goal_xy, np.float64)
     found, errs, heights = [], [], []
     for pm, rm in zip(world_pm[-last_frames:], robot_mask[-last_frames:], strict=True):
         valid = np.any(pm != 0, axis=-1) & ~rm
         p = transform_points(camera.T_world_cam, pm[valid])
         dz = p[:, 2] - table_z
-        d = np.linalg.norm(p[:, :2] - np.asarray(goal_xy, np.float64), axis=1)
-        on_goal = (d <= xy_tol) & (dz > height_range[0] * object_height) & (dz < height_range[1] * object_height)
-        found.append(int(on_goal.sum()))
-        errs.append(float(d[on_goal].min()) if on_goal.any() else float("inf"))
-        heights.extend(dz[on_goal].tolist())
-    return Judgement(min(found) >= min_pixels, max(errs), float(np.median(heights)) if heights else float("nan"),
-                     min(found))
+        d = np.linalg.norm(p[:, :2] - goal, axis=1)
+        near = (d <= xy_tol + search_margin) & (dz > height_range[0] * object_height) & \
+            (dz < height_range[1] * object_height)
+        found.append(int(near.sum()))
+        errs.append(float(np.linalg.norm(np.median(p[near, :2], axis=0) - goal)) if near.any() else float("inf"))
+        heights.extend(dz[near].tolist())
+    err = max(errs)
+    return Judgement(min(found) >= min_pixels and err <= xy_tol, err,
+                     float(np.median(heights)) if heights else float("nan"), min(found))
 
 
 def judge_episode(rgb: np.ndarray, world_pm: np.ndarray, attrs: dict, rgb0: np.ndarray | None = None,
