@@ -9,8 +9,9 @@ Two backends give the same images:
 
 - ``"gl"``: OpenGL rasterizer through moderngl on a headless EGL context (Mesa llvmpipe on CPU). Each link's
   mesh is uploaded once; per frame only the link poses ``T_cam_link`` change. The fragment shader writes the
-  interpolated camera-space point (perspective-correct, so it is the exact ray/triangle hit at the pixel centre)
-  and the link id to a float32 target.
+  interpolated camera-space z (perspective-correct, so it is the z of the exact ray/triangle hit at the pixel
+  centre) and the link id to a float32 target; x and y follow from z along the pixel's ray, as in
+  :meth:`Camera.depth_to_pointmap`.
 - ``"embree"``: ray casting with trimesh + embreex, one BVH per link built once; the camera rays inside a link's
   projected bounding box are moved into that link's frame, and the nearest hit over links wins. The reference
   and the fallback when no EGL context can be created.
@@ -22,6 +23,7 @@ min-max to [0, 1]) and the robustness perturbations of Tab. 4 (:func:`drop_point
 
 from __future__ import annotations
 
+import mmap
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -205,6 +207,99 @@ def _pixel_box(corners_link: np.ndarray, T_cam_link: np.ndarray, camera: Camera,
     return None if c0 >= c1 or r0 >= r1 else (int(c0), int(c1), int(r0), int(r1))
 
 
+# ---------------------------------------------------------------------- output memory
+# The value of an empty pixel in each output array.
+_EMPTY = {"pointmap": 0, "depth": 0, "link_id": -1, "mask": False, "rgb": 0}
+
+
+def _lazy_zeros(shape, dtype) -> np.ndarray:
+    """A new zero-filled array (owned by the caller) whose memory is mapped 4 kB page by page on first touch.
+
+    The renderer writes only the pixels in the robot's projected box (link id: every pixel). ``np.zeros`` of an
+    array >= 4 MB asks the kernel for transparent huge pages (numpy's ``madvise(MADV_HUGEPAGE)``): the first touch
+    of a 2 MB page zeroes it whole, and a huge page new to the process is slow on a VM that hands free memory back
+    to its host (measured on this project's 2-core VM: ~10 us per 4 kB on the first use of a huge page, 0.4 us on
+    reuse, 2-3 us per 4 kB page). So the first call in a process paid for every output byte (bench_control.py at
+    720x480: 19.6 ms/frame on the first call, 4.7 on later ones). Private anonymous memory with ``MADV_NOHUGEPAGE``
+    costs only the pages touched (about half of the output at 720x480). Smaller arrays (which the allocator may
+    recycle) and platforms without these ``mmap`` options get ``np.zeros``.
+    """
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    nbytes = n * dtype.itemsize
+    if nbytes < (4 << 20) or not hasattr(mmap, "MADV_NOHUGEPAGE") or not hasattr(mmap, "MAP_PRIVATE"):
+        return np.zeros(shape, dtype)
+    try:
+        mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+        mem.madvise(mmap.MADV_NOHUGEPAGE)
+    except (OSError, ValueError):
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mem, dtype, count=n).reshape(shape)  # the array keeps the mapping alive
+
+
+def _clear_outside(out: dict, t: int, box, fresh: bool) -> None:
+    """Set frame ``t`` of every output array to its empty value outside ``box`` (c0, c1, r0, r1) (the whole frame
+    if ``box`` is None). ``fresh``: the arrays are new zeros, so only non-zero empty values (link id -1) are
+    written and untouched memory stays unmapped."""
+    for name, arr in out.items():
+        if arr is None or (fresh and _EMPTY[name] == 0):
+            continue
+        a, v = arr[t], _EMPTY[name]
+        if box is None:
+            a[...] = v
+            continue
+        c0, c1, r0, r1 = box
+        a[:r0] = v
+        a[r1:] = v
+        a[r0:r1, :c0] = v
+        a[r0:r1, c1:] = v
+
+
+def _ray_factors(camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """(x/z (H, W) or (1, W), y/z (H, 1)) float32 along each pixel's ray, as :meth:`Camera.unproject`."""
+    K = camera.K
+    fx, fy, cx, cy, s = K[0, 0], K[1, 1], K[0, 2], K[1, 2], K[0, 1]
+    y = (np.arange(camera.height, dtype=np.float64)[:, None] - cy) / fy
+    x = (np.arange(camera.width, dtype=np.float64)[None, :] - cx) / fx
+    if s != 0:
+        x = x - s * y / fx
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+def _copy_box(out: dict, rays, t: int, box, z_id1: np.ndarray, rgb: np.ndarray | None) -> None:
+    """Write the GL read-back of frame ``t``'s ``box`` (z, link index + 1; optional colour) into the outputs;
+    ``rays`` from :func:`_ray_factors`."""
+    c0, c1, r0, r1 = box
+    z = z_id1[..., 0]
+    pm = out["pointmap"][t, r0:r1, c0:c1]
+    rx, ry = rays
+    np.multiply(z, rx[r0:r1, c0:c1] if rx.shape[0] > 1 else rx[:, c0:c1], out=pm[..., 0])
+    np.multiply(z, ry[r0:r1], out=pm[..., 1])
+    pm[..., 2] = z
+    out["depth"][t, r0:r1, c0:c1] = z
+    np.subtract(z_id1[..., 1], 1.0, out=out["link_id"][t, r0:r1, c0:c1], casting="unsafe")
+    np.greater(z_id1[..., 1], 0.5, out=out["mask"][t, r0:r1, c0:c1])
+    if rgb is not None:
+        out["rgb"][t, r0:r1, c0:c1] = rgb
+
+
+def _gl_flush_function():
+    """``glFlush`` of the current EGL context as a ctypes function (starts llvmpipe's rasterizer threads without
+    waiting; moderngl has only ``finish``), or a no-op if it cannot be found."""
+    try:
+        import ctypes
+
+        egl = ctypes.CDLL("libEGL.so.1")
+        egl.eglGetProcAddress.restype = ctypes.c_void_p
+        egl.eglGetProcAddress.argtypes = [ctypes.c_char_p]
+        addr = egl.eglGetProcAddress(b"glFlush")
+        if addr:
+            return ctypes.CFUNCTYPE(None)(addr)
+    except (OSError, AttributeError):
+        pass
+    return lambda: None
+
+
 # ---------------------------------------------------------------------- GL backend
 _GL_STATE: dict = {}  # "ctx" -> moderngl.Context or "error" -> str (one attempt per process)
 
@@ -250,14 +345,15 @@ _FRAGMENT_SHADER = """
 in vec3 v_pcam;
 flat in float v_link_id;
 in vec3 v_color;
-// one target holds everything but colour, so a frame needs one read-back: camera-frame point (metres) and
-// link index + 1 (0 = empty, the clear value); depth is the point's z
-layout(location = 0) out vec4 out_xyz_id1;
+// one target holds everything but colour, so a frame needs one read-back: camera-frame z (metres) and link
+// index + 1 (0 = empty, the clear value); x and y follow from z on the CPU (two floats instead of four: ~15 %
+// less llvmpipe time per frame)
+layout(location = 0) out vec2 out_z_id1;
 #ifdef WITH_RGB
 layout(location = 1) out vec4 out_rgb;
 #endif
 void main() {
-    out_xyz_id1 = vec4(v_pcam, v_link_id + 1.0);
+    out_z_id1 = vec2(v_pcam.z, v_link_id + 1.0);
 #ifdef WITH_RGB
     vec3 n = normalize(cross(dFdx(v_pcam), dFdy(v_pcam)));  // flat (face) normal
     float shade = 0.25 + 0.75 * abs(dot(n, normalize(v_pcam)));  // Lambert, light at the camera
@@ -302,20 +398,57 @@ class _GLBackend:
                 (self.vbo, "3f 1f 12x", "in_pos", "in_link")
             self.vaos[rgb] = self.ctx.vertex_array(prog, [layout], index_buffer=self.ibo)
         self._fbos = {}
+        self._scratches: dict[tuple, np.ndarray] = {}
+        self._flush = _gl_flush_function()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Draw once into a tiny framebuffer per program: llvmpipe compiles its shader variants on the first draw,
+        so this one-time cost (~10 ms) belongs to setup instead of the first :meth:`render` call."""
+        ctx, mgl = self.ctx, self._mgl
+        ctx.enable(mgl.DEPTH_TEST)
+        ctx.disable(mgl.CULL_FACE)
+        eye = np.broadcast_to(np.eye(4, dtype=np.float32), (len(self.corners), 4, 4))
+        for rgb in (False, True):
+            fbo = self._fbo(8, 8, rgb)
+            fbo.viewport, fbo.scissor = (0, 0, 8, 8), (0, 0, 8, 8)
+            fbo.use()
+            self.programs[rgb]["P_clip_cam"].write(np.eye(4, dtype=np.float32).tobytes())
+            self.programs[rgb]["T_cam_link"].write(np.ascontiguousarray(eye).tobytes())
+            fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=(0, 0, 8, 8))
+            self.vaos[rgb].render(mgl.TRIANGLES)
+            fbo.read(viewport=(0, 0, 1, 1), components=2, dtype="f4", attachment=0)
+            fbo.scissor = None
 
     def _fbo(self, width: int, height: int, rgb: bool):
         key = (width, height, rgb)
         if key not in self._fbos:
             ctx = self.ctx
-            attachments = [ctx.renderbuffer((width, height), 4, dtype="f4")]
+            attachments = [ctx.renderbuffer((width, height), 2, dtype="f4")]
             if rgb:
                 attachments.append(ctx.renderbuffer((width, height), 4, dtype="f1"))
             self._fbos[key] = ctx.framebuffer(color_attachments=attachments,
                                               depth_attachment=ctx.depth_renderbuffer((width, height)))
         return self._fbos[key]
 
-    def render(self, T_cam_link: np.ndarray, camera: Camera, near: float, far: float, out: dict) -> None:
-        """``T_cam_link`` (T, n_links, 4, 4); writes the robot's pixels into the (empty) ``out`` arrays in place."""
+    def _scratch(self, slot: int, n: int, dtype) -> np.ndarray:
+        """Read-back buffer ``slot`` (0 or 1) of at least ``n`` items, kept across calls (never given to the
+        caller). Two slots: one holds the frame being copied out while the next is read back."""
+        key = (slot, np.dtype(dtype).str)
+        buf = self._scratches.get(key)
+        if buf is None or buf.size < n:
+            buf = self._scratches[key] = _lazy_zeros((n,), dtype)
+        return buf[:n]
+
+    def render(self, T_cam_link: np.ndarray, camera: Camera, near: float, far: float, out: dict,
+               fresh: bool) -> None:
+        """``T_cam_link`` (T, n_links, 4, 4); fills every pixel of the ``out`` arrays in place (see
+        :func:`_clear_outside` for ``fresh``).
+
+        Pipelined: frame t is drawn and flushed (llvmpipe's threads rasterize it), then the main thread copies
+        frame t-1 from its read-back buffer into the outputs (the first writes to fresh output memory fault its
+        pages in: the dominant cost of a first call), then frame t is read back.
+        """
         W, H = camera.width, camera.height
         rgb = out["rgb"] is not None
         ctx, prog, vao, fbo = self.ctx, self.programs[rgb], self.vaos[rgb], self._fbo(W, H, rgb)
@@ -325,31 +458,39 @@ class _GLBackend:
         prog["P_clip_cam"].write(P.T.astype(np.float32).tobytes())  # GLSL is column-major
         ctx.enable(self._mgl.DEPTH_TEST)
         ctx.disable(self._mgl.CULL_FACE)
-        xyz_id1 = np.empty(H * W * 4, np.float32)
-        rgb_buf = np.empty(H * W * 3, np.uint8) if rgb else None
+        T_link_cols = np.ascontiguousarray(T_cam_link.transpose(0, 1, 3, 2), np.float32)  # column-major per link
+        rays = _ray_factors(camera)
+        pending = None  # (t, box, z_id1 (h, w, 2), rgb (h, w, 3) or None) read back, not yet copied out
         for t in range(T_cam_link.shape[0]):
-            # Only the robot's projected bounding box is cleared, drawn and read back (scissor); the output
-            # arrays start empty, so pixels outside it need no work.
+            # Only the robot's projected bounding box is cleared, drawn and read back (scissor); the pixels outside
+            # it are set to "empty" without any GL work.
             box = _pixel_box(self.corners, T_cam_link[t], camera, near)
+            if box is not None:
+                c0, c1, r0, r1 = box
+                w, h = c1 - c0, r1 - r0
+                vp = (c0, r0, w, h)  # window row == image row thanks to the flip above
+                fbo.viewport, fbo.scissor = (0, 0, W, H), vp
+                fbo.use()
+                prog["T_cam_link"].write(T_link_cols[t])
+                fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=vp)  # empty: z 0, id + 1 = 0, black
+                vao.render(self._mgl.TRIANGLES)
+                self._flush()
+            _clear_outside(out, t, box, fresh)
+            if pending is not None:
+                _copy_box(out, rays, *pending)
+                pending = None
             if box is None:
                 continue
-            c0, c1, r0, r1 = box
-            w, h = c1 - c0, r1 - r0
-            vp = (c0, r0, w, h)  # window row == image row thanks to the flip above
-            fbo.viewport, fbo.scissor = (0, 0, W, H), vp
-            fbo.use()
-            prog["T_cam_link"].write(np.ascontiguousarray(T_cam_link[t].transpose(0, 2, 1), np.float32).tobytes())
-            fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=vp)  # empty: point 0, z 0, id + 1 = 0, black
-            vao.render(self._mgl.TRIANGLES)
-            buf = xyz_id1[: h * w * 4].reshape(h, w, 4)
-            fbo.read_into(buf, viewport=vp, components=4, dtype="f4", attachment=0)
-            out["pointmap"][t, r0:r1, c0:c1] = buf[..., :3]
-            out["depth"][t, r0:r1, c0:c1] = buf[..., 2]
-            np.subtract(buf[..., 3], 1.0, out=out["link_id"][t, r0:r1, c0:c1], casting="unsafe")
+            slot = t % 2
+            buf = self._scratch(slot, h * w * 2, np.float32).reshape(h, w, 2)
+            fbo.read_into(buf, viewport=vp, components=2, dtype="f4", attachment=0)
+            cbuf = None
             if rgb:
-                cbuf = rgb_buf[: h * w * 3].reshape(h, w, 3)
+                cbuf = self._scratch(slot, h * w * 3, np.uint8).reshape(h, w, 3)
                 fbo.read_into(cbuf, viewport=vp, components=3, dtype="f1", attachment=1)
-                out["rgb"][t, r0:r1, c0:c1] = cbuf
+            pending = (t, box, buf, cbuf)
+        if pending is not None:
+            _copy_box(out, rays, *pending)
         fbo.scissor = None
 
     def release(self) -> None:
@@ -359,7 +500,7 @@ class _GLBackend:
             fbo.release()
         for obj in list(self.vaos.values()) + list(self.programs.values()) + [self.vbo, self.ibo]:
             obj.release()
-        self._fbos, self.vaos, self.programs = {}, {}, {}
+        self._fbos, self.vaos, self.programs, self._scratches = {}, {}, {}, {}
 
 
 # ---------------------------------------------------------------------- Embree backend
@@ -383,7 +524,9 @@ class _EmbreeBackend:
         self.corners = np.stack([_aabb_corners(lm.vertices) for lm in links])  # (n_links, 8, 3)
         self.n_faces = int(sum(len(lm.faces) for lm in links))
 
-    def render(self, T_cam_link: np.ndarray, camera: Camera, near: float, far: float, out: dict) -> None:
+    def render(self, T_cam_link: np.ndarray, camera: Camera, near: float, far: float, out: dict,
+               fresh: bool) -> None:
+        """Like :meth:`_GLBackend.render`; every pixel of every frame is written (``fresh`` is not needed)."""
         W, H = camera.width, camera.height
         rgb = out["rgb"] is not None
         for t in range(T_cam_link.shape[0]):
@@ -424,6 +567,7 @@ class _EmbreeBackend:
             out["pointmap"][t] = camera.depth_to_pointmap(depth)
             out["depth"][t] = depth
             out["link_id"][t] = link
+            out["mask"][t] = link >= 0
             if rgb:
                 out["rgb"][t] = np.clip(np.round(color * 255), 0, 255).astype(np.uint8)
 
@@ -481,26 +625,37 @@ class RobotRenderer:
         self._backend = _GLBackend(links) if backend == "gl" else _EmbreeBackend(links)
         self.n_faces = self._backend.n_faces
 
-    def render(self, q, camera: Camera | None = None, rgb: bool = False) -> RobotRender:
-        """Joint positions ``q`` (T, dof) (or (dof,)) -> :class:`RobotRender` with T frames."""
+    def render(self, q, camera: Camera | None = None, rgb: bool = False, out: RobotRender | None = None
+               ) -> RobotRender:
+        """Joint positions ``q`` (T, dof) (or (dof,)) -> :class:`RobotRender` with T frames.
+
+        Without ``out`` every call returns new arrays that the caller owns (nothing is shared with the renderer
+        or with other calls). ``out``: a :class:`RobotRender` whose arrays (T, H, W, ...) of the documented
+        dtypes are overwritten in place (every pixel; ``out.rgb`` is needed iff ``rgb``), e.g. the result of an
+        earlier call, to reuse memory across calls; the returned RobotRender holds those same arrays.
+        """
         camera = camera if camera is not None else self.camera
         if camera is None:
             raise ValueError("no camera: pass camera= to RobotRenderer(...) or to render(...)")
         _check_camera(camera)
         q = self.robot.check_q(q, "q")
+        T, H, W = q.shape[0], camera.height, camera.width
+        if out is not None:
+            arrays = _check_out(out, (T, H, W), rgb)
         T_world_link = self.robot.fk(q, self.link_names)
         T_cam_link = np.stack([camera.T_cam_world @ T_world_link[n] for n in self.link_names], axis=1)  # (T, L, 4, 4)
-        T, H, W = q.shape[0], camera.height, camera.width
-        # empty images; the backends fill in the pixels the robot may cover
-        out = {
-            "pointmap": np.zeros((T, H, W, 3), np.float32),
-            "depth": np.zeros((T, H, W), np.float32),
-            "link_id": np.full((T, H, W), -1, np.int16),
-            "rgb": np.zeros((T, H, W, 3), np.uint8) if rgb else None,
-        }
-        self._backend.render(T_cam_link, camera, self.near, self.far, out)
-        return RobotRender(pointmap=out["pointmap"], mask=out["link_id"] >= 0, depth=out["depth"],
-                           link_id=out["link_id"], rgb=out["rgb"], link_names=list(self.robot.link_names),
+        if out is None:
+            # empty images; the backends fill in the pixels the robot may cover (and link id -1 elsewhere)
+            arrays = {
+                "pointmap": _lazy_zeros((T, H, W, 3), np.float32),
+                "depth": _lazy_zeros((T, H, W), np.float32),
+                "link_id": _lazy_zeros((T, H, W), np.int16),
+                "mask": _lazy_zeros((T, H, W), np.bool_),
+                "rgb": _lazy_zeros((T, H, W, 3), np.uint8) if rgb else None,
+            }
+        self._backend.render(T_cam_link, camera, self.near, self.far, arrays, fresh=out is None)
+        return RobotRender(pointmap=arrays["pointmap"], mask=arrays["mask"], depth=arrays["depth"],
+                           link_id=arrays["link_id"], rgb=arrays["rgb"], link_names=list(self.robot.link_names),
                            backend=self.backend_name)
 
     def release(self) -> None:
@@ -512,11 +667,14 @@ _RENDERERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # robot -> 
 
 
 def render_robot(robot, q, camera: Camera, rgb: bool = False, backend: str = "auto",
-                 max_faces_per_link: int | None = DEFAULT_MAX_FACES_PER_LINK) -> RobotRender:
+                 max_faces_per_link: int | None = DEFAULT_MAX_FACES_PER_LINK,
+                 out: RobotRender | None = None) -> RobotRender:
     """Render ``robot`` at joint positions ``q`` (T, dof) seen by ``camera`` -> :class:`RobotRender`.
 
     Link poses come from ``robot.fk(q)`` (world frame, including ``robot.T_world_base``). The renderer (uploaded
-    meshes) is cached per robot, backend and ``max_faces_per_link``; see :class:`RobotRenderer` for the options.
+    meshes) is cached per robot, backend and ``max_faces_per_link``; see :class:`RobotRenderer` for the options
+    and :meth:`RobotRenderer.render` for ``out`` (write into the caller's arrays; by default each call returns
+    new arrays the caller owns).
     """
     _check_camera(camera)
     if backend not in BACKENDS:
@@ -526,7 +684,25 @@ def render_robot(robot, q, camera: Camera, rgb: bool = False, backend: str = "au
     key = (backend, max_faces_per_link)
     if key not in per_robot:
         per_robot[key] = RobotRenderer(robot, backend=backend, max_faces_per_link=max_faces_per_link)
-    return per_robot[key].render(q, camera, rgb=rgb)
+    return per_robot[key].render(q, camera, rgb=rgb, out=out)
+
+
+def _check_out(out, shape: tuple[int, int, int], rgb: bool) -> dict:
+    """The arrays of ``out`` (a RobotRender) after checking their shapes and dtypes against (T, H, W)."""
+    if not isinstance(out, RobotRender):
+        raise TypeError(f"out must be a RobotRender, got {type(out).__name__}")
+    want = {"pointmap": (shape + (3,), np.float32), "depth": (shape, np.float32), "link_id": (shape, np.int16),
+            "mask": (shape, np.bool_)}
+    if rgb:
+        want["rgb"] = (shape + (3,), np.uint8)
+    arrays = {"rgb": None}
+    for name, (shp, dt) in want.items():
+        a = getattr(out, name)
+        if not isinstance(a, np.ndarray) or a.shape != shp or a.dtype != dt or not a.flags.writeable:
+            got = f"{a.dtype} {a.shape}" if isinstance(a, np.ndarray) else type(a).__name__
+            raise ValueError(f"out.{name} must be a writeable {np.dtype(dt)} array of shape {shp}, got {got}")
+        arrays[name] = a
+    return arrays
 
 
 def _check_camera(camera) -> None:
