@@ -307,7 +307,8 @@ def render_ranking_markdown(report: dict) -> str:
              "| policy | description |", "|---|---|"]
     lines += [f"| {p} | {d['description']} |" for p, d in report["policies"].items()]
     for name, s in report["setups"].items():
-        lines += ["", f"## {name} ({s['distractors'][0]}-{s['distractors'][1]} distractors)", "",
+        lo, hi = s["distractors"]
+        lines += ["", f"## {name} ({lo if lo == hi else f'{lo}-{hi}'} distractors)", "",
                   "Success rate per policy (in brackets: per-episode agreement with physics).", "",
                   "| policy | episodes | GT SR | " + " | ".join(methods) + " |", "|" + "---|" * (3 + len(methods))]
         for p, r in s["policies"].items():
@@ -327,7 +328,7 @@ def _plot_ranking(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     setups = report["setups"]
-    fig, axes = plt.subplots(1, len(setups), figsize=(4.2 * len(setups), 4.0), squeeze=False)
+    fig, axes = plt.subplots(1, len(setups), figsize=(6.0 * len(setups), 4.0), squeeze=False)
     for ax, (name, s) in zip(axes[0], setups.items(), strict=True):
         gt = np.array(s["gt_srs"])
         ax.plot([0, 1], [0, 1], color="0.6", lw=0.8, ls="--", label="simulated = GT")
@@ -337,7 +338,7 @@ def _plot_ranking(report: dict, path: Path) -> None:
             ax.annotate(p, (x, 0), xytext=(0, 3), textcoords="offset points", fontsize=7, ha="center", rotation=90)
         ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), xlabel="GT (physics) success rate",
                ylabel="simulated success rate", title=f"policy ranking: {name}")
-        ax.legend(fontsize=6, loc="upper left")
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
