@@ -3,9 +3,11 @@
 import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,16 @@ import tyro
 from safetensors.torch import load_file
 
 from kinema4d.model.network import ModelConfig
-from kinema4d.model.train import PRESETS, SyntheticEpisodes, TrainConfig, load_checkpoint, make_dataset, train_main
+from kinema4d.model.train import (
+    PRESETS,
+    PreloadedEpisodes,
+    SyntheticEpisodes,
+    TrainConfig,
+    load_checkpoint,
+    make_dataset,
+    make_val_dataset,
+    train_main,
+)
 
 torch.set_num_threads(1)
 TINY = PRESETS["tiny"][1]
@@ -48,6 +59,24 @@ def test_tiny_run_writes_everything(tmp_path):
     assert saved == dataclasses.replace(_cfg(tmp_path, steps=3), episode_frames=saved.frames)  # synthetic: T frames
     assert (tmp_path / "metrics.csv").read_text().count("\n") == 4
     assert list((tmp_path / "tb").iterdir()) and (tmp_path / "val" / "step_0000003.mp4").stat().st_size > 0
+    # the summary file train_main's docstring names is the one written (rank 0 in a single process)
+    promised = re.search(r"<out_dir>/(\S+?\.json)", " ".join(train_main.__doc__.split())).group(1)
+    assert json.loads((tmp_path / promised.replace("{rank}", "0")).read_text())["step"] == 3
+    assert json.loads((tmp_path / "ckpt" / "latest.json").read_text()) == {"step": 3, "path": "step_0000003"}
+
+
+def test_latest_json_is_never_written_in_place(tmp_path, monkeypatch):
+    """latest.json goes through a temp file + rename: a crash mid-write cannot leave it empty or truncated."""
+    real = Path.write_text
+
+    def write_text(self, *a, **kw):
+        assert self.name != "latest.json", "latest.json written in place"
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    train_main(_cfg(tmp_path, steps=2, ckpt_every=1))
+    assert json.loads((tmp_path / "ckpt" / "latest.json").read_text()) == {"step": 2, "path": "step_0000002"}
+    assert not [f for f in (tmp_path / "ckpt").iterdir() if f.name.endswith(".tmp")]
 
 
 def test_resume_same_trajectory(tmp_path):
@@ -161,34 +190,69 @@ def test_presets_cli():
         WorldModel(p.model)
 
 
-def test_trains_on_torch_episodes(tmp_path):
-    """The data engineer's TorchEpisodes (zarr episodes written with kinema4d.data.episodes) feeds the trainer as is;
-    the recorded episode length (9 frames, 5 trained on) lands in train_config.json as episode_frames."""
+def _write_dataset(data_dir: Path, splits=("train",), T: int = 9, H: int = 24, W: int = 32) -> Path:
+    """Two random episodes per split written with kinema4d.data.episodes under ``data_dir/<split>``."""
     import numpy as np
 
     from kinema4d.data import episodes as kdata
     from kinema4d.kinematics.camera import Camera
 
-    T, H, W = 9, 24, 32
-    root = kdata.init_dataset(tmp_path / "data" / "train", "train")
-    rng, entries = np.random.default_rng(0), {}
+    rng = np.random.default_rng(0)
     cam = Camera.look_at([1.0, 0.2, 1.0], [0.0, 0.0, 0.6], width=W, height=H)
-    for ep in range(2):
-        wpm = cam.depth_to_pointmap(rng.uniform(0.8, 1.5, (T, H, W)).astype(np.float32))
-        rmask = np.zeros((T, H, W), bool)
-        rmask[:, 8:16, 10 + ep:20 + ep] = True
-        arrays = {"rgb": rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8), "world_pointmap": wpm,
-                  "robot_pointmap": np.where(rmask[..., None], wpm, 0).astype(np.float32), "robot_mask": rmask,
-                  "robot_render_mask": rmask, "q": rng.normal(size=(T, 8)), "actions": rng.normal(size=(T, 8)),
-                  "object_poses": rng.normal(size=(T, 2, 7))}
-        attrs = {"success": True, "instruction": "x", "split": "train", "camera": cam.to_dict(),
-                 "variant": {"kind": "clean"}, "frames": T}
-        entries[ep] = kdata.write_episode(root, ep, arrays, attrs)
-    kdata.write_index(root, "train", entries)
-    s = train_main(_cfg(tmp_path / "run", data=str(tmp_path / "data"), size=(16, 16), frames=5, steps=2,
-                        val_steps=1))
+    for split in splits:
+        root, entries = kdata.init_dataset(data_dir / split, split), {}
+        for ep in range(2):
+            wpm = cam.depth_to_pointmap(rng.uniform(0.8, 1.5, (T, H, W)).astype(np.float32))
+            rmask = np.zeros((T, H, W), bool)
+            rmask[:, 8:16, 10 + ep:20 + ep] = True
+            arrays = {"rgb": rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8), "world_pointmap": wpm,
+                      "robot_pointmap": np.where(rmask[..., None], wpm, 0).astype(np.float32), "robot_mask": rmask,
+                      "robot_render_mask": rmask, "q": rng.normal(size=(T, 8)), "actions": rng.normal(size=(T, 8)),
+                      "object_poses": rng.normal(size=(T, 2, 7))}
+            attrs = {"success": True, "instruction": "x", "split": split, "camera": cam.to_dict(),
+                     "variant": {"kind": "clean"}, "frames": T}
+            entries[ep] = kdata.write_episode(root, ep, arrays, attrs)
+        kdata.write_index(root, split, entries)
+    return data_dir
+
+
+def test_trains_on_torch_episodes(tmp_path, capfd):
+    """The data engineer's TorchEpisodes (zarr episodes written with kinema4d.data.episodes) feeds the trainer as is;
+    the recorded episode length (9 frames, 5 trained on) lands in train_config.json as episode_frames. The data has
+    no "val" split: validation falls back to the training data, with a warning that says so. --no-progress
+    (progress=False) also silences the preload bar."""
+    data = _write_dataset(tmp_path / "data")
+    with pytest.warns(RuntimeWarning, match=r"validation split 'val' not found .*validating on the TRAINING data"):
+        s = train_main(_cfg(tmp_path / "run", data=str(data), size=(16, 16), frames=5, steps=2, val_steps=1,
+                            preload=True, preload_workers=0))
     assert s["step"] == 2 and all(x == x for x in s["losses"])
-    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["episode_frames"] == T
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["episode_frames"] == 9
+    assert "preload" not in capfd.readouterr().err
+
+
+def test_val_split_choice(tmp_path):
+    """make_val_dataset: the val split when the data has one, the training data with a warning when it does not,
+    the training data without a word when val_split=None asks for it."""
+    both = _write_dataset(tmp_path / "both", splits=("train", "val"))
+    only = _write_dataset(tmp_path / "only")
+    kw = dict(size=(16, 16), frames=5)
+    cfg = _cfg(tmp_path, data=str(both), **kw)
+    train = make_dataset(cfg, "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert make_val_dataset(cfg, train).ds.split == "val"
+        assert make_val_dataset(_cfg(tmp_path, data=str(only), val_split=None, **kw), train) is train
+        assert isinstance(make_val_dataset(_cfg(tmp_path), train), SyntheticEpisodes)  # synthetic: other seed
+    with pytest.warns(RuntimeWarning, match=r"validation split 'holdout' not found in .*only"):
+        assert make_val_dataset(_cfg(tmp_path, data=str(only), val_split="holdout", **kw), train) is train
+
+
+def test_preload_progress_bar_follows_progress(capfd):
+    ds = SyntheticEpisodes(2, 5, (16, 16), 0)
+    PreloadedEpisodes(ds, workers=0, progress=False)
+    assert "preload" not in capfd.readouterr().err
+    PreloadedEpisodes(ds, workers=0)
+    assert "preload" in capfd.readouterr().err
 
 
 def test_cached_codec_matches_codec():
@@ -208,10 +272,6 @@ def test_cached_codec_matches_codec():
 def test_preload_cache_roundtrip(tmp_path):
     """PreloadedEpisodes writes its cache once and reads it back identically; a cache made for other data is
     refused, not silently used."""
-    import torch
-
-    from kinema4d.model.train import PreloadedEpisodes, SyntheticEpisodes
-
     ds = SyntheticEpisodes(3, 5, (16, 16), 0)
     cache = tmp_path / "c.safetensors"
     a = PreloadedEpisodes(ds, workers=0, cache=cache, key="synthetic|3")

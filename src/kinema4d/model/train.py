@@ -21,6 +21,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -30,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from kinema4d.data.episodes import model_inputs
+from kinema4d.geometry import save_atomic_text
 from kinema4d.interactive.media import video_to_uint8, write_video
 from kinema4d.model.network import (
     PAPER_MODEL,
@@ -55,7 +57,9 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: str | None = None  # dataset dir for kinema4d.data.episodes.TorchEpisodes; None = SyntheticEpisodes
-    val_split: str | None = "val"  # TorchEpisodes split for validation samples (falls back to the train data)
+    # TorchEpisodes split for validation samples. If ``data`` has no such split, validation uses the training data
+    # with a warning naming the missing split; None = the training data on purpose (no warning).
+    val_split: str | None = "val"
     size: tuple[int, int] = (16, 16)  # (H, W) per modality
     frames: int = 5
     synthetic_episodes: int = 8
@@ -93,7 +97,7 @@ class TrainConfig:
     # when training starts (saved in train_config.json: Simulator.rollout enforces the frame spacing it implies)
     episode_frames: int | None = None
     cache_latents: bool = True  # memoize the frozen codec's encodings per video (hash of its bytes), in RAM
-    progress: bool = True
+    progress: bool = True  # progress bars (preload and training; rank 0 only)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -256,14 +260,14 @@ def _minmax(pm: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class PreloadedEpisodes(torch.utils.data.Dataset):
-    """Every item of ``dataset`` read once (``workers`` processes, progress bar) and kept in RAM.
+    """Every item of ``dataset`` read once (``workers`` processes, a progress bar if ``progress``) and kept in RAM.
 
     ``cache``: a .safetensors file of the stacked items. Read instead of the dataset if it exists (its ``key``
     metadata, e.g. data dir / size / frames, must equal ``key``), else written atomically after reading, so runs
     on the same data share one read."""
 
     def __init__(self, dataset, workers: int = 2, desc: str = "preload", cache: str | os.PathLike | None = None,
-                 key: str = ""):
+                 key: str = "", progress: bool = True):
         from safetensors import safe_open
         from safetensors.torch import save_file
         from tqdm import tqdm
@@ -282,7 +286,7 @@ class PreloadedEpisodes(torch.utils.data.Dataset):
         # clone: a tensor received from a worker holds a shared-memory file descriptor until it is freed, and
         # 2000 episodes x 11 tensors exceed the usual open-file limit
         self.items = [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in item.items()}
-                      for item in tqdm(loader, total=len(dataset), desc=desc, unit="ep")]
+                      for item in tqdm(loader, total=len(dataset), desc=desc, unit="ep", disable=not progress)]
         if cache is not None:
             stacked = {k: torch.stack([torch.as_tensor(it[k]) for it in self.items]).contiguous()
                        for k in self.items[0]}
@@ -308,6 +312,21 @@ def make_dataset(cfg: TrainConfig, split: str = "train", seed_offset: int = 0):
         raise ImportError(f"cfg.data={cfg.data!r} needs kinema4d.data.episodes.TorchEpisodes "
                           f"(import failed: {e})") from e
     return TorchEpisodes(cfg.data, split=split, size=tuple(cfg.size), frames=cfg.frames)
+
+
+def make_val_dataset(cfg: TrainConfig, train_set, warn: bool = True):
+    """The validation samples: SyntheticEpisodes with another seed, split ``cfg.val_split`` of ``cfg.data``, or
+    ``train_set`` if ``val_split`` is None or the data has no such split (then with a RuntimeWarning naming it)."""
+    if cfg.data is not None and cfg.val_split is None:
+        return train_set
+    try:
+        return make_dataset(cfg, cfg.val_split or "train", seed_offset=1)
+    except FileNotFoundError as e:
+        if warn:
+            warnings.warn(f"validation split {cfg.val_split!r} not found in {cfg.data} ({e}); validating on the "
+                          "TRAINING data. Make that split, or pass val_split=None (--val-split None) to validate on "
+                          "the training data on purpose.", RuntimeWarning, stacklevel=2)
+        return train_set
 
 
 class StepBatchSampler(torch.utils.data.Sampler):
@@ -390,7 +409,7 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, cfg: TrainConfig, mod
 
         shutil.rmtree(d)
     tmp.rename(d)
-    (Path(out_dir) / "ckpt" / "latest.json").write_text(json.dumps({"step": step, "path": d.name}))
+    save_atomic_text(Path(out_dir) / "ckpt" / "latest.json", json.dumps({"step": step, "path": d.name}))
     return d
 
 
@@ -580,7 +599,8 @@ def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, ste
 
 
 def train_main(cfg: TrainConfig) -> dict:
-    """Train (or resume) per ``cfg``; returns a summary dict (also written to ``<out_dir>/summary.json``)."""
+    """Train (or resume) per ``cfg``; returns this rank's summary dict, also written to
+    ``<out_dir>/summary_rank{rank}.json`` (one file per DDP rank; ``summary_rank0.json`` in a single process)."""
     from tqdm import tqdm
 
     rank, world = _dist_env()
@@ -606,12 +626,9 @@ def train_main(cfg: TrainConfig) -> dict:
 
     if cfg.preload and cfg.data is not None:
         dataset = PreloadedEpisodes(dataset, cfg.preload_workers, cache=cfg.preload_cache,
-                                    key=f"{Path(cfg.data).resolve()}|train|{tuple(cfg.size)}|{cfg.frames}")
-    try:
-        val_set = make_dataset(cfg, cfg.val_split or "train", seed_offset=1) if cfg.data is None or cfg.val_split \
-            else dataset
-    except FileNotFoundError:
-        val_set = dataset
+                                    key=f"{Path(cfg.data).resolve()}|train|{tuple(cfg.size)}|{cfg.frames}",
+                                    progress=cfg.progress and rank == 0)
+    val_set = make_val_dataset(cfg, dataset, warn=rank == 0)
     model = WorldModel(cfg.model)
     codec = make_codec(cfg.model)
     codec.requires_grad_(False)
@@ -719,7 +736,7 @@ def train_main(cfg: TrainConfig) -> dict:
     if rank == 0:
         writer.close()
         csv_f.close()
-    (out / f"summary_rank{rank}.json").write_text(json.dumps(summary))
+    save_atomic_text(out / f"summary_rank{rank}.json", json.dumps(summary))
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
