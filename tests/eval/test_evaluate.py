@@ -153,6 +153,34 @@ def test_eval_baselines_same_harness(data_dir, run_dir, tmp_path):
     assert main([*base, "--out", str(out), "--baselines", f"wide={other}"]) == 2
 
 
+def test_checkpoint_without_training_size_is_an_error(data_dir, run_dir, tmp_path):
+    """A checkpoint without train_config.json is not scored at an assumed size: ValueError telling the user to pass
+    the size, which --size / --frames then supply (and must match checkpoints that record theirs)."""
+    import shutil
+
+    from kinema4d.eval.evaluate import load_methods
+
+    ck = tmp_path / "ck"
+    shutil.copytree(run_dir / "ckpt" / "step_0000002", ck)
+    (ck / "train_config.json").unlink()
+    with pytest.raises(ValueError, match=r"has no train_config.json, so the size .* --size H W --frames T"):
+        load_methods(ck)
+    assert load_methods(ck, size=(H, W), frames=T)[1:] == ((H, W), T)
+    tc = json.loads((run_dir / "train_config.json").read_text())
+    (ck / "train_config.json").write_text(json.dumps({k: v for k, v in tc.items() if k != "frames"}))
+    with pytest.raises(ValueError, match='without "frames"'):
+        load_methods(ck)
+    assert load_methods(ck, frames=T)[1:] == ((H, W), T)
+    with pytest.raises(ValueError, match=r"trained on 5 frames of \(16, 16\) \(train_config.json\), not the given"):
+        load_methods(run_dir, size=(H, 2 * W))
+    (ck / "train_config.json").unlink()
+    base = ["eval", "--checkpoint", str(ck), "--data", str(data_dir), "--split", "test", "--steps", "1",
+            "--videos", "0", "--episodes", "1", "--no-progress", "--no-penetration", "--out", str(tmp_path / "rep")]
+    assert main(base) == 2
+    assert main([*base, "--size", str(H), str(W), "--frames", str(T)]) == 0
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["summary"]["kinema4d"]["psnr"] > 0
+
+
 def test_eval_feature_metrics_with_local_weights(data_dir, run_dir, tmp_path):
     """LPIPS / FID / FVD appear only with local feature networks (tiny ones made here), and then are finite."""
     from kinema4d.eval import metrics as M

@@ -188,6 +188,32 @@ def test_penetration_posed_box(tmp_path):
     assert np.isnan(M.penetration_rate(np.zeros((1, 2, 2, 3)), None, robot, [[0.0]]))
 
 
+FLAT_URDF = """<robot name="flatslider">
+  <link name="base"/>
+  <link name="block"><visual><geometry><box size="0.2 0.2 0.2"/></geometry></visual></link>
+  <link name="plate"><visual><geometry><box size="0.2 0.2 0.0"/></geometry></visual></link>
+  <joint name="slide" type="prismatic"><parent link="base"/><child link="block"/><axis xyz="1 0 0"/>
+    <limit lower="-1" upper="1" effort="1" velocity="1"/></joint>
+  <joint name="fix" type="fixed"><parent link="base"/><child link="plate"/><origin xyz="0 0 1"/></joint>
+</robot>"""
+
+
+def test_penetration_warns_once_about_links_without_a_hull(tmp_path, monkeypatch):
+    """A link whose convex hull fails (a flat plate) is left out of penetration: said once, naming the link."""
+    monkeypatch.setattr(M, "_HULL_WARNED", set())
+    (tmp_path / "flatslider.urdf").write_text(FLAT_URDF)
+    robot = Robot.from_urdf(tmp_path / "flatslider.urdf")
+    pts = np.array([[0.5, 0, 0], [0.5, 0.15, 0]])
+    with pytest.warns(RuntimeWarning, match=r"no convex hull for link\(s\) plate of robot .*under-counted"):
+        assert M.penetration_rate(pts, None, robot, [0.5]) == pytest.approx(1 / 2)  # the block still counts
+    assert list(M.link_hulls(robot)) == ["block"]
+    again = Robot.from_urdf(tmp_path / "flatslider.urdf")  # same model: no second warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert M.penetration_rate(pts, None, again, [0.5]) == pytest.approx(1 / 2)
+        M.link_hulls(Robot.builtin("kuka_iiwa"))  # every link has a hull: silent
+
+
 def test_penetration_panda():
     robot = Robot.builtin("panda")
     q = robot.home[None]

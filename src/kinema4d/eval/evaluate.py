@@ -96,6 +96,10 @@ class EvalConfig:
     robot_input: Literal["stored", "pipeline"] = "stored"  # robot pointmaps: the dataset's (rendered from the
     # executed joints) or the full pipeline's (commanded actions -> IK -> kinematic render), see the module doc
     progress: bool = True
+    # the (H, W) and frame count the models were trained at, for checkpoints without them in train_config.json
+    # (None: read from train_config.json; a checkpoint without it is an error, no size is assumed)
+    size: tuple[int, int] | None = None
+    frames: int | None = None
 
 
 def _to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
@@ -169,9 +173,14 @@ def _latent_l2(codec, pred_rgb: np.ndarray, gt_rgb: np.ndarray) -> float:
         return M.latent_l2(enc(pred_rgb), enc(gt_rgb))
 
 
-def load_methods(checkpoint, baselines: tuple[str, ...] = ()) -> tuple[dict, tuple[int, int], int]:
+def load_methods(checkpoint, baselines: tuple[str, ...] = (), size: tuple[int, int] | None = None,
+                 frames: int | None = None) -> tuple[dict, tuple[int, int], int]:
     """``checkpoint`` (None = bundled default) as "kinema4d" plus NAME=CHECKPOINT ``baselines`` -> ({name:
-    (ResolvedCheckpoint, model, codec)}, (H, W), frames); every model must share the training size and frames."""
+    (ResolvedCheckpoint, model, codec)}, (H, W), frames); every model must share the training size and frames.
+
+    Each model's size and frames come from its ``train_config.json``; ``size`` / ``frames`` stand in for a
+    checkpoint that lacks them (and must agree with the ones that have them). A checkpoint without them and no
+    ``size`` / ``frames`` given is a ValueError: scoring at a guessed size would be silently wrong."""
     from kinema4d.model.network import load_model
     from kinema4d.simulator import DEFAULT_CHECKPOINT, resolve_checkpoint
 
@@ -181,11 +190,24 @@ def load_methods(checkpoint, baselines: tuple[str, ...] = ()) -> tuple[dict, tup
         if not sep or not name or not path or name in (*models, "static"):
             raise ValueError(f"--baselines entries are NAME=CHECKPOINT with a new name, got {spec!r}")
         models[name] = Path(path)
+    given = {"size": tuple(int(v) for v in size) if size is not None else None,
+             "frames": int(frames) if frames is not None else None}
     loaded, size, frames = {}, None, None
     for name, path in models.items():
         ck = resolve_checkpoint(path)
         tcfg = ck.train_config or {}
-        sz, fr = tuple(tcfg.get("size", (32, 48))), int(tcfg.get("frames", 9))
+        missing = [k for k in given if k not in tcfg and given[k] is None]
+        if missing:
+            where = "has no train_config.json" if ck.train_config is None else "has a train_config.json without " + \
+                " / ".join(f'"{k}"' for k in missing)
+            raise ValueError(f"checkpoint {ck.dir} ({name}) {where}, so the size it was trained at is unknown: pass "
+                             "it (kinema4d eval --size H W --frames T; EvalConfig.size / .frames) or add "
+                             'train_config.json with "size": [H, W], "frames": T')
+        sz = tuple(int(v) for v in tcfg["size"]) if "size" in tcfg else given["size"]
+        fr = int(tcfg["frames"]) if "frames" in tcfg else given["frames"]
+        if given["size"] not in (None, sz) or given["frames"] not in (None, fr):
+            raise ValueError(f"{name} ({ck.dir}) was trained on {fr} frames of {sz} (train_config.json), not the "
+                             f"given {given['frames']} frames of {given['size']}")
         if size is not None and (sz, fr) != (size, frames):
             raise ValueError(f"{name} ({ck.dir}) was trained on {fr} frames of {sz}, kinema4d on {frames} of {size}: "
                              "methods must share the data they are scored on")
@@ -234,7 +256,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     if cfg.robot_input not in ROBOT_INPUTS:
         raise ValueError(f"robot_input must be one of {ROBOT_INPUTS}, got {cfg.robot_input!r}")
-    loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines)
+    loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines, cfg.size, cfg.frames)
     ds = TorchEpisodes(cfg.data, split=cfg.split, size=size, frames=frames)
     n = len(ds) if cfg.episodes is None else min(cfg.episodes, len(ds))
     if n == 0:

@@ -307,28 +307,41 @@ def robot_adherence(world_pointmap, robot_pointmap, robot_mask) -> dict:
 
 
 _HULLS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_HULL_WARNED: set[tuple[str, str]] = set()  # (robot name, dropped links) already warned about
 
 
 def link_hulls(robot) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{link: (equations (F, 4), bounds (2, 3))} of the convex hull of each link's visual mesh, link frame; cached.
 
     A point x (link frame) is inside when ``n . x + e <= 0`` for every row [n, e] (unit outward normals n);
-    ``bounds`` is the hull's axis-aligned box [min; max]. Flat links (no volume) are left out.
+    ``bounds`` is the hull's axis-aligned box [min; max]. Links whose hull cannot be built (flat or degenerate
+    meshes: no volume) are left out, with a RuntimeWarning naming them (once per robot model and links):
+    points inside them are not counted, so :func:`penetration_rate` is a lower bound for such a robot.
     """
     if robot not in _HULLS:
         from scipy.spatial import QhullError
 
-        hulls = {}
+        hulls, dropped = {}, []
         for link, mesh in robot.link_meshes.items():
             v = np.asarray(mesh.vertices, np.float64)
             try:
                 hull = ConvexHull(v)
-            except QhullError:
+            except (QhullError, ValueError) as e:  # ValueError: fewer than 4 points
+                dropped.append((link, str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
                 continue
             eq = np.unique(np.round(hull.equations, 9), axis=0)  # coplanar triangles share a plane
             pts = v[hull.vertices]
             hulls[link] = (eq, np.stack([pts.min(0), pts.max(0)]))
         _HULLS[robot] = hulls
+        if dropped:
+            names = ", ".join(link for link, _ in dropped)
+            msg = (f"penetration: no convex hull for link(s) {names} of robot {robot.name!r} "
+                   f"({'; '.join(f'{link}: {why}' for link, why in dropped)}); points inside "
+                   f"{'it' if len(dropped) == 1 else 'them'} are not counted, so penetration is under-counted")
+            key = (robot.name, names)
+            if key not in _HULL_WARNED:
+                _HULL_WARNED.add(key)
+                warnings.warn(msg, RuntimeWarning, stacklevel=2)
     return _HULLS[robot]
 
 
