@@ -1,11 +1,10 @@
-"""Synthetic data engine: simulator vs kinematic render consistency, scripted success, failure synthesis."""
+"""Synthetic data engine: kinematic robot render vs pybullet's own view, scripted success, failure synthesis."""
 
 import numpy as np
 import pytest
 
 from kinema4d.data import scene as sim
 from kinema4d.data.datagen import variant_of
-from kinema4d.kinematics.render import render_robot
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +19,38 @@ def episode(robot):
     return sim.run_episode(robot, spec, actions, frames=9)
 
 
-def test_world_and_robot_pointmaps_agree(robot, episode):
-    """On robot pixels the depth-buffer pointmap and the render of the recorded q agree; masks overlap."""
+def test_episode_arrays(robot, episode):
     ep = episode
     assert ep.rgb.shape == (9, 120, 160, 3) and ep.rgb.dtype == np.uint8
     assert ep.q.shape == (9, robot.dof) and ep.actions.shape == (9, 8)
-    seg, ren = ep.robot_mask, ep.robot_render_mask
-    iou = (seg & ren).sum() / (seg | ren).sum()
-    assert iou >= 0.95, f"robot mask IoU {iou:.4f}"
-    both = seg & ren
-    err = np.linalg.norm(ep.world_pointmap[both] - ep.robot_pointmap[both], axis=-1)
-    assert np.median(err) <= 0.003, f"median |world - robot| on robot pixels {np.median(err) * 1000:.2f} mm"
+    assert ep.robot_pointmap.shape == ep.world_pointmap.shape == (9, 120, 160, 3)
+    assert ep.robot_mask.shape == ep.robot_render_mask.shape == (9, 120, 160)
     # the world pointmap is empty exactly where nothing was hit
     assert (ep.world_pointmap[..., 2] > 0).mean() > 0.3
 
 
-def test_recorded_q_matches_render(robot, episode):
-    """render_robot of the recorded q equals the stored robot pointmap (the inference-time control signal)."""
-    rr = render_robot(robot, episode.q, episode.camera)
-    np.testing.assert_array_equal(rr.mask, episode.robot_render_mask)
+def test_kinematic_robot_matches_pybullet(episode):
+    """The stored kinematic robot render (render_robot of the recorded q: robot_render_mask, robot_pointmap) against
+    pybullet's own view of the robot in the same scene (TinyRenderer segmentation -> robot_mask, depth buffer ->
+    world_pointmap), frame by frame.
+
+    Bounds from measurement (4 episodes: seeds 7, 8 at 160x120, 9 at 96x64, 7 at 320x240): per-frame IoU 0.978 ..
+    1.0, median over frames >= 0.997; median |dz| on pixels both call robot <= 0.001 mm, 90th percentile < 0.01 mm
+    (the scene draws the decimated meshes the kinematic renderer uses, render.simplified_urdf). The IoU loss is the
+    right finger during the grasp: the recorded q has one finger joint (the second mimics it kinematically) while
+    pybullet simulates both fingers, and contact moves them apart by a few pixels."""
+    seg, ren = episode.robot_mask, episode.robot_render_mask
+    z_pb, z_kin = episode.world_pointmap[..., 2], episode.robot_pointmap[..., 2]
+    ious = []
+    for t in range(len(seg)):
+        both = seg[t] & ren[t]
+        ious.append(both.sum() / (seg[t] | ren[t]).sum())
+        assert both.sum() > 500, f"frame {t}: the robot is in view"
+        dz = np.abs(z_pb[t][both] - z_kin[t][both])
+        assert np.median(dz) <= 5e-5, f"frame {t}: median |dz| {np.median(dz) * 1000:.3f} mm"
+        assert np.percentile(dz, 90) <= 5e-4, f"frame {t}: 90th percentile |dz| {np.percentile(dz, 90) * 1000:.3f} mm"
+        np.testing.assert_array_equal(episode.robot_pointmap[t][~ren[t]], 0)
+    assert min(ious) >= 0.97 and np.median(ious) >= 0.99, np.round(ious, 4)
 
 
 def test_scripted_clean_succeeds_and_frame0_is_initial(robot, episode):
