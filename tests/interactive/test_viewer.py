@@ -193,6 +193,17 @@ def test_errors(tmp_path, seq, capsys):
     assert "no such file or directory" in capsys.readouterr().err
 
 
+def test_view_help_usage_names_path(capsys):
+    """`kinema4d view --help`: the usage line shows the PATH positional (and the help describes it)."""
+    with pytest.raises(SystemExit) as e:
+        main(["view", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    usage = next(line for line in out.splitlines() if line.startswith("usage:"))
+    assert usage.split() == ["usage:", "kinema4d", "view", "[-h]", "[OPTIONS]", "PATH"], usage
+    assert "rollout.npz, robot_pointmap.npz" in out
+
+
 def test_view_dataset_episode(tmp_path):
     """A data-engine episode views through the same path; the robot meshes sit at the episode's base pose."""
     from kinema4d.data.datagen import DatagenConfig, datagen_main
