@@ -277,6 +277,29 @@ def test_each_call_returns_arrays_the_caller_owns(panda, panda_q, panda_cam, kuk
     np.testing.assert_array_equal(r.render(q, rgb=True).link_id, keep["link_id"])
 
 
+def test_dropped_outputs_are_recycled_and_fully_rewritten(panda, panda_q, panda_cam):
+    """Output memory (arrays >= 4 MB) whose arrays the caller dropped is reused by a later call, which then
+    writes every pixel: same result as on new memory; memory still referenced (even by a view) is not reused."""
+    import gc
+
+    r = RobotRenderer(panda, panda_cam)
+    q_a, q_b = panda_q[[0, 1, 2, 1]], panda_q[[2, 0, 1, 0]]
+    want = {k: v.copy() for k, v in _fields(r.render(q_b, rgb=True)).items()}
+    gc.collect()
+    a = r.render(q_a, rgb=True)
+    view = a.depth[1]  # a view keeps the whole buffer alive
+    ptrs = {k: v.ctypes.data for k, v in _fields(a).items() if v.nbytes >= render_mod._POOL.MIN_BYTES}
+    assert set(ptrs) == {"pointmap", "depth"}  # 4 frames of 720x480: the arrays >= 4 MB
+    del a
+    gc.collect()
+    reused = render_mod._POOL.reused
+    b = r.render(q_b, rgb=True)
+    assert render_mod._POOL.reused - reused == 1  # the pointmap from a's memory; its depth is still in use
+    assert b.pointmap.ctypes.data == ptrs["pointmap"] and not np.shares_memory(b.depth, view)
+    for k, v in want.items():
+        np.testing.assert_array_equal(_fields(b)[k], v, err_msg=k)
+
+
 @pytest.mark.parametrize("backend", ["gl", "embree"])
 def test_render_into_out(panda, panda_q, panda_cam, kuka, backend):
     """out=: the caller's arrays are filled in place, every pixel overwritten, same values as a fresh call."""

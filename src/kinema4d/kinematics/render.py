@@ -24,6 +24,7 @@ min-max to [0, 1]) and the robustness perturbations of Tab. 4 (:func:`drop_point
 from __future__ import annotations
 
 import mmap
+import threading
 import warnings
 import weakref
 from dataclasses import dataclass
@@ -212,37 +213,84 @@ def _pixel_box(corners_link: np.ndarray, T_cam_link: np.ndarray, camera: Camera,
 _EMPTY = {"pointmap": 0, "depth": 0, "link_id": -1, "mask": False, "rgb": 0}
 
 
-def _lazy_zeros(shape, dtype) -> np.ndarray:
-    """A new zero-filled array (owned by the caller) whose memory is mapped 4 kB page by page on first touch.
+class _OutputPool:
+    """Memory for output arrays: new arrays the caller owns, mapped page by page, recycled once dropped.
 
-    The renderer writes only the pixels in the robot's projected box (link id: every pixel). ``np.zeros`` of an
-    array >= 4 MB asks the kernel for transparent huge pages (numpy's ``madvise(MADV_HUGEPAGE)``): the first touch
-    of a 2 MB page zeroes it whole, and a huge page new to the process is slow on a VM that hands free memory back
-    to its host (measured on this project's 2-core VM: ~10 us per 4 kB on the first use of a huge page, 0.4 us on
-    reuse, 2-3 us per 4 kB page). So the first call in a process paid for every output byte (bench_control.py at
-    720x480: 19.6 ms/frame on the first call, 4.7 on later ones). Private anonymous memory with ``MADV_NOHUGEPAGE``
-    costs only the pages touched (about half of the output at 720x480). Smaller arrays (which the allocator may
-    recycle) and platforms without these ``mmap`` options get ``np.zeros``.
+    Why not ``np.zeros``: numpy asks for transparent huge pages above 4 MB (``madvise(MADV_HUGEPAGE)``), and the
+    first touch of a 2 MB page zeroes it whole. The renderer writes only the pixels in the robot's projected box
+    (link id: all pixels), and a huge page new to the process is slow on a VM that hands free memory back to its
+    host (measured on this project's 2-core VM: ~10 us per 4 kB on the first use of a huge page, 0.4 us when the
+    process reuses one, 2-3 us per fresh 4 kB page). So the first call in a process paid for every output byte
+    (bench_control.py at 720x480: 19.6 ms/frame on the first call, 4.7 on later ones). Here an array >= 4 MB is
+    private anonymous memory with ``MADV_NOHUGEPAGE``: zero until touched, and only the touched pages (about half
+    of the output at 720x480) cost a page fault.
+
+    Recycling: when every array (and view) made from a buffer has been garbage-collected, the buffer returns to a
+    free list (``MADV_FREE``: the kernel may take the pages back under memory pressure) and a later allocation of
+    the same size reuses it, fault-free, flagged not fresh so that the renderer writes every pixel. So a result
+    the caller keeps is never shared with another call. At most ``max_bytes`` are kept on the free lists.
+    Smaller arrays and platforms without these ``mmap`` options get ``np.zeros`` (always fresh).
     """
-    dtype = np.dtype(dtype)
-    n = int(np.prod(shape, dtype=np.int64))
-    nbytes = n * dtype.itemsize
-    if nbytes < (4 << 20) or not hasattr(mmap, "MADV_NOHUGEPAGE") or not hasattr(mmap, "MAP_PRIVATE"):
-        return np.zeros(shape, dtype)
-    try:
-        mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
-        mem.madvise(mmap.MADV_NOHUGEPAGE)
-    except (OSError, ValueError):
-        return np.zeros(shape, dtype)
-    return np.frombuffer(mem, dtype, count=n).reshape(shape)  # the array keeps the mapping alive
+
+    MIN_BYTES = 4 << 20  # numpy's huge-page threshold: below it the allocator recycles memory itself
+
+    def __init__(self, max_bytes: int = 1 << 30):
+        self.max_bytes = max_bytes
+        self._free: dict[int, list] = {}  # nbytes -> [mmap]
+        self._free_bytes = 0
+        self._lock = threading.Lock()
+        self.reused = 0  # buffers handed out again (for tests and benchmarks)
+        self._ok = hasattr(mmap, "MADV_NOHUGEPAGE") and hasattr(mmap, "MAP_PRIVATE")
+
+    def zeros(self, shape, dtype) -> tuple[np.ndarray, bool]:
+        """(array of ``shape``, ``dtype``, fresh): fresh arrays are all zeros, recycled ones hold old values."""
+        dtype = np.dtype(dtype)
+        n = int(np.prod(shape, dtype=np.int64))
+        nbytes = n * dtype.itemsize
+        if nbytes < self.MIN_BYTES or not self._ok:
+            return np.zeros(shape, dtype), True
+        with self._lock:
+            free = self._free.get(nbytes)
+            mem = free.pop() if free else None
+            if mem is not None:
+                self._free_bytes -= nbytes
+                self.reused += 1
+        fresh = mem is None
+        if fresh:
+            try:
+                mem = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE)
+                mem.madvise(mmap.MADV_NOHUGEPAGE)
+            except (OSError, ValueError):
+                return np.zeros(shape, dtype), True
+        flat = np.frombuffer(mem, dtype, count=n)
+        # every view of the result has ``flat`` as its base (numpy collapses view chains up to it, as its own base
+        # is a memoryview), so ``flat`` is collected only when the caller holds no array of this buffer any more
+        weakref.finalize(flat, self._give_back, mem).atexit = False
+        return flat.reshape(shape), fresh
+
+    def _give_back(self, mem) -> None:
+        nbytes = len(mem)
+        with self._lock:
+            if self._free_bytes + nbytes > self.max_bytes:
+                return  # dropped: unmapped with the mmap object
+            self._free_bytes += nbytes
+            self._free.setdefault(nbytes, []).append(mem)
+        if hasattr(mmap, "MADV_FREE"):
+            try:
+                mem.madvise(mmap.MADV_FREE)
+            except OSError:
+                pass
 
 
-def _clear_outside(out: dict, t: int, box, fresh: bool) -> None:
+_POOL = _OutputPool()
+
+
+def _clear_outside(out: dict, t: int, box, fresh: frozenset) -> None:
     """Set frame ``t`` of every output array to its empty value outside ``box`` (c0, c1, r0, r1) (the whole frame
-    if ``box`` is None). ``fresh``: the arrays are new zeros, so only non-zero empty values (link id -1) are
-    written and untouched memory stays unmapped."""
+    if ``box`` is None). ``fresh``: names of arrays that are new zeros, where only a non-zero empty value (link
+    id -1) is written, so that untouched memory stays unmapped."""
     for name, arr in out.items():
-        if arr is None or (fresh and _EMPTY[name] == 0):
+        if arr is None or (name in fresh and _EMPTY[name] == 0):
             continue
         a, v = arr[t], _EMPTY[name]
         if box is None:
@@ -437,11 +485,11 @@ class _GLBackend:
         key = (slot, np.dtype(dtype).str)
         buf = self._scratches.get(key)
         if buf is None or buf.size < n:
-            buf = self._scratches[key] = _lazy_zeros((n,), dtype)
+            buf = self._scratches[key] = np.zeros(n, dtype)
         return buf[:n]
 
     def render(self, T_cam_link: np.ndarray, camera: Camera, near: float, far: float, out: dict,
-               fresh: bool) -> None:
+               fresh: frozenset) -> None:
         """``T_cam_link`` (T, n_links, 4, 4); fills every pixel of the ``out`` arrays in place (see
         :func:`_clear_outside` for ``fresh``).
 
@@ -525,7 +573,7 @@ class _EmbreeBackend:
         self.n_faces = int(sum(len(lm.faces) for lm in links))
 
     def render(self, T_cam_link: np.ndarray, camera: Camera, near: float, far: float, out: dict,
-               fresh: bool) -> None:
+               fresh: frozenset) -> None:
         """Like :meth:`_GLBackend.render`; every pixel of every frame is written (``fresh`` is not needed)."""
         W, H = camera.width, camera.height
         rgb = out["rgb"] is not None
@@ -644,16 +692,19 @@ class RobotRenderer:
             arrays = _check_out(out, (T, H, W), rgb)
         T_world_link = self.robot.fk(q, self.link_names)
         T_cam_link = np.stack([camera.T_cam_world @ T_world_link[n] for n in self.link_names], axis=1)  # (T, L, 4, 4)
+        fresh = set()
         if out is None:
-            # empty images; the backends fill in the pixels the robot may cover (and link id -1 elsewhere)
-            arrays = {
-                "pointmap": _lazy_zeros((T, H, W, 3), np.float32),
-                "depth": _lazy_zeros((T, H, W), np.float32),
-                "link_id": _lazy_zeros((T, H, W), np.int16),
-                "mask": _lazy_zeros((T, H, W), np.bool_),
-                "rgb": _lazy_zeros((T, H, W, 3), np.uint8) if rgb else None,
-            }
-        self._backend.render(T_cam_link, camera, self.near, self.far, arrays, fresh=out is None)
+            # new arrays (see _OutputPool); the backends write every pixel of those not fresh (zero)
+            shapes = {"pointmap": ((T, H, W, 3), np.float32), "depth": ((T, H, W), np.float32),
+                      "link_id": ((T, H, W), np.int16), "mask": ((T, H, W), np.bool_)}
+            if rgb:
+                shapes["rgb"] = ((T, H, W, 3), np.uint8)
+            arrays = {"rgb": None}
+            for name, (shape, dtype) in shapes.items():
+                arrays[name], is_fresh = _POOL.zeros(shape, dtype)
+                if is_fresh:
+                    fresh.add(name)
+        self._backend.render(T_cam_link, camera, self.near, self.far, arrays, fresh=frozenset(fresh))
         return RobotRender(pointmap=arrays["pointmap"], mask=arrays["mask"], depth=arrays["depth"],
                            link_id=arrays["link_id"], rgb=arrays["rgb"], link_names=list(self.robot.link_names),
                            backend=self.backend_name)
