@@ -300,6 +300,29 @@ def test_dropped_outputs_are_recycled_and_fully_rewritten(panda, panda_q, panda_
         np.testing.assert_array_equal(_fields(b)[k], v, err_msg=k)
 
 
+def test_output_pool_reuse_and_cap():
+    import gc
+
+    pool = render_mod._OutputPool(max_bytes=10 << 20)
+    n4 = (4 << 20) // 4  # float32 items in 4 MB
+    a, fresh = pool.zeros((n4,), np.float32)
+    assert fresh and not a.any() and a.flags.writeable
+    small, fresh = pool.zeros((1000,), np.float32)  # below MIN_BYTES: plain np.zeros, never recycled
+    assert fresh and small.base is None
+    a[:] = 5.0
+    del a
+    gc.collect()
+    b, fresh = pool.zeros((2, n4 // 2), np.float32)  # same size: recycled, old values inside
+    assert not fresh and pool.reused == 1 and b.shape == (2, n4 // 2)
+    del b
+    gc.collect()
+    c, _ = pool.zeros((2 * n4,), np.float32)
+    del c
+    gc.collect()  # 4 + 8 MB > 10 MB: the oldest (4 MB) buffer is unmapped
+    d, fresh = pool.zeros((n4,), np.float32)
+    assert fresh and not d.any() and pool.reused == 1
+
+
 @pytest.mark.parametrize("backend", ["gl", "embree"])
 def test_render_into_out(panda, panda_q, panda_cam, kuka, backend):
     """out=: the caller's arrays are filled in place, every pixel overwritten, same values as a fresh call."""

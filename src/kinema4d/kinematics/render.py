@@ -228,7 +228,8 @@ class _OutputPool:
     Recycling: when every array (and view) made from a buffer has been garbage-collected, the buffer returns to a
     free list (``MADV_FREE``: the kernel may take the pages back under memory pressure) and a later allocation of
     the same size reuses it, fault-free, flagged not fresh so that the renderer writes every pixel. So a result
-    the caller keeps is never shared with another call. At most ``max_bytes`` are kept on the free lists.
+    the caller keeps is never shared with another call. At most ``max_bytes`` are kept on the free list (the
+    oldest buffers are unmapped first).
     Smaller arrays and platforms without these ``mmap`` options get ``np.zeros`` (always fresh).
     """
 
@@ -236,7 +237,7 @@ class _OutputPool:
 
     def __init__(self, max_bytes: int = 1 << 30):
         self.max_bytes = max_bytes
-        self._free: dict[int, list] = {}  # nbytes -> [mmap]
+        self._free: list = []  # mmaps, oldest first
         self._free_bytes = 0
         self._lock = threading.Lock()
         self.reused = 0  # buffers handed out again (for tests and benchmarks)
@@ -250,9 +251,9 @@ class _OutputPool:
         if nbytes < self.MIN_BYTES or not self._ok:
             return np.zeros(shape, dtype), True
         with self._lock:
-            free = self._free.get(nbytes)
-            mem = free.pop() if free else None
+            mem = next((m for m in reversed(self._free) if len(m) == nbytes), None)
             if mem is not None:
+                self._free.remove(mem)
                 self._free_bytes -= nbytes
                 self.reused += 1
         fresh = mem is None
@@ -270,16 +271,18 @@ class _OutputPool:
 
     def _give_back(self, mem) -> None:
         nbytes = len(mem)
-        with self._lock:
-            if self._free_bytes + nbytes > self.max_bytes:
-                return  # dropped: unmapped with the mmap object
-            self._free_bytes += nbytes
-            self._free.setdefault(nbytes, []).append(mem)
-        if hasattr(mmap, "MADV_FREE"):
+        if nbytes > self.max_bytes:
+            return  # dropped: unmapped with the mmap object
+        if hasattr(mmap, "MADV_FREE"):  # before it is on the list: nobody writes into it any more
             try:
                 mem.madvise(mmap.MADV_FREE)
             except OSError:
                 pass
+        with self._lock:
+            self._free.append(mem)
+            self._free_bytes += nbytes
+            while self._free_bytes > self.max_bytes:
+                self._free_bytes -= len(self._free.pop(0))
 
 
 _POOL = _OutputPool()
