@@ -1,22 +1,42 @@
 #!/usr/bin/env bash
-# Reproduce README's evaluation tables: the bundled kinema4d model (or CHECKPOINT=dir) against the static,
-# binary-mask and action-embedding baselines (trained by `kinema4d train baseline_binary_mask` /
-# `baseline_action_embedding` under the default's budget) on the test and OOD splits, and the policy evaluation
-# (Tab. 3; generates data/policy/<setup> with the data engine on first use). One process per report, 1 thread each
-# (2 cores). Usage: bash scripts/eval_tables.sh [BINARY_MASK_RUN] [ACTION_EMBEDDING_RUN]
+# Reproduce README's evaluation tables for the bundled default model (or CHECKPOINT=dir):
+#   1. test and OOD splits of data/synth64 (video, geometry and object tables; the dataset's robot pointmaps);
+#   2. the full pipeline on test (--robot-input pipeline: commanded actions -> IK -> render -> model);
+#   3. policy evaluation (Tab. 3: 3 setups x 50 episodes) and policy ranking (5 policies x 50 episodes, canonical
+#      setup; Pearson r, MMRV, per-episode agreement); both generate data/policy/... on first use.
+# Every report also scores static (I0 and the frame-0 pointmap repeated). Baselines join when their runs exist
+# (`kinema4d train baseline_binary_mask` / `baseline_action_embedding`, the default's budget); a missing run is
+# named and left out. Needs data/synth64/{test,ood} (README: data engine). Two reports at a time, 1 thread each.
+# Usage: bash scripts/eval_tables.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BASE=(--baselines "binary_mask=${1:-runs/baseline_binary_mask}" "action_embedding=${2:-runs/baseline_action_embedding}")
 CK=()
 [ -n "${CHECKPOINT:-}" ] && CK=(--checkpoint "$CHECKPOINT")
-export OMP_NUM_THREADS=1
-PIDS=()
-for split in test ood; do
-  .venv/bin/kinema4d eval "${CK[@]}" "${BASE[@]}" --data data/synth --split "$split" --out "out/eval_$split" \
-    --no-progress &
-  PIDS+=($!)
+BASE=()
+for name in baseline_binary_mask baseline_action_embedding; do
+  if [ -f "runs/$name/ckpt/latest.json" ]; then
+    BASE+=("${name#baseline_}=runs/$name")
+  else
+    echo "eval_tables: runs/$name not found (train it with: kinema4d train $name); left out" >&2
+  fi
 done
-.venv/bin/kinema4d eval policy "${CK[@]}" "${BASE[@]}" --out out/policy_eval --no-progress &
-PIDS+=($!)
-for pid in "${PIDS[@]}"; do wait "$pid"; done   # fails (set -e) if any report failed
-cat out/eval_test/report.md out/eval_ood/report.md out/policy_eval/policy.md
+[ ${#BASE[@]} -gt 0 ] && BASE=(--baselines "${BASE[@]}")
+export OMP_NUM_THREADS=1
+K="${CK[*]:-} ${BASE[*]:-}"
+run() { echo "+ kinema4d $*" >&2; .venv/bin/kinema4d "$@" --no-progress > /dev/null; }
+# shellcheck disable=SC2086  # K holds the checkpoint and baseline options
+{
+  run eval $K --data data/synth64 --split test --out out/eval_test &
+  P1=$!
+  run eval $K --data data/synth64 --split ood --out out/eval_ood &
+  P2=$!
+  wait $P1 && wait $P2
+  run eval $K --data data/synth64 --split test --robot-input pipeline --out out/eval_test_pipeline &
+  P1=$!
+  run eval policy $K --out out/policy_eval &
+  P2=$!
+  wait $P1 && wait $P2
+  run eval policy --ranking $K --out out/policy_ranking
+}
+cat out/eval_test/report.md out/eval_ood/report.md out/eval_test_pipeline/report.md out/policy_eval/policy.md \
+  out/policy_ranking/policy_ranking.md

@@ -120,7 +120,7 @@ _DEFAULT = TrainConfig(
     model=ModelConfig(codec="pixel", pixel_factor=8, num_attention_heads=8, attention_head_dim=32, ffn_dim=1024,
                       num_layers=4, text_dim=128, freq_dim=128, image_padding="repeat", world_anchor=True,
                       prediction="x0_residual", robot_token_patch=2),
-    data="data/synth64", size=(64, 96), frames=9, batch_size=8, steps=1600, lr=5e-4, weight_decay=0.01, warmup=200,
+    data="data/synth64", size=(64, 96), frames=9, batch_size=8, steps=1200, lr=5e-4, weight_decay=0.01, warmup=200,
     schedule="cosine", ema_decay=0.995, xyz_loss_weight=4.0, preload=True, cache_latents=False,  # pixel codec: cheap
     preload_cache="data/cache/synth64_train_64x96x9.safetensors", stats_samples=256, out_dir="runs/default",
     log_every=10, ckpt_every=200, val_every=800, val_steps=20,
@@ -134,7 +134,7 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "default": (
         "the bundled CPU checkpoint: 9 frames (stride 6 over a 49-frame episode) of 64x96, 8x pixel codec, "
         "4-layer 8x32-head DiT (5.7 M parameters), x0-prediction, frame-0 world pointmap anchor, robot-latent "
-        "context, XYZ loss weight 4, 1600 steps",
+        "context, XYZ loss weight 4, 1200 steps",
         _DEFAULT,
     ),
     "release_conditioning": (
