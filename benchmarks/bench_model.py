@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> None:
         note = ""
         if name == "episode":
             note = f"49 actions -> {train_T} generated frames at the trained spacing"
+            if 49 in kin:
+                note += f"; {r['seconds'] / max(kin[49], 1e-9):.1f}x the kinematic stage on 49 frames"
         elif name == "rollout":
             gen = r["seconds"] - kin[T]
             note = (f"{r['seconds'] / max(kin[T], 1e-9):.1f}x the kinematic stage; ~{gen / args.steps * 1000:.0f} ms "

@@ -40,3 +40,5 @@ run() { echo "+ kinema4d $*" >&2; .venv/bin/kinema4d "$@" --no-progress > /dev/n
 }
 cat out/eval_test/report.md out/eval_ood/report.md out/eval_test_pipeline/report.md out/policy_eval/policy.md \
   out/policy_ranking/policy_ranking.md
+echo "## README tables"
+.venv/bin/python scripts/readme_tables.py test=out/eval_test ood=out/eval_ood "test, pipeline=out/eval_test_pipeline"
