@@ -213,6 +213,24 @@ def test_missing_checkpoint(tmp_path, capsys):
     assert err.startswith("kinema4d simulate: error:") and "nope" in err and len(err.splitlines()) == 1
 
 
+def test_cli_debug_reraises(tmp_path, capsys, monkeypatch):
+    """`kinema4d --debug ...` and KINEMA4D_DEBUG=1 re-raise a user error with its traceback; default is one line."""
+    args = ["simulate", "--checkpoint", str(tmp_path / "nope"), "--image", "x.png", "--actions", "a.npy"]
+    monkeypatch.delenv("KINEMA4D_DEBUG", raising=False)
+    assert cli.main(args) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    with pytest.raises(FileNotFoundError, match="nope"):
+        cli.main(["--debug", *args])
+    monkeypatch.setenv("KINEMA4D_DEBUG", "1")
+    with pytest.raises(FileNotFoundError, match="nope"):
+        cli.main(args)
+    monkeypatch.setenv("KINEMA4D_DEBUG", "0")
+    assert cli.main(args) == 2
+    assert cli.main(["--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--debug" in out and "KINEMA4D_DEBUG=1" in out
+
+
 def test_checkpoint_config_mismatch(run_dir, tmp_path, image, actions, camera, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(run_dir / "ckpt" / "step_0000002", bad)

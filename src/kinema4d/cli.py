@@ -1,11 +1,14 @@
 """``kinema4d`` command line: one subcommand per pipeline stage.
 
 Each subcommand parses a frozen config dataclass with tyro (typed flags, ``--help`` lists them) and calls the
-stage's entry function. Errors in user input are reported as one line (``kinema4d: error: ...``) with exit code 2.
+stage's entry function. Errors in user input are reported as one line (``kinema4d: error: ...``) with exit code 2;
+``kinema4d --debug COMMAND ...`` (global flag, before the command) or the environment variable ``KINEMA4D_DEBUG=1``
+re-raises them instead, with the full traceback.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -125,13 +128,23 @@ COMMANDS = {
 
 
 def usage() -> str:
-    lines = ["usage: kinema4d COMMAND [FLAGS]", "", "commands:"]
+    lines = ["usage: kinema4d [--debug] COMMAND [FLAGS]", "", "commands:"]
     lines += [f"  {name:<10}  {help_}" for name, (_, help_) in COMMANDS.items()]
-    return "\n".join(lines + ["", "Run `kinema4d COMMAND --help` for the flags of a command."])
+    return "\n".join(lines + ["", "options:",
+                              "  --debug     show the full traceback of an error instead of one line "
+                              "(also: KINEMA4D_DEBUG=1)",
+                              "", "Run `kinema4d COMMAND --help` for the flags of a command."])
+
+
+def _debug_env() -> bool:
+    return os.environ.get("KINEMA4D_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_env()
+    while argv[:1] == ["--debug"]:
+        debug, argv = True, argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0
@@ -142,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         COMMANDS[name][0](rest)
     except Exception as e:  # user-facing errors become one line; anything else is a bug: keep the traceback
-        if not (isinstance(e, (ValueError, FileNotFoundError, KeyError)) or type(e).__module__.startswith("kinema4d")):
+        if debug or not (isinstance(e, (ValueError, FileNotFoundError, KeyError))
+                         or type(e).__module__.startswith("kinema4d")):
             raise
         print(f"kinema4d {name}: error: {e}", file=sys.stderr)
         return 2
