@@ -180,7 +180,9 @@ def test_cli_simulate(run_dir, robot, image, actions, camera, tmp_path, monkeypa
         assert (out / f).is_file(), f
     js = json.loads((out / "simulate.json").read_text())
     assert js["config"]["seed"] == 3 and js["rollout"]["frames"] == T and js["simulator"]["steps"] == 2
-    assert js["simulator"]["checkpoint"].endswith("step_0000002")
+    assert js["simulator"]["checkpoint"].endswith("step_0000002") and js["simulator"]["action_rate"] == "episode"
+    assert cli.main(["simulate", "--checkpoint", str(run_dir), "--camera", str(cam), "--image", str(png), "--actions",
+                     str(npy), "--out", str(tmp_path / "bad"), "--action-rate", "per_step"]) == 2
     seq = load_rollout_npz(out / "rollout.npz")
     ref = Simulator(run_dir, robot=robot, camera=camera, steps=2, seed=3).rollout(png, actions)
     np.testing.assert_array_equal(seq.rgb, ref.rgb)  # the PNG round trip is lossless

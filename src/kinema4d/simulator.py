@@ -479,6 +479,9 @@ class SimulateConfig:
     seed: int = 0
     """Sampling noise seed."""
     fps: float = 10.0
+    action_rate: str = "episode"
+    """episode: one action per recorded frame (49 for a data-engine episode; the model generates its trained frames
+    over them); model: one action per generated frame, already at the trained frame spacing."""
     demo: bool = False
     """Run the bundled model on the bundled demo inputs (init.png, camera.json, actions.npy)."""
 
@@ -524,7 +527,8 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
     out = cfg.out if cfg.out is not None else Path("out/simulate_demo" if cfg.demo else "out/simulate")
     t0 = time.perf_counter()
     sim = Simulator(checkpoint, robot=robot,
-                    camera=camera, mode=mode, steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed, fps=cfg.fps)
+                    camera=camera, mode=mode, steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed, fps=cfg.fps,
+                    action_rate=cfg.action_rate)
     t1 = time.perf_counter()
     if sim.needs_pointmap0 and pointmap0 is None:
         raise ValueError(f"checkpoint {sim.checkpoint} is a world_anchor model: give --pointmap0 FRAME0.npy "
