@@ -83,6 +83,21 @@ def test_local_run_info_and_preview(local_ds, tmp_path):
         datagen_main(DatagenConfig(out=out, episodes=3, **(TINY | {"frames": 5})))
 
 
+def test_all_clean_attempts_failed_is_not_labelled_clean(tmp_path, monkeypatch):
+    """When every clean scripted attempt fails, the block's first episode is "clean_failed", counted and warned."""
+    from kinema4d.data import scene as sim
+
+    evaluate = sim.Scene.evaluate
+    monkeypatch.setattr(sim.Scene, "evaluate", lambda self, *a, **k: evaluate(self, *a, **k) | {"success": False})
+    with pytest.warns(UserWarning, match="1 block.*clean_failed"):
+        info = datagen_main(DatagenConfig(out=tmp_path, episodes=2, max_attempts=2, **TINY))
+    ds = kdata.Dataset4D(tmp_path / "train")
+    first = ds.read_episode(0)["attrs"]
+    assert first["variant"] == {"kind": "clean_failed"} and first["success"] is False and first["attempt"] == 1
+    assert ds.read_episode(1)["attrs"]["variant"]["kind"] == "perturbed"
+    assert info["clean"] == 0 and info["clean_failed"] == 1 and info["episodes"] == 2
+
+
 def test_ray_backend_matches_local(local_ds, tmp_path):
     pytest.importorskip("ray", reason="ray is not installed (pip install 'kinema4d[ray]')")
     out, _ = local_ds

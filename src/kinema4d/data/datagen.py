@@ -4,10 +4,14 @@ Episodes come in blocks of ``1 + failures_per_success``: block b = one sampled s
 pick-and-place (the clean demonstration, id ``b * (1 + F)``) followed by F perturbed re-simulations of it (ids
 ``b * (1 + F) + v``, v = 1..F; variant v perturbs temporal segment ``(v - 1) // 3 % 3`` at
 sigma ``FAILURE_SIGMAS[(v - 1) % 3]``, see :func:`kinema4d.data.scene.perturb_actions`). A scene whose clean run fails
-is resampled (up to ``max_attempts`` times, the attempt is recorded). Everything is a pure function of
-(seed, split, block, attempt, variant), so a rerun regenerates exactly the missing episodes: the run is resumable
-and the episode set does not depend on the number of workers or the backend. Splits use disjoint seed streams
-(the split's index enters the seed) and select the randomization ranges (``kinema4d.data.scene.split_ranges``).
+is resampled (up to ``max_attempts`` times, the attempt is recorded). If the last attempt fails too, the block is
+still written (its perturbed variants keep their ids, so a resumed run stays a pure function of the block), but its
+first episode gets the variant kind ``"clean_failed"``, never ``"clean"``: no failed run is labelled a clean
+demonstration. ``dataset info`` counts them (``clean_failed``) and ``datagen`` warns when any exist.
+Everything is a pure function of (seed, split, block, attempt, variant), so a rerun regenerates exactly the missing
+episodes: the run is resumable and the episode set does not depend on the number of workers or the backend. Splits
+use disjoint seed streams (the split's index enters the seed) and select the randomization ranges
+(``kinema4d.data.scene.split_ranges``).
 
 ``episodes`` counts all written episodes (clean + perturbed); the last block may be cut short.
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -193,7 +198,7 @@ def run_block(cfg: DatagenConfig, block: int, todo: list[int]) -> list[dict]:
                 if not clean.success and attempt < cfg.max_attempts - 1:
                     continue
                 if first in todo:
-                    write(first, clean, attempt, {"kind": "clean"})
+                    write(first, clean, attempt, {"kind": "clean" if clean.success else "clean_failed"})
             for v in range(1, F + 1):
                 if first + v not in todo:
                     continue
@@ -305,7 +310,12 @@ def datagen_main(cfg: DatagenConfig) -> dict:
         if bar is not None:
             bar.close()
     kdata.write_index(root, cfg.split, entries)
-    return dataset_info(root)
+    info = dataset_info(root)
+    if info["clean_failed"]:
+        warnings.warn(f"{root}: {info['clean_failed']} block(s) found no scene whose clean scripted run succeeds in "
+                      f"max_attempts={cfg.max_attempts} attempts; their first episode is labelled variant kind "
+                      "'clean_failed' (not a clean demonstration)", stacklevel=2)
+    return info
 
 
 def _run_ray(cfg: DatagenConfig, jobs, collect) -> None:
@@ -338,6 +348,7 @@ def dataset_info(path) -> dict:
     metas = [ds.meta(i) for i in range(len(ds))]
     clean = [m for m in metas if m.get("variant", {}).get("kind") == "clean"]
     pert = [m for m in metas if m.get("variant", {}).get("kind") == "perturbed"]
+    clean_failed = sum(m.get("variant", {}).get("kind") == "clean_failed" for m in metas)
 
     def ratio(ms):
         return round(sum(bool(m.get("success")) for m in ms) / len(ms), 4) if ms else None
@@ -347,6 +358,7 @@ def dataset_info(path) -> dict:
         if (path / "episodes").is_dir() else []
     return {
         "path": str(path), "split": ds.split, "episodes": len(ds), "clean": len(clean), "perturbed": len(pert),
+        "clean_failed": clean_failed,
         "success": sum(bool(m.get("success")) for m in metas), "success_ratio": ratio(metas),
         "success_ratio_clean": ratio(clean), "success_ratio_perturbed": ratio(pert),
         "resolution": f"{metas[0]['height']}x{metas[0]['width']}" if metas else None,

@@ -25,7 +25,8 @@ On-disk layout of one dataset directory (one split; ``kinema4d datagen`` writes 
 Images are chunked one frame per chunk, zstd level 3. Episode attrs: ``episode`` id, ``success``, ``instruction``,
 ``split``, ``camera`` (K, T_cam_world, width, height; OpenCV convention), ``robot``, ``joint_names``,
 ``T_world_base``, ``objects`` (shape, colour, rgba, size, initial pose), ``goal_xy``, ``outcome``, ``variant``
-({"kind": "clean"} or {"kind": "perturbed", "segment", "sigma", "parent"}), ``frames``, ``control_hz``, ...
+({"kind": "clean"}, {"kind": "clean_failed"} (see :mod:`kinema4d.data.datagen`) or
+{"kind": "perturbed", "segment", "sigma", "parent"}), ``frames``, ``control_hz``, ...
 
 Atomicity: an episode is written under ``episodes/.tmp-<id>-<pid>``, the ``_COMPLETE`` marker is written last and
 the directory is renamed to its final name; a killed writer leaves at most a temp directory. An episode counts only
