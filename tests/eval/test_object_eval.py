@@ -9,7 +9,7 @@ import pytest
 
 from kinema4d.data.datagen import DatagenConfig, datagen_main
 from kinema4d.data.episodes import TorchEpisodes, frame_indices
-from kinema4d.eval.evaluate import _to_metres, object_context, object_scores, object_summary, pipeline_robot_inputs
+from kinema4d.eval.evaluate import object_context, object_scores, object_summary, pipeline_robot_inputs, to_metres
 from kinema4d.interactive.media import video_to_uint8
 
 FRAMES = 9  # the model's frame count (the default preset)
@@ -26,7 +26,7 @@ def ds(tmp_path_factory):
 def _gt_metres(raw):
     stats = raw["world_stats"].numpy().astype(np.float64)
     valid = raw["world_valid"].numpy() > 0.5
-    return np.where(valid[..., None], _to_metres(raw["world_pointmap"].permute(0, 2, 3, 1).numpy(), stats), 0.0)
+    return np.where(valid[..., None], to_metres(raw["world_pointmap"].permute(0, 2, 3, 1).numpy(), stats), 0.0)
 
 
 def test_gt_frames_small_endpoint_error(ds):
@@ -86,7 +86,7 @@ def test_pipeline_robot_inputs_match_stored(ds):
 
         # normalized like TorchEpisodes: back in metres it is the render; on shared pixels near the stored one
         rs = item["robot_stats"].numpy().astype(np.float64)
-        pm = _to_metres(item["robot_pointmap"].permute(0, 2, 3, 1).numpy(), rs)
+        pm = to_metres(item["robot_pointmap"].permute(0, 2, 3, 1).numpy(), rs)
         assert item["robot_pointmap"][item["robot_mask"][:, None].expand(-1, 3, -1, -1) > 0.5].min() >= 0.0
         assert float(item["robot_pointmap"].max()) == pytest.approx(1.0)
         both = stored & pipe

@@ -402,8 +402,8 @@ class TorchEpisodes(torch.utils.data.Dataset):
             cam = cam.resized(W, H)
         wvalid = wpm[:, 2] > 0
         rvalid = rmask[:, 0] > 0.5
-        w01, wstats = _normalize(wpm, wvalid, normalize_pointmap)
-        r01, rstats = _normalize(rpm, rvalid, normalize_pointmap)
+        w01, wstats = normalize_sequence(wpm, wvalid, normalize_pointmap)
+        r01, rstats = normalize_sequence(rpm, rvalid, normalize_pointmap)
         return {
             "rgb": rgb.contiguous(),
             "world_pointmap": w01,
@@ -505,7 +505,7 @@ def _denormalize(pm01: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
     return pm01 * (stats[1] - stats[0]).view(1, 3, 1, 1) + stats[0].view(1, 3, 1, 1)
 
 
-def _normalize(pm, valid, normalize_pointmap):
+def normalize_sequence(pm, valid, normalize_pointmap):
     """(T, 3, H, W) tensor + (T, H, W) bool -> (normalized (T, 3, H, W) float32, stats (2, 3) float32)."""
     pm_np = pm.permute(0, 2, 3, 1).numpy()
     v = valid.numpy()

@@ -102,7 +102,7 @@ class EvalConfig:
     frames: int | None = None
 
 
-def _to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
+def to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) normalized + (2, 3) [min; max] -> metres (0 stays 0 only where the GT is empty: caller masks)."""
     return pm01 * (stats[1] - stats[0]) + stats[0]
 
@@ -121,7 +121,7 @@ def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_
     gt_valid = item["world_valid"].numpy() > 0.5
     stats = item["world_stats"].numpy().astype(np.float64)
     pred_valid = generated_valid(pred_w01, anchored)
-    geo = M.geometric_metrics(_to_metres(pred_w01[1:], stats), _to_metres(gt01[1:], stats), pred_valid[1:],
+    geo = M.geometric_metrics(to_metres(pred_w01[1:], stats), to_metres(gt01[1:], stats), pred_valid[1:],
                               gt_valid[1:])
     out = score_rgb_only(pred_rgb, item, codec, lpips_weights)
     out["chamfer_l1_per_frame"] = [float("nan"), *geo["chamfer_l1_per_frame"].tolist()]
@@ -129,7 +129,7 @@ def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_
         out[k] = float(geo[k])
     if world_m is not None:
         rstats = item["robot_stats"].numpy().astype(np.float64)
-        robot_m = _to_metres(item["robot_pointmap"].permute(0, 2, 3, 1).numpy(), rstats)
+        robot_m = to_metres(item["robot_pointmap"].permute(0, 2, 3, 1).numpy(), rstats)
         mask = item["robot_mask"].numpy() > 0.5
         out["adherence_mm"] = M.robot_adherence(world_m[1:], np.where(mask[1:, ..., None], robot_m[1:], 0),
                                                 mask[1:])["mean_mm"]
@@ -280,7 +280,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         preds = []
         stats = raw["world_stats"].numpy().astype(np.float64)  # GT [min; max] metres: one colour scale for videos
         gt_valid = raw["world_valid"].numpy() > 0.5
-        gt_m = np.where(gt_valid[..., None], _to_metres(raw["world_pointmap"].permute(0, 2, 3, 1).numpy(), stats), 0.0)
+        gt_m = np.where(gt_valid[..., None], to_metres(raw["world_pointmap"].permute(0, 2, 3, 1).numpy(), stats), 0.0)
         gt_rgb = video_to_uint8(raw["rgb"])
         octx = object_context(ds, raw, gt_m[0])
         for name, (_, model, codec) in loaded.items():
@@ -297,7 +297,7 @@ def evaluate(cfg: EvalConfig) -> dict:
         T = raw["rgb"].shape[0]
         s_rgb = np.repeat(gt_rgb[:1], T, 0)
         s01 = np.repeat(raw["world_pointmap"][:1].permute(0, 2, 3, 1).numpy(), T, 0)
-        rows["static"].append(score_episode(s_rgb, s01, raw, _to_metres(s01, stats), **kw)
+        rows["static"].append(score_episode(s_rgb, s01, raw, to_metres(s01, stats), **kw)
                               | object_scores(s_rgb, np.repeat(gt_m[:1], T, 0), octx))
         gt_objects.append(object_scores(gt_rgb, gt_m, octx) | {
             "gt_moved": octx["gt_moved"], "reference_found": octx["ref"] is not None,
@@ -362,7 +362,7 @@ def pipeline_robot_inputs(ds, raw: dict, robots: dict | None = None, return_ik_e
     """
     import torch
 
-    from kinema4d.data.episodes import _normalize, frame_indices
+    from kinema4d.data.episodes import frame_indices, normalize_sequence
     from kinema4d.kinematics.render import normalize_pointmap, render_robot
     from kinema4d.kinematics.robot import actions_to_joints
 
@@ -381,7 +381,7 @@ def pipeline_robot_inputs(ds, raw: dict, robots: dict | None = None, return_ik_e
     r = render_robot(robot, q, camera, rgb=True)
     rpm = torch.from_numpy(r.pointmap.astype(np.float16).astype(np.float32)).permute(0, 3, 1, 2)
     rvalid = torch.from_numpy(r.mask)
-    r01, rstats = _normalize(rpm, rvalid, normalize_pointmap)
+    r01, rstats = normalize_sequence(rpm, rvalid, normalize_pointmap)
     item = dict(raw) | {"robot_pointmap": r01, "robot_mask": rvalid.float(), "robot_stats": rstats,
                         "robot_rgb": torch.from_numpy(r.rgb).permute(0, 3, 1, 2).float().contiguous() / 255.0}
     out = (item, (robot, q, camera.T_cam_world))

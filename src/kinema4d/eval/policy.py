@@ -133,13 +133,13 @@ def _judge(method: str, rgb8: np.ndarray, world_m: np.ndarray, attrs: dict, rgb0
 def _outcomes(cfg: PolicyEvalConfig, ds, i: int, loaded: dict, static: bool = False) -> tuple[bool, dict]:
     """Episode ``i`` of the TorchEpisodes ``ds``: (physics success, {method: judged success}) for "judge on GT",
     every loaded model and, if ``static``, the static baseline (I0 and the frame-0 world pointmap repeated)."""
-    from kinema4d.eval.evaluate import _to_metres, predict
+    from kinema4d.eval.evaluate import predict, to_metres
     from kinema4d.interactive.media import video_to_uint8
 
     raw, attrs = ds[i], ds.ds.attrs(i)
     rgb8_gt = video_to_uint8(raw["rgb"])
     rgb0 = rgb8_gt[0]
-    gt_m = _to_metres(raw["world_pointmap"].permute(0, 2, 3, 1).numpy(), raw["world_stats"].numpy())
+    gt_m = to_metres(raw["world_pointmap"].permute(0, 2, 3, 1).numpy(), raw["world_stats"].numpy())
     gt_m[raw["world_valid"].numpy() < 0.5] = 0
     rmask = raw["robot_mask"].numpy() > 0.5
     out = {"judge on GT": _judge(cfg.judge, rgb8_gt, gt_m, attrs, rgb0, rmask)}

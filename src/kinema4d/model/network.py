@@ -857,7 +857,8 @@ def compute_latent_stats(codec, batches, max_samples: int = 5000) -> torch.Tenso
     return torch.stack([mean, std], dim=1).float()
 
 
-def _state_to_save(model: WorldModel) -> dict[str, torch.Tensor]:
+def state_to_save(model: WorldModel) -> dict[str, torch.Tensor]:
+    """The state dict :func:`save_model` writes (with a LoRA backbone: trainable + non-backbone tensors only)."""
     sd = model.state_dict()
     if model.cfg.backbone_path is not None:  # LoRA: the frozen base stays in its own directory
         keep = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -871,7 +872,7 @@ def save_model(path: str | os.PathLike, model: WorldModel, codec=None, state: di
 
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    save_file(state if state is not None else _state_to_save(model), str(p / "model.safetensors"))
+    save_file(state if state is not None else state_to_save(model), str(p / "model.safetensors"))
     if codec is not None and len(codec.state_dict()):
         save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(p / "codec.safetensors"))
     (p / "model_config.json").write_text(model.cfg.to_json())
@@ -908,7 +909,7 @@ def load_state(model: WorldModel, sd: dict[str, torch.Tensor], where: str = "sta
     bad = [f"{k}: saved {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
            if k in own and own[k].shape != v.shape]
     unexpected = sorted(set(sd) - set(own))
-    missing = sorted(set(_state_to_save(model)) - set(sd))
+    missing = sorted(set(state_to_save(model)) - set(sd))
     if bad or unexpected or missing:
         raise ValueError(f"{where} does not match the model config: shape mismatches {bad[:5]}, unexpected keys "
                          f"{unexpected[:5]}, missing keys {missing[:5]}")

@@ -389,11 +389,11 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, cfg: TrainConfig, mod
     """Write ``<out_dir>/ckpt/step_XXXXXXX`` and point ``latest.json`` at it (rank 0 only)."""
     from safetensors.torch import save_file
 
-    from kinema4d.model.network import _state_to_save, save_model
+    from kinema4d.model.network import save_model, state_to_save
 
     d = Path(out_dir) / "ckpt" / f"step_{step:07d}"
     tmp = d.with_name(d.name + ".tmp")
-    sd = _state_to_save(model)
+    sd = state_to_save(model)
     save_model(tmp, model, codec, state=sd)
     save_file({k: (ema[k] if k in ema else v).contiguous() for k, v in sd.items()}, str(tmp / "ema.safetensors"))
     ot, osc = _optimizer_to_files(opt)
