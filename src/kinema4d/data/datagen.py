@@ -45,7 +45,7 @@ DEFAULT_RESOLUTION = "64x96"
 class DatagenConfig:
     """Generate a synthetic pick-and-place 4D dataset split into ``OUT/<split>/`` (resumable)."""
 
-    out: Path = Path("data/synth")
+    out: Path = Path("data/synth64")
     """Root directory; the split is written to OUT/<split>/."""
     episodes: int = 100
     """Total episodes to have in the split (clean + perturbed)."""

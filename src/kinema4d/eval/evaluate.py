@@ -81,7 +81,7 @@ class EvalConfig:
 
     checkpoint: Path | None = None
     baselines: tuple[str, ...] = ()  # more models as NAME=CHECKPOINT (e.g. binary_mask=runs/baseline_binary_mask)
-    data: Path = Path("data/synth")
+    data: Path = Path("data/synth64")
     split: str = "test"
     out: Path = Path("out/eval")
     episodes: int | None = None  # first N episodes of the split (None = all)
