@@ -362,3 +362,28 @@ def test_frame_spacing_is_enforced(run_dir, robot, camera, image, tmp_path):
     del tc["episode_frames"]
     (ck / "train_config.json").write_text(json.dumps(tc | {"data": "data/x"}))
     assert Simulator(ck, robot=robot, camera=camera).frame_stride == 48 // (T - 1)
+
+
+# --------------------------------------------------------------------------------------------- held-object prior
+def test_held_prior_rollout(robot, camera, image, actions, anchor_sim, tmp_path_factory):
+    """A held_prior checkpoint builds the prior from the rollout's own kinematics: the demo closes the gripper at
+    action 2 of 5 (at the world point (0.55, 0.05, 0.12)); one scene point there (and one 3 cm below it, the
+    support) -> that one point is carried from action 2 on, nothing before; a model without the prior reports None."""
+    from kinema4d.model.network import ModelConfig
+
+    d = tmp_path_factory.mktemp("held_run")
+    train_main(TrainConfig(model=ModelConfig(world_anchor=True, prediction="x0_residual", held_prior=True),
+                           out_dir=str(d), steps=2, size=(H, W), frames=T, progress=False, val_steps=1))
+    sim = Simulator(d, robot=robot, camera=camera, steps=2)
+    pm0 = camera.depth_to_pointmap(np.full((H, W), 1.4))
+    for p_world in (np.array([0.55, 0.05, 0.12]), np.array([0.55, 0.05, 0.09])):
+        p_cam = camera.T_cam_world[:3, :3] @ p_world + camera.T_cam_world[:3, 3]
+        u, v = np.round((camera.K @ p_cam)[:2] / p_cam[2]).astype(int)
+        if p_world[2] < 0.1:  # the support point: one pixel beside the object's
+            u = u + 1 if u + 1 < W else u - 1
+        pm0[v, u] = p_cam
+    ro = sim.rollout(image, actions, pointmap0=pm0)
+    assert ro.info["held_prior"]["grasp_frame"] == 2
+    assert ro.info["held_prior"]["pixels_per_frame"][:3] == [0, 0, 1]
+    assert ro.rgb.shape == (T, H, W, 3)
+    assert anchor_sim.rollout(image, actions, pointmap0=pm0).info["held_prior"] is None

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 import kinema4d
+from kinema4d.geometry import matrix_to_pose
 from kinema4d.interactive.media import video_to_uint8
 from kinema4d.kinematics.camera import Camera
 from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim
@@ -357,6 +358,28 @@ class Simulator:
         """True for ``world_anchor`` checkpoints: ``rollout`` then needs the frame-0 world pointmap (or depth)."""
         return bool(self.model.cfg.world_anchor)
 
+    def held_prior(self, image: np.ndarray, pointmap0: np.ndarray, robot_mask0: np.ndarray, q: np.ndarray,
+                   frames: np.ndarray, anchor) -> dict:
+        """The held-object prior of a rollout (``kinema4d.model.held_prior``) as ``sample``'s ``held`` dict: from
+        I0 (H, W, 3) uint8, its pointmap (H, W, 3) metres, the frame-0 robot mask (H, W), the joint trajectory q
+        (N, dof) at the action rate (the end effector's world pose by FK and the gripper opening, as the recorded
+        ee_pose actions give them at training time) and the generated frames' indices into it (T,). Also returns
+        ``grasp_frame`` / ``release_frame`` (action indices, -1 = the gripper never closes)."""
+        from kinema4d.data.episodes import held_tensors
+        from kinema4d.model.held_prior import held_object_prior
+
+        rob = self.robot
+        T_world_ee = rob.fk(q, [rob.ee_link])[rob.ee_link]  # (N, 4, 4)
+        pos, quat = matrix_to_pose(T_world_ee)
+        if rob.gripper_joint is not None:
+            opening = rob.joint_to_gripper(q[:, rob.joint_names.index(rob.gripper_joint)])
+        else:  # no gripper: nothing is ever held
+            opening = np.ones(len(q))
+        ee_actions = np.concatenate([pos, quat, opening[:, None]], axis=1)
+        prior = held_object_prior(image.astype(np.float32) / 255.0, pointmap0, robot_mask0, ee_actions,
+                                  self.camera.T_cam_world, self.camera.K, frames)
+        return held_tensors(prior, anchor) | {"grasp_frame": prior.grasp_frame, "release_frame": prior.release_frame}
+
     def rollout(self, image, actions, q0=None, seed: int | None = None, pointmap0=None) -> Rollout:
         """Generate a rollout from the initial image and an action sequence.
 
@@ -421,8 +444,11 @@ class Simulator:
             rpm01 = torch.from_numpy(pm01).permute(0, 3, 1, 2).contiguous()
             stats_np = np.stack([stats.min, stats.max])
         robot_rgb = None if r.rgb is None else torch.from_numpy(r.rgb).permute(0, 3, 1, 2).float() / 255.0
+        held = self.held_prior(img, pm0, r.mask[0], traj.q, idx, st) if cfg.held_prior else None
+        held_info = None if held is None else {k: held.pop(k) for k in ("grasp_frame", "release_frame")} | {
+            "pixels_per_frame": held["mask"].sum((1, 2)).int().tolist()}
         rgb, w01 = sample(self.model, self.codec, image0, rpm01, mask, steps=self.steps, cfg_scale=self.cfg_scale,
-                          seed=s, action=action_t, world0=world0, robot_rgb=robot_rgb)
+                          seed=s, action=action_t, world0=world0, robot_rgb=robot_rgb, held=held)
         t2 = time.perf_counter()
         world = world01 = fit = None
         if w01 is not None:
@@ -440,7 +466,8 @@ class Simulator:
                 "actions": int(a.shape[0]), "frame_indices": idx.tolist(),
                 "seconds": {"kinematic": t1 - t0, "generate": t2 - t1},
                 "ik_max_pos_err_m": None if traj.ik is None else float(traj.ik.pos_err.max()),
-                "robot_pixels_per_frame": float(r.mask.reshape(len(r.mask), -1).sum(1).mean())}
+                "robot_pixels_per_frame": float(r.mask.reshape(len(r.mask), -1).sum(1).mean()),
+                "held_prior": held_info}
         return Rollout(rgb=np.ascontiguousarray(rgb8), world_pointmap=world, world_pointmap01=world01,
                        robot_pointmap=r.pointmap.astype(np.float32), robot_mask=r.mask.astype(bool),
                        q=traj.q[idx], camera=self.camera, robot_name=self.robot_name, fps=self.fps,

@@ -330,11 +330,15 @@ class TorchEpisodes(torch.utils.data.Dataset):
       base frame, gripper), for action-embedding models
     - ``robot_rgb`` float32 (T, 3, H, W) in [0, 1], the kinematic render's robot colours (0 off the robot), only
       when the dataset stores it
-    - ``K`` float32 (3, 3) intrinsics for the returned size; ``success`` bool tensor; ``index`` int (position)
+    - ``episode_actions`` float32 (N, 8): the same at every recorded frame; ``frame_index`` int64 (T,): which
+      recorded frames are returned (what the held-object prior needs)
+    - ``K`` float32 (3, 3) intrinsics for the returned size; ``T_cam_world`` float32 (4, 4); ``success`` bool
+      tensor; ``index`` int (position)
 
     Resizing: nearest (centre-aligned) for pointmaps and masks, area (downscale) / bilinear (upscale) for RGB.
-    With ``skip_corrupt`` a corrupt episode is replaced by the next readable one and counted in ``num_skipped``
-    (per process: DataLoader workers count separately); otherwise CorruptEpisodeError propagates.
+    A corrupt episode raises :class:`CorruptEpisodeError` (naming its path and what failed). With
+    ``skip_corrupt=True`` it is instead replaced by the next readable one, with a warning, and counted in
+    ``num_skipped`` (shared memory: DataLoader workers' skips are counted too); train and eval report the count.
     """
 
     def __init__(self, path, split: str | None = "train", size: tuple[int, int] | None = None,
@@ -413,7 +417,10 @@ class TorchEpisodes(torch.utils.data.Dataset):
             "world_stats": wstats,
             "robot_stats": rstats,
             "action": torch.from_numpy(np.ascontiguousarray(e["actions"][idx], dtype=np.float32)),
+            "episode_actions": torch.from_numpy(np.ascontiguousarray(e["actions"], dtype=np.float32)),
+            "frame_index": torch.from_numpy(idx.astype(np.int64)),
             "K": torch.from_numpy(cam.K.astype(np.float32)),
+            "T_cam_world": torch.from_numpy(np.asarray(cam.T_cam_world, dtype=np.float32)),
             "success": torch.tensor(bool(e["attrs"]["success"])),
             "index": int(i),
         } | ({} if robot_rgb is None else {"robot_rgb": robot_rgb.contiguous()})
@@ -489,12 +496,50 @@ def anchor_normalize(item: dict) -> dict:
 
 def model_inputs(model_cfg, item: dict) -> dict:
     """A TorchEpisodes item or batch as the model ``model_cfg`` (a ``ModelConfig``) consumes it: anchor-normalized
-    for ``world_anchor`` models, with ``world0`` = the frame-0 world pointmap ((B,)3,H,W) (None otherwise)."""
+    for ``world_anchor`` models, with ``world0`` = the frame-0 world pointmap ((B,)3,H,W) (None otherwise), and for
+    ``held_prior`` models ``held`` (the held-object prior, ``WorldModel.prepare``'s keys, (B,)T,...)."""
     if not model_cfg.world_anchor:
         return {**item, "world0": None}
     out = anchor_normalize(item)
     out["world0"] = out["world_pointmap"][..., 0, :, :, :]
+    if getattr(model_cfg, "held_prior", False):
+        if item["world_pointmap"].ndim == 5:
+            parts = [held_inputs({k: item[k][b] for k in _HELD_KEYS}, out["world_stats"][b])
+                     for b in range(item["world_pointmap"].shape[0])]
+            out["held"] = {k: torch.stack([p[k] for p in parts]) for k in parts[0]}
+        else:
+            out["held"] = held_inputs(item, out["world_stats"])
     return out
+
+
+_HELD_KEYS = ("rgb", "world_pointmap", "world_stats", "world_valid", "robot_mask", "episode_actions",
+              "frame_index", "T_cam_world", "K")
+
+
+def held_inputs(item: dict, anchor: torch.Tensor) -> dict:
+    """The held-object prior (``kinema4d.model.held_prior``) of one TorchEpisodes item (its sequence-normalized
+    world pointmap, not yet anchored) as ``WorldModel.prepare``'s ``held`` dict, XYZ normalized by ``anchor`` (2, 3)
+    [min; max] metres."""
+    from kinema4d.model.held_prior import held_object_prior
+
+    if "episode_actions" not in item:
+        raise KeyError("held_prior models need the item keys 'episode_actions', 'frame_index' and 'T_cam_world' "
+                       "(TorchEpisodes items have them; a preload cache made before they existed does not: delete it)")
+    world0_m = _denormalize(item["world_pointmap"][:1], item["world_stats"])[0]
+    world0_m = torch.where(item["world_valid"][0] > 0.5, world0_m, torch.zeros_like(world0_m))
+    prior = held_object_prior(item["rgb"][0].permute(1, 2, 0).numpy(), world0_m.permute(1, 2, 0).numpy(),
+                              item["robot_mask"][0].numpy() > 0.5, item["episode_actions"].numpy(),
+                              item["T_cam_world"].numpy(), item["K"].numpy(), item["frame_index"].numpy())
+    return held_tensors(prior, anchor)
+
+
+def held_tensors(prior, anchor: torch.Tensor) -> dict:
+    """A ``HeldPrior`` -> ``WorldModel.prepare``'s ``held`` dict of float32 tensors ((T,3,H,W) / (T,H,W)), XYZ
+    normalized by ``anchor`` (2, 3) [min; max] metres (0 off the prior)."""
+    mask = torch.from_numpy(prior.mask)
+    return {"rgb": torch.from_numpy(prior.rgb), "xyz01": normalize_with_stats(torch.from_numpy(prior.xyz), mask,
+                                                                              anchor.float()),
+            "mask": mask.float(), "vacated": torch.from_numpy(prior.vacated).float()}
 
 
 _ANCHOR_KEYS = ("world_pointmap", "world_stats", "world_valid", "robot_pointmap", "robot_stats", "robot_mask")

@@ -232,6 +232,8 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
             raise ValueError("this model is conditioned on the robot's rendered colours (robot_rgb) but the episode "
                              "has none: regenerate the dataset with `kinema4d datagen` or use --robot-input pipeline")
         extra["robot_rgb"] = raw["robot_rgb"]
+    if getattr(model.cfg, "held_prior", False):
+        extra["held"] = item["held"]
     with torch.no_grad():
         rgb, w01 = sample(model, codec, item["rgb"][0], item["robot_pointmap"], item["robot_mask"], steps=steps,
                           cfg_scale=cfg_scale, seed=seed,

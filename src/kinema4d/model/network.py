@@ -94,6 +94,10 @@ class ModelConfig:
     # (``kinema4d.data.episodes.anchor_normalize``), so the output converts to metres exactly. False = Sec. 3.2 as
     # published.
     world_anchor: bool = False
+    # Beyond the paper: the held-object prior (``kinema4d.model.held_prior``): extra input channels with the image and
+    # pointmap of "the frame-0 points at the grasp move rigidly with the end effector while the gripper is closed"
+    # (from the actions and frame 0 only) plus where those points land and where they left. Needs world_anchor.
+    held_prior: bool = False
     # What the backbone outputs: "velocity" (eps - x0, Wan / the paper), "x0" (the clean latents; the velocity is
     # (x_t - x0) / max(t, x0_t_min)) or "x0_residual" (x0 = the input latents + the output: an untrained model
     # predicts I0 and the input pointmap, i.e. at least the static baseline, and learns what changes).
@@ -118,6 +122,9 @@ class ModelConfig:
         if self.robot_rgb and self.condition != "pointmap":
             raise ValueError(f"robot_rgb=True needs condition='pointmap' (robot RGB + pointmap), got "
                              f"{self.condition!r}")
+        if self.held_prior and not (self.world_anchor and self.condition == "pointmap"):
+            raise ValueError("held_prior=True needs world_anchor=True and condition='pointmap' (the prior is built "
+                             "from the frame-0 world pointmap and lives in the anchor's normalization)")
         if self.robot_latent_proj and self.context != "robot_tokens":
             raise ValueError("robot_latent_proj=True needs context='robot_tokens' (both read the robot-only latents)")
         if self.robot_token_patch < 1 or self.robot_token_dim < 1:
@@ -139,8 +146,13 @@ class ModelConfig:
         return self.pixel_factor if self.codec == "pixel" else 2 ** (len(self.wan_dim_mult) - 1)
 
     @property
+    def held_channels(self) -> int:
+        """Input channels of the held-object prior: [landing mask (4) | vacated mask (4) | prior latents (C)]."""
+        return 2 * MASK_CHANNELS + self.latent_channels if self.held_prior else 0
+
+    @property
     def in_channels(self) -> int:
-        return 2 * self.latent_channels + MASK_CHANNELS
+        return 2 * self.latent_channels + MASK_CHANNELS + self.held_channels
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -197,7 +209,7 @@ def latent_shapes(cfg: ModelConfig, T: int, H: int, W: int, batch: int = 1) -> d
     return {
         "latent": (batch, C, t, h, 2 * w),
         "mask": (batch, MASK_CHANNELS, t, h, 2 * w),
-        "backbone_input": (batch, 2 * C + MASK_CHANNELS, t, h, 2 * w),
+        "backbone_input": (batch, cfg.in_channels, t, h, 2 * w),
         "tokens": (batch, n_tok),
         "context": (batch, n_ctx, cfg.text_dim),
     }
@@ -571,15 +583,18 @@ class WorldModel(nn.Module):
     def prepare(self, codec, rgb0: torch.Tensor, robot_pointmap: torch.Tensor, robot_mask: torch.Tensor,
                 action: torch.Tensor | None = None, rgb: torch.Tensor | None = None,
                 world_pointmap: torch.Tensor | None = None, generator: torch.Generator | None = None,
-                world0: torch.Tensor | None = None, robot_rgb: torch.Tensor | None = None) -> dict:
+                world0: torch.Tensor | None = None, robot_rgb: torch.Tensor | None = None,
+                held: dict | None = None) -> dict:
         """Build the latents of Sec. 3.2 from pixel-space tensors (batch-first, dataset layout).
 
         rgb0 (B,3,H,W) = I0; robot_pointmap (B,T,3,H,W) in [0,1]; robot_mask (B,T,H,W); action (B,T,A) for
         condition="action_embedding"; rgb / world_pointmap (B,T,3,H,W) for the training target; world0 (B,3,H,W)
         the frame-0 world pointmap in [0,1] (0 = empty) for ``world_anchor`` models (pointmaps normalized by
         ``kinema4d.data.episodes.anchor_normalize``); robot_rgb (B,T,3,H,W) in [0,1] the kinematic render's robot
-        colours (black off the robot) for ``robot_rgb`` models.
-        Returns ``cond`` (B, 4+C, t, h, 2w) = [mask | input latents], ``robot``: for context="robot_tokens" the
+        colours (black off the robot) for ``robot_rgb`` models; held (``held_prior`` models) the held-object prior:
+        ``rgb`` (B,T,3,H,W) in [0,1], ``xyz01`` (B,T,3,H,W) anchor-normalized, ``mask`` / ``vacated`` (B,T,H,W).
+        Returns ``cond`` (B, 4+C(+8+C), t, h, 2w) = [mask | input latents (| landing mask | vacated mask | prior
+        latents)], ``robot``: for context="robot_tokens" the
         robot-token input (B, 4+C(+C), t, h, w) = [mask | robot-only XYZ latents (| robot-only RGB latents)],
         otherwise (B, C, t, h, w) the XYZ half of the input latents; ``action`` and, with a target, ``x0``
         (B, C, t, h, 2w).
@@ -637,7 +652,10 @@ class WorldModel(nn.Module):
                                                           dim=-1)))
             parts = [m[..., w:].to(inp.dtype), ronly[..., w:]] + ([ronly[..., :w]] if cfg.robot_rgb else [])
             robot_in = torch.cat(parts, dim=1)
-        out = {"cond": torch.cat([m.to(inp.dtype), inp], dim=1), "robot": robot_in, "action": action}
+        parts = [m.to(inp.dtype), inp]
+        if cfg.held_prior:
+            parts += self._held_channels(codec, held, (B, T, H, W))
+        out = {"cond": torch.cat(parts, dim=1), "robot": robot_in, "action": action}
         if rgb is not None:
             wpm = world_pointmap if cfg.output == "rgb+pointmap" else torch.zeros_like(rgb)
             x0 = self.normalize(codec.encode(torch.cat([rgb, wpm], dim=-1).transpose(1, 2)))
@@ -645,6 +663,22 @@ class WorldModel(nn.Module):
                 x0[..., w:] = 0
             out["x0"] = x0
         return out
+
+    def _held_channels(self, codec, held: dict | None, shape: tuple[int, int, int, int]) -> list[torch.Tensor]:
+        """The held-object prior as input channels: [landing mask (4, both halves) | vacated mask (4, both halves) |
+        normalized latents of [prior RGB | prior XYZ] (C)]."""
+        B, T, H, W = shape
+        want = {"rgb": (B, T, 3, H, W), "xyz01": (B, T, 3, H, W), "mask": (B, T, H, W), "vacated": (B, T, H, W)}
+        if held is None or any(k not in held or tuple(held[k].shape) != v for k, v in want.items()):
+            got = None if held is None else {k: tuple(v.shape) for k, v in held.items()}
+            raise ValueError(f"this model has held_prior=True: it needs held = {want} "
+                             f"(kinema4d.model.held_prior), got {got}")
+        masks = []
+        for k in ("mask", "vacated"):
+            mk = downsample_mask(held[k].float(), codec.temporal_factor, codec.spatial_factor)
+            masks.append(torch.cat([mk, mk], dim=-1))
+        lat = self.normalize(codec.encode(torch.cat([held["rgb"], held["xyz01"]], dim=-1).transpose(1, 2).float()))
+        return [mk.to(lat.dtype) for mk in masks] + [lat]
 
     def context(self, robot: torch.Tensor, action: torch.Tensor | None = None,
                 drop: torch.Tensor | None = None) -> torch.Tensor:
@@ -690,7 +724,8 @@ class WorldModel(nn.Module):
             return cond
         C, w = self.cfg.latent_channels, cond.shape[-1] // 2
         add = self.robot_latent_proj(robot[:, MASK_CHANNELS:MASK_CHANNELS + C].to(cond.dtype))  # (B, C, t, h, w)
-        return cond + F.pad(add, (w, 0, 0, 0, 0, 0, MASK_CHANNELS, 0))  # into columns [w, 2w), channels [4, 4+C)
+        # into columns [w, 2w), channels [4, 4+C) (the held-prior channels after them stay unchanged)
+        return cond + F.pad(add, (w, 0, 0, 0, 0, 0, MASK_CHANNELS, cond.shape[1] - MASK_CHANNELS - C))
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         """As ``forward`` with precomputed cross-attention tokens ``context`` (B, L, text_dim)."""
@@ -708,7 +743,7 @@ class WorldModel(nn.Module):
                                return_dict=False)[0]
         if self.cfg.prediction != "velocity":  # x_t = (1-t) x0 + t eps  =>  eps - x0 = (x_t - x0) / t
             if self.cfg.prediction == "x0_residual":
-                out = out + cond[:, MASK_CHANNELS:].to(out.dtype)
+                out = out + cond[:, MASK_CHANNELS:MASK_CHANNELS + self.cfg.latent_channels].to(out.dtype)
             tt = t.to(out.dtype).clamp(min=self.cfg.x0_t_min).view(-1, 1, 1, 1, 1)
             out = (x_t - out) / tt
         return out
@@ -753,11 +788,12 @@ def sample_timesteps(n: int, mode: str, generator: torch.Generator | None = None
 def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: torch.Tensor,
            robot_mask: torch.Tensor, steps: int = 20, cfg_scale: float = 1.0, seed: int = 0,
            action: torch.Tensor | None = None, shift: float = 1.0, world0: torch.Tensor | None = None,
-           robot_rgb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+           robot_rgb: torch.Tensor | None = None, held: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Generate one rollout. image0 (3,H,W) in [0,1], robot_pointmap01 (T,3,H,W) in [0,1] (sequence min-max, or
     the anchor stats for world_anchor models), robot_mask (T,H,W), action (T,A) for condition='action_embedding',
     world0 (3,H,W) in [0,1] the frame-0 world pointmap for world_anchor models, robot_rgb (T,3,H,W) in [0,1] the
-    kinematic render's robot colours for robot_rgb models.
+    kinematic render's robot colours for robot_rgb models, held the held-object prior (unbatched ``prepare`` keys,
+    (T,3,H,W) / (T,H,W)) for held_prior models.
 
     Returns rgb (T,3,H,W) in [0,1] and world_pointmap01 (T,3,H,W) in [0,1] (None for output='rgb_only'). Euler
     steps of diffusers' ``FlowMatchEulerDiscreteScheduler`` (x0-prediction models stop at ``x0_t_min`` and return
@@ -776,7 +812,8 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     prep = model.prepare(codec, image0[None].to(dev), robot_pointmap01[None].to(dev), robot_mask[None].to(dev),
                          None if action is None else action[None].to(dev), generator=g,
                          world0=None if world0 is None else world0[None].to(dev),
-                         robot_rgb=None if robot_rgb is None else robot_rgb[None].to(dev))
+                         robot_rgb=None if robot_rgb is None else robot_rgb[None].to(dev),
+                         held=None if held is None else {k: v[None].to(dev) for k, v in held.items()})
     T, _, H, W = robot_pointmap01.shape
     shp = latent_shapes(model.cfg, T, H, W)["latent"]
     x = torch.randn(shp, generator=g).to(dev)

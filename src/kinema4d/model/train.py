@@ -142,6 +142,12 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
         "zero-init robot-latent projection and the robot-RGB condition (the dataset must store robot_rgb)",
         dataclasses.replace(_DEFAULT, model=_RELEASE, out_dir="runs/release_conditioning"),
     ),
+    "held_prior": (
+        "the default plus the held-object prior (beyond the paper, kinema4d.model.held_prior): input channels with "
+        "where the frame-0 points at the grasp would be if the gripper carried them, from the actions and frame 0",
+        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True),
+                            out_dir="runs/held_prior"),
+    ),
     "baseline_binary_mask": (
         "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
         dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="binary_mask"),
@@ -185,8 +191,9 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
 
 
 class SyntheticEpisodes(torch.utils.data.Dataset):
-    """Moving boxes pushed by a fake robot blob, with the keys of ``kinema4d.data.episodes.TorchEpisodes`` (+ ``action``
-    (T, 8): blob centre xyz in metres, identity quaternion xyzw, gripper 1). Deterministic per (seed, index).
+    """Moving boxes pushed by a fake robot blob, with the keys of ``kinema4d.data.episodes.TorchEpisodes`` (``action``
+    (T, 8): blob centre xyz in metres, identity quaternion xyzw, gripper 1 = open, so the held-object prior is
+    empty). Deterministic per (seed, index).
 
     A camera (f = W, centre of the image) looks at a back plane z = 1.2 m; a box (z = 1.0) sits in the middle; the
     robot (a disk, z = 0.9) moves in from the left and pushes the box right once they touch.
@@ -247,6 +254,9 @@ class SyntheticEpisodes(torch.utils.data.Dataset):
             "success": torch.tensor(bool(reach > 0.7)),
             "index": int(i),
             "action": t(action),
+            "episode_actions": t(action),  # the actions at every frame (all frames are returned)
+            "frame_index": torch.arange(T),
+            "T_cam_world": torch.eye(4),  # the camera frame is the world frame here
             "robot_rgb": t(rgb * rmask[..., None]).permute(0, 3, 1, 2).contiguous(),  # the robot's colours only
         }
 
@@ -525,7 +535,8 @@ def prepare_batch(model: WorldModel, codec, batch: dict, generator: torch.Genera
     batch = model_inputs(model.cfg, batch)
     return model.prepare(codec, batch["rgb"][:, 0], batch["robot_pointmap"], batch["robot_mask"],
                          action=batch.get("action"), rgb=batch["rgb"], world_pointmap=batch["world_pointmap"],
-                         generator=generator, world0=batch["world0"], robot_rgb=_robot_rgb(model.cfg, batch))
+                         generator=generator, world0=batch["world0"], robot_rgb=_robot_rgb(model.cfg, batch),
+                         held=batch.get("held"))
 
 
 def _robot_rgb(model_cfg, item: dict) -> torch.Tensor | None:
@@ -587,7 +598,7 @@ def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, ste
     e = model_inputs(model.cfg, val_set[0])
     rgb, wpm = sample(model, codec, e["rgb"][0], e["robot_pointmap"], e["robot_mask"], steps=cfg.val_steps,
                       cfg_scale=cfg.val_cfg_scale, seed=cfg.seed, action=e.get("action"), world0=e["world0"],
-                      robot_rgb=_robot_rgb(model.cfg, e))
+                      robot_rgb=_robot_rgb(model.cfg, e), held=e.get("held"))
     with torch.no_grad():
         for k, v in backup.items():
             params[k].copy_(v)
