@@ -47,9 +47,21 @@ def _dataset(args):
     prev.add_argument("path")
     prev.add_argument("--episode", type=int, default=0, help="episode position in the split (default 0)")
     prev.add_argument("--out", default=None, help="mp4 path (default DIR/preview_<episode>.mp4)")
+    conv = sub.add_parser("convert", help="rewrite dataset OLD (a split dir or a root of splits) in the current "
+                          "format as NEW; atomic (NEW appears when done) and resumable (run it again)")
+    conv.add_argument("old")
+    conv.add_argument("new")
+    conv.add_argument("--skip-corrupt", action="store_true", help="leave corrupt episodes out (counted) instead of "
+                      "stopping at the first")
+    conv.add_argument("--no-progress", action="store_true")
     a = ap.parse_args(args)
     if a.action == "info":
         print(json.dumps(dataset_info(a.path), indent=2))
+    elif a.action == "convert":
+        from kinema4d.data.convert import convert_dataset
+
+        print(json.dumps(convert_dataset(a.old, a.new, skip_corrupt=a.skip_corrupt, progress=not a.no_progress),
+                         indent=2))
     else:
         out = a.out or f"{a.path.rstrip('/')}/preview_{a.episode:06d}.mp4"
         print(f"wrote {dataset_preview(a.path, a.episode, out)}")
@@ -118,7 +130,7 @@ def _eval(args):
 COMMANDS = {
     "control": (_control, "actions -> joints (FK / IK) -> robot pointmap sequence (+ mp4)"),
     "datagen": (_datagen, "generate synthetic 4D episodes (pybullet) into a zarr dataset"),
-    "dataset": (_dataset, "`dataset info DIR` | `dataset preview DIR --episode I`"),
+    "dataset": (_dataset, "`dataset info DIR` | `dataset preview DIR --episode I` | `dataset convert OLD NEW`"),
     "train": (_train, "train the world model: `train PRESET [--field value ...]` (tiny | default | ...)"),
     "simulate": (_simulate, "image + actions -> 4D rollout (rgb.mp4, pointmap.mp4, rollout.npz); `simulate --demo`"),
     "eval": (_eval, "score a checkpoint vs baselines on a split -> report.md/html; `eval compare A B`; "

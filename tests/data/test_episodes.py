@@ -2,6 +2,8 @@
 
 import json
 import os
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,66 +33,126 @@ def _fake_episode(rng, success=True):
     return arrays, attrs
 
 
-@pytest.fixture()
-def dataset(tmp_path):
-    root = kdata.init_dataset(tmp_path / "train", "train")
+def _write_dataset(root, version=kdata.VERSION, n=4):
+    root = kdata.init_dataset(root, "train", version=version)
     rng = np.random.default_rng(0)
     entries = {}
-    for ep in range(4):
+    for ep in range(n):
         arrays, attrs = _fake_episode(rng, success=ep % 2 == 0)
+        if ep == 1:
+            arrays["robot_rgb"] = rng.integers(0, 255, (T, H, W, 3), dtype=np.uint8)
         entries[ep] = kdata.write_episode(root, ep, arrays, attrs)
     kdata.write_index(root, "train", entries)
     return root
 
 
+@pytest.fixture()
+def dataset(tmp_path):
+    return _write_dataset(tmp_path / "train")
+
+
+@pytest.fixture()
+def old_dataset(tmp_path):
+    """The version-1 layout (one directory per episode, one chunk file per frame)."""
+    return _write_dataset(tmp_path / "old" / "train", version=1)
+
+
+def _files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+
+
 def test_roundtrip_and_layout(dataset):
     ds = kdata.Dataset4D(dataset)
-    assert len(ds) == 4 and ds.split == "train"
+    assert len(ds) == 4 and ds.split == "train" and ds.version == kdata.VERSION == 2
     e = ds.read_episode(2)
     assert e["rgb"].shape == (T, H, W, 3) and e["rgb"].dtype == np.uint8
     assert e["world_pointmap"].dtype == np.float32 and e["robot_render_mask"].dtype == bool
     assert e["attrs"]["episode"] == 2 and ds.meta(1)["success"] is False
-    ep_dir = dataset / "episodes" / "000002"
-    assert (ep_dir / kdata.COMPLETE).is_file()
-    assert len(list((ep_dir / "rgb" / "c").iterdir())) == T  # one chunk per frame
+    ref = _fake_episode(np.random.default_rng(0))[0]  # episode 0 of the fixture, written from these arrays
+    got = ds.read_episode(0)
+    for k, a in ref.items():
+        want = np.asarray(a).astype(kdata.DTYPES[k])
+        np.testing.assert_array_equal(got[k], want.astype(np.float32) if want.dtype == np.float16 else want, k)
+    assert "robot_rgb" in ds.read_episode(1) and "robot_rgb" not in got
+    assert sorted(os.listdir(dataset / "episodes")) == [f"00000{i}.zarr.zip" for i in range(4)]
+    for i in range(4):  # one file per episode (the budget is 10)
+        assert len(_files(ds.episode_path(i))) == 1
     index = json.loads((dataset / "index.json").read_text())
-    assert [x["episode"] for x in index["episodes"]] == [0, 1, 2, 3]
+    assert [x["episode"] for x in index["episodes"]] == [0, 1, 2, 3] and index["version"] == 2
     with pytest.raises(FileExistsError):
         kdata.write_episode(dataset, 2, *_fake_episode(np.random.default_rng(1)))
 
 
-def test_temp_and_incomplete_dirs_do_not_count(dataset):
+def test_old_layout_still_read(old_dataset, dataset):
+    old, new = kdata.Dataset4D(old_dataset), kdata.Dataset4D(dataset)
+    assert old.version == 1 and len(old) == 4
+    assert len(_files(old.episode_path(2))) > 10  # why version 2 exists
+    for k in ("rgb", "world_pointmap", "q", "object_poses"):
+        np.testing.assert_array_equal(old.read_episode(3)[k], new.read_episode(3)[k])
+    item = kdata.TorchEpisodes(old_dataset, "train", frames=3)[1]
+    torch.testing.assert_close(item, kdata.TorchEpisodes(dataset, "train", frames=3)[1])
+
+
+def test_temp_and_incomplete_files_do_not_count(dataset, old_dataset):
     ep_dir = dataset / "episodes"
-    (ep_dir / ".tmp-000007-999999999").mkdir()  # a dead writer's temp dir
-    (ep_dir / "000008").mkdir()  # a final name without the marker
+    (ep_dir / ".tmp-000007-999999999.zarr.zip").write_bytes(b"PK")  # a dead writer's temp file
+    (ep_dir / f".tmp-000009-{os.getppid()}.zarr.zip").write_bytes(b"PK")  # a live writer's
     assert kdata.complete_episodes(dataset) == [0, 1, 2, 3]
-    removed = kdata.clean_stale(dataset)
-    assert sorted(removed) == [".tmp-000007-999999999", "000008"]
-    assert sorted(os.listdir(ep_dir)) == ["000000", "000001", "000002", "000003", "zarr.json"]
+    assert kdata.clean_stale(dataset) == [".tmp-000007-999999999.zarr.zip"]
+    ep_dir = old_dataset / "episodes"
+    (ep_dir / ".tmp-000007-999999999").mkdir()
+    (ep_dir / "000008").mkdir()  # version 1: a final name without the marker
+    assert kdata.complete_episodes(old_dataset) == [0, 1, 2, 3]
+    assert sorted(kdata.clean_stale(old_dataset)) == [".tmp-000007-999999999", "000008"]
+
+
+def test_version_check_names_file_and_versions(dataset, tmp_path):
+    zj = dataset / "zarr.json"
+    doc = json.loads(zj.read_text())
+    doc["attributes"]["version"] = 7
+    zj.write_text(json.dumps(doc))
+    for make in (kdata.Dataset4D, lambda p: kdata.TorchEpisodes(p, "train"), lambda p: kdata.init_dataset(p, "train")):
+        with pytest.raises(kdata.FormatVersionError, match=r"zarr.json: kinema4d-episodes format version 7; this "
+                                                           r"kinema4d reads versions 1, 2 and writes 2") as ei:
+            make(dataset)
+        assert ei.value.path == zj and ei.value.version == 7
 
 
 def _chunk(root: Path, ep: int, array: str, frame: int) -> Path:
     return root / "episodes" / kdata.episode_name(ep) / array / "c" / str(frame) / "0" / "0" / "0"
 
 
-def test_missing_chunk_raises_naming_episode(dataset):
-    _chunk(dataset, 1, "world_pointmap", 3).unlink()
+def test_missing_chunk_raises_naming_episode(old_dataset):
+    _chunk(old_dataset, 1, "world_pointmap", 3).unlink()
     with pytest.raises(kdata.CorruptEpisodeError, match=r"episode 000001 .*world_pointmap.*frame 3") as ei:
-        kdata.Dataset4D(dataset).read_episode(1)
+        kdata.Dataset4D(old_dataset).read_episode(1)
     assert ei.value.episode == 1
 
 
-def test_truncated_chunk_raises(dataset):
-    c = _chunk(dataset, 2, "rgb", 0)
-    c.write_bytes(c.read_bytes()[:10])
-    with pytest.raises(kdata.CorruptEpisodeError, match=r"episode 000002 .*'rgb'"):
-        kdata.Dataset4D(dataset).read_episode(2)
+def test_truncated_or_damaged_file_raises(dataset):
+    ds = kdata.Dataset4D(dataset)
+    p = ds.episode_path(2)
+    p.write_bytes(p.read_bytes()[:-300])  # truncated: the zip directory is gone
+    with pytest.raises(kdata.CorruptEpisodeError, match=r"episode 000002 \(.*000002.zarr.zip\) is corrupt"):
+        ds.read_episode(2)
+    p = ds.episode_path(1)
+    raw = bytearray(p.read_bytes())
+    with zipfile.ZipFile(p) as z:  # flip a byte inside the rgb chunk
+        info = z.getinfo("rgb/c/0/0/0/0")
+    off = info.header_offset + 30 + len(info.filename) + len(info.extra) + info.compress_size // 2
+    raw[off] ^= 0xFF
+    p.write_bytes(bytes(raw))
+    with pytest.raises(kdata.CorruptEpisodeError, match=r"episode 000001 .*'rgb'"):
+        ds.read_episode(1)
+    p.unlink()  # listed when the reader was made, gone since
+    with pytest.raises(kdata.CorruptEpisodeError, match=r"episode 000001 .*no such file"):
+        ds.read_episode(1)
 
 
-def test_broken_metadata_raises(dataset):
-    (dataset / "episodes" / "000003" / "zarr.json").write_text("{not json")
+def test_broken_metadata_raises(old_dataset):
+    (old_dataset / "episodes" / "000003" / "zarr.json").write_text("{not json")
     with pytest.raises(kdata.CorruptEpisodeError, match="episode 000003"):
-        kdata.Dataset4D(dataset).read_episode(3)
+        kdata.Dataset4D(old_dataset).read_episode(3)
 
 
 def test_torch_dataset_contract(dataset):
@@ -121,15 +183,58 @@ def test_torch_dataset_contract(dataset):
     assert batch["rgb"].shape == (2, 3, 3, 12, 16)
 
 
-def test_torch_dataset_skips_and_counts_corrupt(dataset):
-    _chunk(dataset, 1, "robot_pointmap", 0).unlink()
-    ds = kdata.TorchEpisodes(dataset, "train")
-    items = [ds[i] for i in range(len(ds))]
+def test_corrupt_episode_is_an_error_unless_skipped(dataset):
+    p = kdata.Dataset4D(dataset).episode_path(1)
+    p.write_bytes(p.read_bytes()[:100])
+    strict = kdata.TorchEpisodes(dataset, "train")  # the default
+    with pytest.raises(kdata.CorruptEpisodeError, match=r"episode 000001 \(.*000001.zarr.zip\) .*--skip-corrupt"):
+        strict[1]
+    ds = kdata.TorchEpisodes(dataset, "train", skip_corrupt=True)
+    with pytest.warns(RuntimeWarning, match="skipping corrupt episode 000001"):
+        items = [ds[i] for i in range(len(ds))]
     assert ds.num_skipped == 1
     assert [it["index"] for it in items] == [0, 2, 2, 3]  # episode 1 replaced by the next readable one
-    strict = kdata.TorchEpisodes(dataset, "train", skip_corrupt=False)
-    with pytest.raises(kdata.CorruptEpisodeError, match="000001"):
-        strict[1]
+    # DataLoader worker processes share the count
+    ds2 = kdata.TorchEpisodes(dataset, "train", skip_corrupt=True)
+    loader = torch.utils.data.DataLoader(ds2, batch_size=None, num_workers=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert [int(it["index"]) for it in loader] == [0, 2, 2, 3]
+    assert ds2.num_skipped == 1
+
+
+def test_convert_old_to_new(old_dataset, tmp_path):
+    from kinema4d.cli import main
+    from kinema4d.data.convert import convert_dataset
+
+    (old_dataset / "datagen_config.json").write_text("{}")
+    new = tmp_path / "new"
+    assert main(["dataset", "convert", str(old_dataset.parent), str(new), "--no-progress"]) == 0
+    a, b = kdata.Dataset4D(old_dataset), kdata.Dataset4D(new / "train")
+    assert b.version == 2 and a.episode_ids == b.episode_ids == [0, 1, 2, 3]
+    for i in range(len(a)):
+        ea, eb = a.read_episode(i), b.read_episode(i)
+        assert ea.keys() == eb.keys() and ea["attrs"] == eb["attrs"]
+        for k in ea:
+            if isinstance(ea[k], np.ndarray):
+                assert ea[k].dtype == eb[k].dtype
+                np.testing.assert_array_equal(ea[k], eb[k], k)
+        assert len(_files(b.episode_path(i))) <= 10
+    assert (new / "train" / "datagen_config.json").is_file() and not list(tmp_path.glob(".new.converting"))
+    assert json.loads((new / "train" / "index.json").read_text()) == {
+        **json.loads((old_dataset / "index.json").read_text()), "version": 2}
+    with pytest.raises(ValueError, match="exists"):
+        convert_dataset(old_dataset.parent, new)
+    # interrupted: the temp dir is resumed, NEW appears only at the end
+    tmp = tmp_path / ".again.converting"
+    with pytest.raises(kdata.CorruptEpisodeError, match="episode 000002"):
+        (old_dataset / "episodes" / "000002" / "zarr.json").write_text("{")
+        convert_dataset(old_dataset, tmp_path / "again", progress=False)
+    assert not (tmp_path / "again").exists() and kdata.complete_episodes(tmp) == [0, 1]
+    with pytest.warns(RuntimeWarning, match="skipping corrupt episode 000002"):
+        rep = convert_dataset(old_dataset, tmp_path / "again", skip_corrupt=True, progress=False)
+    assert rep["splits"]["train"] == {"episodes": 3, "converted": 1, "skipped": [2]}
+    assert kdata.Dataset4D(tmp_path / "again").episode_ids == [0, 1, 3] and not tmp.exists()
 
 
 def test_wrong_split_and_missing_dataset(dataset, tmp_path):

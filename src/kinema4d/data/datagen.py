@@ -176,13 +176,13 @@ def run_block(cfg: DatagenConfig, block: int, todo: list[int]) -> list[dict]:
                                     _episode_attrs(robot, ep, cfg, block, attempt, variant))
         timing = dict(ep.timing, write=time.perf_counter() - t0)
         results.append({"entry": entry, "timing": timing,
-                        "bytes": _dir_bytes(root / "episodes" / kdata.episode_name(ep_id))})
+                        "bytes": kdata.disk_bytes(kdata.episode_path(root, ep_id))})
 
     if cfg.policy is not None:
         _run_policy_block(cfg, block, write)
         return results
     attempt0 = None
-    if first not in todo and (root / "episodes" / kdata.episode_name(first) / kdata.COMPLETE).is_file():
+    if first not in todo and kdata.is_complete(root, first):
         attempt0 = int(kdata.read_attrs(root, first).get("attempt", 0))
     attempts = [attempt0] if attempt0 is not None else range(cfg.max_attempts)
     for attempt in attempts:

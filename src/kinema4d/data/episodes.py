@@ -1,14 +1,14 @@
 """On-disk 4D episode dataset (zarr v3), a lazy reader and the torch ``Dataset`` the world model trains on.
 
-On-disk layout of one dataset directory (one split; ``kinema4d datagen`` writes ``OUT/<split>/``)::
+On-disk layout of one dataset directory (one split; ``kinema4d datagen`` writes ``OUT/<split>/``), format version 2::
 
-    DIR/zarr.json                 zarr v3 root group, attrs {"format": "kinema4d-episodes", "version": 1, "split"}
+    DIR/zarr.json                 zarr v3 root group, attrs {"format": "kinema4d-episodes", "version": 2, "split"}
     DIR/datagen_config.json       the DatagenConfig that produced it
     DIR/index.json                {"format", "version", "split", "episodes": [entry, ...]} (rewritten atomically;
-                                  derived data: rebuilt from the episode groups by the writer)
-    DIR/episodes/zarr.json        group holding one group per episode
-    DIR/episodes/000123/          episode 123 (6-digit zero-padded id)
-        zarr.json                 attrs: metadata (see below) + "checksums" {array: crc32 of its raw bytes}
+                                  derived data: rebuilt from the episodes by the writer)
+    DIR/episodes/000123.zarr.zip  episode 123 (6-digit zero-padded id): ONE file, a zarr v3 group in an
+                                  uncompressed zip (``zarr.storage.ZipStore``); group attrs: metadata (see below)
+                                  + "checksums" {array: crc32 of its raw bytes} + "shapes" {array: shape}
         rgb                       (T, H, W, 3) uint8
         world_pointmap            (T, H, W, 3) float16, camera-frame metres from the depth buffer, 0 = empty
         robot_pointmap            (T, H, W, 3) float16, kinematic render of ``q`` (render_robot), 0 = empty
@@ -19,19 +19,41 @@ On-disk layout of one dataset directory (one split; ``kinema4d datagen`` writes 
         q                         (T, dof) float32 joint positions (``joint_names`` order), read from the simulator
         actions                   (T, 8) float32 ee_pose actions: xyz, quat xyzw of ee_link (world), gripper [0, 1]
         object_poses              (T, N, 7) float32 xyz + quat xyzw (world), attrs "objects" order
-        _COMPLETE                 marker file, written last
-    DIR/episodes/.tmp-000123-<pid>/   an episode being written (never read; removed by the next writer run)
+    DIR/episodes/.tmp-000123-<pid>.zarr.zip   an episode being written (never read; removed by the next writer run)
 
-Images are chunked one frame per chunk, zstd level 3. Episode attrs: ``episode`` id, ``success``, ``instruction``,
-``split``, ``camera`` (K, T_cam_world, width, height; OpenCV convention), ``robot``, ``joint_names``,
-``T_world_base``, ``objects`` (shape, colour, rgba, size, initial pose), ``goal_xy``, ``outcome``, ``variant``
-({"kind": "clean"}, {"kind": "clean_failed"} (see :mod:`kinema4d.data.datagen`) or
+Chunks: image arrays hold whole frames, as many per chunk as fit in ``CHUNK_BYTES`` (8 MB raw: a 49-frame 64x96
+episode is one chunk per array, 480x720 pointmaps 4 frames per chunk); zstd level 3. Episode attrs: ``episode``
+id, ``success``, ``instruction``, ``split``, ``camera`` (K, T_cam_world, width, height; OpenCV convention),
+``robot``, ``joint_names``, ``T_world_base``, ``objects`` (shape, colour, rgba, size, initial pose), ``goal_xy``,
+``outcome``, ``variant`` ({"kind": "clean"}, {"kind": "clean_failed"} (see :mod:`kinema4d.data.datagen`) or
 {"kind": "perturbed", "segment", "sigma", "parent"}), ``frames``, ``control_hz``, ...
 
-Atomicity: an episode is written under ``episodes/.tmp-<id>-<pid>``, the ``_COMPLETE`` marker is written last and
-the directory is renamed to its final name; a killed writer leaves at most a temp directory. An episode counts only
-if its final directory holds ``_COMPLETE``. Reads verify shapes and checksums and raise :class:`CorruptEpisodeError`
-naming the episode.
+Why one zip per episode (measured on a 49-frame 64x96 episode of ``data/synth64``, 5 writes / reads each;
+``benchmarks/bench_data.py`` repeats the comparison through ``TorchEpisodes``):
+
+    layout                                   files  KB on disk  write ms  read ms
+    v1: directory, 1 frame per chunk          307      5236        310       104
+    directory, 1 chunk per array               19       480         53        14
+    directory, zarr v3 sharding (1 shard)      19      1540        130        88
+    zip, 1 frame per chunk                      1      1364        142        70
+    zip, 1 chunk per array (version 2)          1       280         32        13
+
+A zarr directory costs at least two files per array (its ``zarr.json`` and one chunk or shard), 19 for our nine
+arrays: over the ~10-file budget whatever the chunking. A zip holds the same zarr group in one file, which any
+zarr v3 tool opens (``zarr.open_group(zarr.storage.ZipStore(path))``), is written to a temp name and renamed (so
+a file with the final name is complete: no marker file), and detects truncation (zip directory) and damage
+(zip CRC + our checksums). Larger chunks compress better (zstd sees the whole sequence) and cost fewer calls.
+Many episodes per file (LeRobot v3 style) would cut the file count further, but parallel writers and resume
+(kill a datagen, start it again) then need a merge step; 200k episodes as 200k files is fine for a filesystem.
+
+Version 1 (datasets written before, e.g. ``data/synth64``) is still read: ``episodes/000123/`` was a zarr
+directory with one frame per chunk (~900 files per episode at 64x96 with nested chunk directories) and a
+``_COMPLETE`` marker written last. ``kinema4d dataset convert OLD NEW`` (:mod:`kinema4d.data.convert`) rewrites a
+dataset as version 2; the writer keeps appending in the version the dataset already has (a resumed datagen run).
+
+Atomicity: an episode is written under a temp name and renamed to its final name; a killed writer leaves at most a
+temp file (or, version 1, a temp directory). Reads verify shapes and checksums and raise
+:class:`CorruptEpisodeError` naming the episode.
 """
 
 from __future__ import annotations
@@ -39,6 +61,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -50,12 +74,18 @@ from kinema4d.geometry import save_atomic_text
 from kinema4d.kinematics.camera import Camera
 
 FORMAT = "kinema4d-episodes"
-VERSION = 1
-COMPLETE = "_COMPLETE"
+VERSION = 2  # written by this code
+READ_VERSIONS = (1, 2)  # read by this code
+SUFFIX = ".zarr.zip"  # version 2 episode file
+COMPLETE = "_COMPLETE"  # version 1: marker file written last into an episode directory
+CHUNK_BYTES = 8 << 20  # version 2: raw bytes per image chunk (whole frames; at least one frame)
 ARRAYS = ("rgb", "world_pointmap", "robot_pointmap", "robot_mask", "robot_render_mask", "q", "actions",
           "object_poses")
 OPTIONAL_ARRAYS = ("robot_rgb",)
 IMAGE_ARRAYS = ("rgb", "world_pointmap", "robot_pointmap", "robot_mask", "robot_render_mask", "robot_rgb")
+DTYPES = {"rgb": np.uint8, "world_pointmap": np.float16, "robot_pointmap": np.float16, "robot_mask": bool,
+          "robot_render_mask": bool, "robot_rgb": np.uint8, "q": np.float32, "actions": np.float32,
+          "object_poses": np.float32}
 
 
 class CorruptEpisodeError(RuntimeError):
@@ -66,6 +96,16 @@ class CorruptEpisodeError(RuntimeError):
         super().__init__(f"episode {episode:06d} ({path}) is corrupt: {reason}")
 
 
+class FormatVersionError(ValueError):
+    """A dataset whose format version this code cannot read. ``path`` (its zarr.json), ``version``."""
+
+    def __init__(self, path: Path, version):
+        self.path, self.version = Path(path), version
+        super().__init__(f"{path}: {FORMAT} format version {version!r}; this kinema4d reads versions "
+                         f"{', '.join(map(str, READ_VERSIONS))} and writes {VERSION}. Upgrade kinema4d, or regenerate "
+                         f"the dataset (`kinema4d datagen`)")
+
+
 def episode_name(episode: int) -> str:
     return f"{int(episode):06d}"
 
@@ -74,46 +114,90 @@ def _crc(a: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(a).tobytes())
 
 
+def dataset_version(root: str | os.PathLike) -> int:
+    """Format version of dataset dir ``root`` (from its zarr.json). Raises FileNotFoundError (no dataset),
+    ValueError (not a kinema4d dataset) or FormatVersionError (a version this code cannot read)."""
+    zj = Path(root) / "zarr.json"
+    if not zj.is_file():
+        raise FileNotFoundError(f"not a kinema4d dataset (no zarr.json): {Path(root)}")
+    try:
+        attrs = json.loads(zj.read_text()).get("attributes", {})
+    except ValueError as e:
+        raise ValueError(f"{zj} is not valid JSON: {e}") from None
+    if attrs.get("format") != FORMAT:
+        raise ValueError(f"{root} is a zarr store but not a {FORMAT} dataset (root attrs {attrs})")
+    version = attrs.get("version")
+    if version not in READ_VERSIONS:
+        raise FormatVersionError(zj, version)
+    return int(version)
+
+
+def episode_path(root: str | os.PathLike, episode: int, version: int | None = None) -> Path:
+    """Where episode ``episode`` lives: ``episodes/000123.zarr.zip`` (version 2) or ``episodes/000123/`` (1)."""
+    version = dataset_version(root) if version is None else version
+    name = episode_name(episode)
+    return Path(root) / "episodes" / (name + SUFFIX if version >= 2 else name)
+
+
+def is_complete(root: str | os.PathLike, episode: int, version: int | None = None) -> bool:
+    """Whether episode ``episode`` is fully written (version 2: its file exists; 1: its ``_COMPLETE`` marker)."""
+    p = episode_path(root, episode, version)
+    return p.is_file() if p.name.endswith(SUFFIX) else (p / COMPLETE).is_file()
+
+
+def disk_bytes(path: str | os.PathLike) -> int:
+    """Bytes on disk (``du``: allocated blocks) of a file or of a directory tree."""
+    path = Path(path)
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sum(f.stat().st_blocks * 512 for f in files)
+
+
 # ---------------------------------------------------------------------- writing
-def init_dataset(root: str | os.PathLike, split: str) -> Path:
-    """Create (or open) dataset directory ``root`` for ``split``; refuse a directory of another split/format."""
+def init_dataset(root: str | os.PathLike, split: str, version: int = VERSION) -> Path:
+    """Create (or open) dataset directory ``root`` for ``split``; refuse a directory of another split/format.
+    A new dataset gets format ``version`` (1 only to write the old layout, e.g. for benchmarks and tests); an
+    existing one keeps its own."""
     import zarr
 
     root = Path(root)
     if (root / "zarr.json").is_file():
+        dataset_version(root)
         attrs = json.loads((root / "zarr.json").read_text()).get("attributes", {})
-        if attrs.get("format") != FORMAT:
-            raise ValueError(f"{root} is a zarr store but not a {FORMAT} dataset (attrs {attrs})")
         if attrs.get("split") != split:
             raise ValueError(f"{root} holds split {attrs.get('split')!r}, not {split!r}")
     else:
+        if version not in READ_VERSIONS:
+            raise ValueError(f"cannot write {FORMAT} version {version}; versions: {READ_VERSIONS}")
         root.mkdir(parents=True, exist_ok=True)
         g = zarr.open_group(str(root), mode="a")
-        g.attrs.update({"format": FORMAT, "version": VERSION, "split": split})
-    if not (root / "episodes" / "zarr.json").is_file():
+        g.attrs.update({"format": FORMAT, "version": version, "split": split})
+    if dataset_version(root) == 1 and not (root / "episodes" / "zarr.json").is_file():
         zarr.open_group(str(root), mode="a").require_group("episodes")
+    (root / "episodes").mkdir(exist_ok=True)
     return root
 
 
 def clean_stale(root: str | os.PathLike) -> list[str]:
-    """Remove temp episode dirs of writers that are no longer running, and final dirs lacking ``_COMPLETE``."""
+    """Remove temp episodes (``.tmp-<id>-<pid>[.zarr.zip]``) of writers that are no longer running, and version-1
+    final dirs lacking ``_COMPLETE``. Returns the names removed."""
     ep_dir = Path(root) / "episodes"
     removed = []
     if not ep_dir.is_dir():
         return removed
     for d in ep_dir.iterdir():
-        if not d.is_dir():
-            continue
         if d.name.startswith(".tmp-"):
             try:
-                pid = int(d.name.rsplit("-", 1)[1])
+                pid = int(d.name.removesuffix(SUFFIX).rsplit("-", 1)[1])
             except ValueError:
                 pid = -1
             if pid != os.getpid() and _pid_alive(pid):
                 continue
-        elif not (d.name.isdigit() and not (d / COMPLETE).is_file()):
+        elif not (d.is_dir() and d.name.isdigit() and not (d / COMPLETE).is_file()):
             continue
-        shutil.rmtree(d, ignore_errors=True)
+        if d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+        else:
+            d.unlink(missing_ok=True)
         removed.append(d.name)
     return removed
 
@@ -131,48 +215,68 @@ def _pid_alive(pid: int) -> bool:
 
 
 def complete_episodes(root: str | os.PathLike) -> list[int]:
-    """Sorted ids of the episodes whose final directory holds the ``_COMPLETE`` marker."""
+    """Sorted ids of the complete episodes (see :func:`is_complete`)."""
     ep_dir = Path(root) / "episodes"
     if not ep_dir.is_dir():
         return []
-    return sorted(int(d.name) for d in ep_dir.iterdir() if d.name.isdigit() and (d / COMPLETE).is_file())
+    if dataset_version(root) == 1:
+        return sorted(int(d.name) for d in ep_dir.iterdir() if d.name.isdigit() and (d / COMPLETE).is_file())
+    names = (d.name.removesuffix(SUFFIX) for d in ep_dir.iterdir() if d.name.endswith(SUFFIX))
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def _chunks(name: str, a: np.ndarray) -> tuple[int, ...]:
+    """Version-2 chunk shape: image arrays whole frames up to ``CHUNK_BYTES`` raw, other arrays one chunk."""
+    if name not in IMAGE_ARRAYS or a.shape[0] == 0:
+        return a.shape
+    frame = max(1, a[0].nbytes)
+    return (max(1, min(a.shape[0], CHUNK_BYTES // frame)), *a.shape[1:])
 
 
 def write_episode(root: str | os.PathLike, episode: int, arrays: dict, attrs: dict) -> dict:
-    """Write one episode atomically; returns its index entry. ``arrays`` holds every name in ``ARRAYS`` and may
-    hold those of ``OPTIONAL_ARRAYS`` (None or absent: not written).
-
-    Images are stored one frame per chunk (pointmaps as float16). Raises FileExistsError if it is complete already.
-    """
+    """Write one episode atomically in the dataset's format version; returns its index entry. ``arrays`` holds
+    every name in ``ARRAYS`` (any numeric dtype: stored as ``DTYPES``, pointmaps float16) and may hold those of
+    ``OPTIONAL_ARRAYS`` (None or absent: not written). Raises FileExistsError if it is complete already."""
     import zarr
     from zarr.codecs import ZstdCodec
 
     root = Path(root)
+    version = dataset_version(root)
     name = episode_name(episode)
-    final = root / "episodes" / name
-    if (final / COMPLETE).is_file():
+    final = episode_path(root, episode, version)
+    if is_complete(root, episode, version):
         raise FileExistsError(f"episode {name} already exists in {root}")
     missing = [k for k in ARRAYS if k not in arrays]
     if missing:
         raise ValueError(f"episode {name}: missing arrays {missing}")
-    tmp = root / "episodes" / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
+    data = {k: np.ascontiguousarray(np.asarray(arrays[k]).astype(DTYPES[k], copy=False))
+            for k in (*ARRAYS, *(k for k in OPTIONAL_ARRAYS if arrays.get(k) is not None))}
+    meta = dict(attrs) | {"episode": int(episode), "checksums": {k: _crc(a) for k, a in data.items()},
+                          "shapes": {k: list(a.shape) for k, a in data.items()}}
+    tmp = root / "episodes" / f".tmp-{name}-{os.getpid()}{SUFFIX if version >= 2 else ''}"
+    if tmp.is_dir():
         shutil.rmtree(tmp)
-    dtypes = {"rgb": np.uint8, "world_pointmap": np.float16, "robot_pointmap": np.float16, "robot_mask": bool,
-              "robot_render_mask": bool, "robot_rgb": np.uint8, "q": np.float32, "actions": np.float32,
-              "object_poses": np.float32}
-    g = zarr.open_group(str(tmp), mode="w")
-    checksums, shapes = {}, {}
-    for k in (*ARRAYS, *(k for k in OPTIONAL_ARRAYS if arrays.get(k) is not None)):
-        a = np.ascontiguousarray(np.asarray(arrays[k]).astype(dtypes[k], copy=False))
-        chunks = (1, *a.shape[1:]) if k in IMAGE_ARRAYS else a.shape
-        g.create_array(k, shape=a.shape, dtype=a.dtype, chunks=chunks, compressors=ZstdCodec(level=3))[...] = a
-        checksums[k], shapes[k] = _crc(a), list(a.shape)
-    meta = dict(attrs) | {"episode": int(episode), "checksums": checksums, "shapes": shapes}
-    g.attrs.update(meta)
-    (tmp / COMPLETE).write_text("ok\n")
-    if final.exists():  # an incomplete leftover with the final name
-        shutil.rmtree(final)
+    tmp.unlink(missing_ok=True)
+    if version >= 2:
+        store = zarr.storage.ZipStore(tmp, mode="w")
+        try:  # every key is written once (a zip cannot overwrite a member): attrs go in at creation
+            g = zarr.create_group(store, attributes=meta)
+            for k, a in data.items():
+                g.create_array(k, shape=a.shape, dtype=a.dtype, chunks=_chunks(k, a),
+                               compressors=ZstdCodec(level=3))[...] = a
+        finally:
+            store.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    else:  # version 1: a directory, one frame per chunk, the _COMPLETE marker last
+        g = zarr.open_group(str(tmp), mode="w")
+        for k, a in data.items():
+            chunks = (1, *a.shape[1:]) if k in IMAGE_ARRAYS else a.shape
+            g.create_array(k, shape=a.shape, dtype=a.dtype, chunks=chunks, compressors=ZstdCodec(level=3))[...] = a
+        g.attrs.update(meta)
+        (tmp / COMPLETE).write_text("ok\n")
+        if final.exists():  # an incomplete leftover with the final name
+            shutil.rmtree(final)
     os.rename(tmp, final)
     return index_entry(meta)
 
@@ -185,49 +289,49 @@ def index_entry(meta: dict) -> dict:
     return e
 
 
-def read_attrs(root: str | os.PathLike, episode: int) -> dict:
-    path = Path(root) / "episodes" / episode_name(episode)
+def read_attrs(root: str | os.PathLike, episode: int, version: int | None = None) -> dict:
+    """Full metadata of episode ``episode`` (the attrs of its zarr group); raises CorruptEpisodeError."""
+    path = episode_path(root, episode, version)
     try:
+        if path.name.endswith(SUFFIX):
+            with zipfile.ZipFile(path) as z:
+                return json.loads(z.read("zarr.json"))["attributes"]
         return json.loads((path / "zarr.json").read_text())["attributes"]
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
         raise CorruptEpisodeError(episode, path, f"unreadable metadata zarr.json ({type(e).__name__}: {e})") from None
 
 
 def write_index(root: str | os.PathLike, split: str, entries: dict[int, dict] | None = None) -> dict[int, dict]:
     """Rewrite ``index.json`` atomically from ``entries`` ({id: entry}); missing complete episodes are read in."""
+    version = dataset_version(root)
     entries = dict(entries or {})
-    for ep in complete_episodes(root):
+    done = complete_episodes(root)
+    for ep in done:
         if ep not in entries:
             try:
-                entries[ep] = index_entry(read_attrs(root, ep))
+                entries[ep] = index_entry(read_attrs(root, ep, version))
             except CorruptEpisodeError:
                 entries[ep] = {"episode": ep, "corrupt": True}
-    entries = {k: v for k, v in entries.items() if (Path(root) / "episodes" / episode_name(k) / COMPLETE).is_file()}
-    doc = {"format": FORMAT, "version": VERSION, "split": split,
-           "episodes": [entries[k] for k in sorted(entries)]}
+    entries = {k: entries[k] for k in done}
+    doc = {"format": FORMAT, "version": version, "split": split, "episodes": [entries[k] for k in done]}
     save_atomic_text(Path(root) / "index.json", json.dumps(doc))
     return entries
 
 
 # ---------------------------------------------------------------------- reading
 class Dataset4D:
-    """Lazy reader of a dataset directory. ``len`` = complete episodes; ``i`` indexes them in id order.
+    """Lazy reader of a dataset directory (format version 1 or 2). ``len`` = complete episodes; ``i`` indexes them
+    in id order.
 
     ``meta(i)`` -> index entry (cheap); ``read_episode(i)`` -> dict of numpy arrays (``ARRAYS``, pointmaps as
     float32) + ``"attrs"`` (full metadata) + ``"camera"`` (:class:`Camera`); raises :class:`CorruptEpisodeError`.
+    A dataset of an unknown format version raises :class:`FormatVersionError` naming its zarr.json.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        zj = self.path / "zarr.json"
-        if not zj.is_file():
-            raise FileNotFoundError(f"not a kinema4d dataset (no zarr.json): {self.path}")
-        try:
-            attrs = json.loads(zj.read_text()).get("attributes", {})
-        except ValueError as e:
-            raise ValueError(f"{zj} is not valid JSON: {e}") from None
-        if attrs.get("format") != FORMAT:
-            raise ValueError(f"{self.path} is not a {FORMAT} dataset (root attrs {attrs})")
+        self.version = dataset_version(self.path)
+        attrs = json.loads((self.path / "zarr.json").read_text()).get("attributes", {})
         self.split = attrs.get("split")
         self.episode_ids = complete_episodes(self.path)
         self._index = {}
@@ -246,14 +350,18 @@ class Dataset4D:
             raise IndexError(f"episode index {i} out of range for {len(self)} episodes in {self.path}")
         return self.episode_ids[i]
 
+    def episode_path(self, i: int) -> Path:
+        """File (version 2) or directory (version 1) of the episode at position ``i``."""
+        return episode_path(self.path, self._id(i), self.version)
+
     def meta(self, i: int) -> dict:
         ep = self._id(i)
         if ep in self._index:
             return self._index[ep]
-        return index_entry(read_attrs(self.path, ep))
+        return index_entry(read_attrs(self.path, ep, self.version))
 
     def attrs(self, i: int) -> dict:
-        return read_attrs(self.path, self._id(i))
+        return read_attrs(self.path, self._id(i), self.version)
 
     def read_episode(self, i: int, keys: tuple[str, ...] | None = None) -> dict:
         """Episode at position ``i`` (only arrays ``keys``; None = all); verifies shapes and checksums, raises
@@ -261,13 +369,22 @@ class Dataset4D:
         import zarr
 
         ep = self._id(i)
-        path = self.path / "episodes" / episode_name(ep)
-        attrs = read_attrs(self.path, ep)
-        out = {}
+        path = episode_path(self.path, ep, self.version)
+        store = zarr.storage.ZipStore(path, mode="r") if self.version >= 2 else str(path)
         try:
-            g = zarr.open_group(str(path), mode="r")
-        except Exception as e:  # zarr raises several types for a broken group
-            raise CorruptEpisodeError(ep, path, f"cannot open group ({type(e).__name__}: {e})") from None
+            try:
+                g = zarr.open_group(store, mode="r")
+                attrs = g.attrs.asdict()
+            except Exception as e:  # zarr / zipfile raise several types for a broken group
+                why = f"{type(e).__name__}: {e}" if path.exists() else "no such file or directory"
+                raise CorruptEpisodeError(ep, path, f"cannot open group ({why})") from None
+            return self._read_arrays(ep, path, g, attrs, keys)
+        finally:
+            if isinstance(store, zarr.storage.ZipStore) and store._is_open:
+                store.close()
+
+    def _read_arrays(self, ep: int, path: Path, g, attrs: dict, keys) -> dict:
+        out = {}
         stored = attrs.get("shapes", {})
         for k in [*ARRAYS, *(k for k in OPTIONAL_ARRAYS if k in stored)] if keys is None else keys:
             if k not in ARRAYS + OPTIONAL_ARRAYS:
@@ -277,9 +394,9 @@ class Dataset4D:
                                f"regenerate the dataset with `kinema4d datagen`")
             try:
                 a = g[k][...]
-            except Exception as e:  # missing array, undecodable chunk, ...
+            except Exception as e:  # missing array, undecodable chunk, zip CRC error, ...
                 raise CorruptEpisodeError(ep, path, f"array {k!r} unreadable ({type(e).__name__}: {e})") from None
-            want = attrs.get("shapes", {}).get(k)
+            want = stored.get(k)
             if want is not None and list(a.shape) != want:
                 raise CorruptEpisodeError(ep, path, f"array {k!r} has shape {a.shape}, expected {want}")
             crc = attrs.get("checksums", {}).get(k)
@@ -342,7 +459,7 @@ class TorchEpisodes(torch.utils.data.Dataset):
     """
 
     def __init__(self, path, split: str | None = "train", size: tuple[int, int] | None = None,
-                 frames: int | None = None, skip_corrupt: bool = True):
+                 frames: int | None = None, skip_corrupt: bool = False):
         self.root = _resolve_split_dir(Path(path), split)
         self.ds = Dataset4D(self.root)
         if split is not None and self.ds.split != split:
@@ -352,11 +469,12 @@ class TorchEpisodes(torch.utils.data.Dataset):
         if frames is not None and frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
         self.size, self.frames, self.skip_corrupt = size, frames, skip_corrupt
-        self.skipped: set[int] = set()
+        self.skipped = torch.zeros(len(self.ds), dtype=torch.bool).share_memory_()  # (N,) bool: episodes skipped
 
     @property
     def num_skipped(self) -> int:
-        return len(self.skipped)
+        """Corrupt episodes skipped so far (``skip_corrupt=True``), over this process and its DataLoader workers."""
+        return int(self.skipped.sum())
 
     def __len__(self) -> int:
         return len(self.ds)
@@ -368,14 +486,16 @@ class TorchEpisodes(torch.utils.data.Dataset):
         i = i % n
         for k in range(n):
             j = (i + k) % n
-            if j in self.skipped:
+            if self.skipped[j]:
                 continue
             try:
                 return self._load(j)
-            except CorruptEpisodeError:
+            except CorruptEpisodeError as e:
                 if not self.skip_corrupt:
-                    raise
-                self.skipped.add(j)
+                    raise CorruptEpisodeError(e.episode, e.path, f"{e.reason} (to skip corrupt episodes instead: "
+                                              "skip_corrupt=True, `--skip-corrupt` on train / eval)") from None
+                warnings.warn(f"skipping corrupt {e}", RuntimeWarning, stacklevel=2)
+                self.skipped[j] = True
         raise RuntimeError(f"all {n} episodes in {self.root} are corrupt")
 
     def _load(self, i: int) -> dict:
