@@ -98,7 +98,7 @@ def _train(args):
                                              description="Train the kinema4d world model (presets: "
                                              f"{', '.join(PRESETS)}; any field can be overridden)")
     s = train_main(cfg)
-    keep = ("step", "num_params", "num_trainable", "world_size")
+    keep = ("step", "num_params", "num_trainable", "world_size", "skipped_corrupt")
     print(json.dumps({**{k: s[k] for k in keep if k in s}, "last_loss": s["losses"][-1] if s["losses"] else None,
                       "out_dir": cfg.out_dir}, indent=2))
 
@@ -123,7 +123,9 @@ def _eval(args):
         print(f"wrote {pcfg.out}/{files}")
         return
     cfg = tyro.cli(EvalConfig, args=args, prog="kinema4d eval")
-    evaluate(cfg)
+    report = evaluate(cfg)
+    if cfg.skip_corrupt:
+        print(f"skipped {report['skipped_corrupt']} corrupt episodes of {cfg.data}/{cfg.split} (--skip-corrupt)")
     print(f"wrote {cfg.out}/report.md, report.html, report.json, per_frame.png, videos/")
 
 

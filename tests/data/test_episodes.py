@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -286,3 +287,33 @@ def test_anchor_normalize_keeps_metres(dataset):
     assert np.all(m[~v0] == 0) and np.all(kdata.anchored_to_metres(noisy, st) == 0)
     batch = kdata.anchor_normalize(torch.utils.data.default_collate([ds[0], ds[1]]))
     torch.testing.assert_close(batch["world_pointmap"][1], kdata.anchor_normalize(ds[1])["world_pointmap"])
+
+
+def test_train_and_eval_stop_at_or_skip_and_count_corrupt(tmp_path, capsys):
+    """`kinema4d train` / `kinema4d eval`: a corrupt episode is a one-line error naming it; with --skip-corrupt the
+    run goes on and reports how many it skipped."""
+    from kinema4d.cli import main
+    from kinema4d.data.datagen import DatagenConfig, datagen_main
+
+    data = tmp_path / "data"
+    datagen_main(DatagenConfig(out=data, episodes=2, split="train", resolution="32x48", frames=5,
+                               failures_per_success=1, progress=False))
+    p = kdata.Dataset4D(data / "train").episode_path(1)
+    p.write_bytes(p.read_bytes()[:-200])
+    train = ["train", "tiny", "--data", str(data), "--size", "16", "16", "--frames", "5", "--steps", "1",
+             "--val-split", "None", "--preload", "--preload-workers", "0", "--no-progress",
+             "--out-dir", str(tmp_path / "run")]
+    assert main(train) == 2
+    assert re.search(r"episode 000001 \(.*000001.zarr.zip\) is corrupt: .*--skip-corrupt", capsys.readouterr().err)
+    with pytest.warns(RuntimeWarning, match="skipping corrupt episode 000001"):
+        assert main(train + ["--skip-corrupt"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 corrupt episodes" in out and json.loads(out[out.index("{"):])["skipped_corrupt"] == 1
+    ev = ["eval", "--checkpoint", str(tmp_path / "run"), "--data", str(data), "--split", "train", "--steps", "1",
+          "--videos", "0", "--no-penetration", "--no-progress", "--out", str(tmp_path / "rep")]
+    assert main(ev) == 2 and "episode 000001" in capsys.readouterr().err
+    with pytest.warns(RuntimeWarning, match="skipping corrupt episode 000001"):
+        assert main(ev + ["--skip-corrupt"]) == 0
+    assert "skipped 1 corrupt episodes" in capsys.readouterr().out
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["skipped_corrupt"] == 1
+    assert "1 corrupt episodes were skipped" in (tmp_path / "rep" / "report.md").read_text()

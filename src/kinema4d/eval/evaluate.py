@@ -100,6 +100,9 @@ class EvalConfig:
     # (None: read from train_config.json; a checkpoint without it is an error, no size is assumed)
     size: tuple[int, int] | None = None
     frames: int | None = None
+    # a corrupt episode stops the evaluation (the error names it); True: skip it (the next readable episode is
+    # scored in its place) and report the count (report.json "skipped_corrupt")
+    skip_corrupt: bool = False
 
 
 def to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
@@ -259,7 +262,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.robot_input not in ROBOT_INPUTS:
         raise ValueError(f"robot_input must be one of {ROBOT_INPUTS}, got {cfg.robot_input!r}")
     loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines, cfg.size, cfg.frames)
-    ds = TorchEpisodes(cfg.data, split=cfg.split, size=size, frames=frames)
+    ds = TorchEpisodes(cfg.data, split=cfg.split, size=size, frames=frames, skip_corrupt=cfg.skip_corrupt)
     n = len(ds) if cfg.episodes is None else min(cfg.episodes, len(ds))
     if n == 0:
         raise ValueError(f"split {cfg.split!r} of {cfg.data} has no episodes")
@@ -338,6 +341,7 @@ def evaluate(cfg: EvalConfig) -> dict:
               "per_episode": {m: {k: [r[k] for r in rs] for k in episode_keys} for m, rs in rows.items()}}
     if ik_err_mm:
         report["pipeline_ik_max_pos_err_mm"] = ik_err_mm
+    report["skipped_corrupt"] = ds.num_skipped
     _write_plots(report, out)
     save_atomic_text(out / "report.json", json.dumps(report, indent=2))
     save_atomic_text(out / "report.md", render_markdown(report))
@@ -568,6 +572,9 @@ def render_markdown(report: dict) -> str:
              f"checkpoint `{report['checkpoint']}`, {report['frames']} frames of {report['size'][0]}x"
              f"{report['size'][1]}, {report['config']['steps']} sampling steps, robot input "
              f"{report.get('robot_input', 'stored')!r}; frame 0 (the given image) excluded."]
+    if report.get("skipped_corrupt"):
+        lines += ["", f"**{report['skipped_corrupt']} corrupt episodes were skipped** (`--skip-corrupt`): the next "
+                  "readable episode was scored in each one's place."]
     for title, t in _tables(report):
         lines += ["", f"## {title}", "", "| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
         lines += ["| " + " | ".join(r) + " |" for r in t[1:]]

@@ -98,6 +98,9 @@ class TrainConfig:
     episode_frames: int | None = None
     cache_latents: bool = True  # memoize the frozen codec's encodings per video (hash of its bytes), in RAM
     progress: bool = True  # progress bars (preload and training; rank 0 only)
+    # a corrupt episode stops the run (the error names it); True: skip it (the next readable episode takes its
+    # place) and report the count at the end (summary "skipped_corrupt")
+    skip_corrupt: bool = False
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -322,7 +325,8 @@ def make_dataset(cfg: TrainConfig, split: str = "train", seed_offset: int = 0):
     except ImportError as e:
         raise ImportError(f"cfg.data={cfg.data!r} needs kinema4d.data.episodes.TorchEpisodes "
                           f"(import failed: {e})") from e
-    return TorchEpisodes(cfg.data, split=split, size=tuple(cfg.size), frames=cfg.frames)
+    return TorchEpisodes(cfg.data, split=split, size=tuple(cfg.size), frames=cfg.frames,
+                         skip_corrupt=cfg.skip_corrupt)
 
 
 def make_val_dataset(cfg: TrainConfig, train_set, warn: bool = True):
@@ -628,6 +632,7 @@ def train_main(cfg: TrainConfig) -> dict:
     np.random.seed(cfg.seed)
     latent_shapes(cfg.model, cfg.frames, *cfg.size)  # validates the video size early
     dataset = make_dataset(cfg, "train")
+    episode_sets = [dataset]  # TorchEpisodes whose skipped corrupt episodes are reported at the end
     if cfg.episode_frames is None:
         n = cfg.frames if cfg.data is None else int(dataset.ds.attrs(0)["shapes"]["rgb"][0])
         cfg = dataclasses.replace(cfg, episode_frames=n)
@@ -641,6 +646,7 @@ def train_main(cfg: TrainConfig) -> dict:
                                     key=f"{Path(cfg.data).resolve()}|train|{tuple(cfg.size)}|{cfg.frames}",
                                     progress=cfg.progress and rank == 0)
     val_set = make_val_dataset(cfg, dataset, warn=rank == 0)
+    episode_sets.append(val_set)
     model = WorldModel(cfg.model)
     codec = make_codec(cfg.model)
     codec.requires_grad_(False)
@@ -739,7 +745,11 @@ def train_main(cfg: TrainConfig) -> dict:
     summary = {"rank": rank, "world_size": world, "start_step": start, "step": step, "losses": losses,
                "param_checksum": param_checksum(model),
                "num_params": sum(p.numel() for p in model.parameters()),
-               "num_trainable": sum(p.numel() for p in params)}
+               "num_trainable": sum(p.numel() for p in params),
+               "skipped_corrupt": sum(d.num_skipped for d in {id(d): d for d in episode_sets}.values()
+                                      if hasattr(d, "num_skipped"))}
+    if cfg.skip_corrupt and rank == 0:
+        print(f"skipped {summary['skipped_corrupt']} corrupt episodes of {cfg.data} (--skip-corrupt)")
     if world > 1:
         cs = [None] * world
         dist.all_gather_object(cs, summary["param_checksum"])
