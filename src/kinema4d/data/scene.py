@@ -1,10 +1,12 @@
-"""Synthetic 4D data engine on pybullet (paper Sec. 3.3, Supp. B.2): table-top pick-and-place with a Panda.
+"""Synthetic 4D data engine on pybullet (paper Sec. 3.3, Supp. B.2): table-top pick-and-place with any robot
+that has a gripper (builtin: the Franka Panda, the default, and the xArm6 with its gripper; or a URDF).
 
 One :class:`Scene` = one pybullet DIRECT client (several coexist in a process). It holds a table
-(``table/table.urdf``, top at z = 0.625), the Panda loaded from the same URDF as ``Robot.builtin("panda")`` at the
-same base pose, a goal pad (visual only), a target object and 0-2 distractors (box / cylinder / capsule / hexagonal
-prism primitives with distinct colours). The arm is position-controlled towards joint targets from kinema4d's
-seeded IK of end-effector pose actions; the fingers follow the gripper channel; objects react physically.
+(``table/table.urdf``, top at z = 0.625), the robot loaded from the same URDF as its :class:`Robot` at the
+same base pose (:func:`make_robot`), a goal pad (visual only), a target object and 0-2 distractors (box /
+cylinder / capsule / hexagonal prism primitives with distinct colours). The arm is position-controlled towards
+joint targets from kinema4d's seeded IK of end-effector pose actions; the fingers follow the gripper channel
+(:class:`Drive`: motor limits per robot); objects react physically.
 
 Randomization ranges per split (:func:`split_ranges`): train / val / test share the ranges (disjoint seeds);
 ``ood`` uses unseen shapes (capsule, hexagonal prism), unseen colours and a camera outside the training range.
@@ -409,20 +411,45 @@ def _hexprism_mesh(radius: float, height: float, n: int = 6):
     return verts.tolist(), idx
 
 
+@dataclass(frozen=True)
+class Drive:
+    """pybullet motor limits of one robot: ``arm_forces`` per arm joint (N m / N; None = the URDF effort limits),
+    ``finger_force`` per gripper joint, ``finger_friction`` lateral friction of the gripper links."""
+
+    arm_forces: tuple[float, ...] | None = None
+    finger_force: float = 40.0
+    finger_friction: float = 1.5
+    mimic_follow_force: float | None = 100.0
+    """Not None: only the gripper joint is driven towards the command (``finger_force``); every mimic joint is
+    re-targeted at the gripper joint's measured value each physics step with this stronger force, so a 1-DoF
+    linkage opened up into a tree (the xArm gripper) moves as one rigid mechanism and its fingers stay parallel
+    when the object blocks them. None: every finger joint is position-controlled to the commanded value (the
+    Panda's two prismatic fingers, as its data were generated)."""
+
+
+DRIVES = {
+    "panda": Drive((87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0), 40.0, mimic_follow_force=None),
+    "xarm6": Drive(None, 1.0),
+}
+
+
 class Scene:
     """A pybullet DIRECT world built from a :class:`SceneSpec`. Call :meth:`close` (or use ``with``) when done.
 
     ``physics_hz`` is the simulation rate, ``control_hz`` the rate at which :meth:`apply_action` is called.
+    Any robot with a gripper joint works: the gripper joint and the joints that mimic it
+    (``robot.mimic_joints``) are position-controlled together; motor limits come from :data:`DRIVES` by robot
+    name, else from the URDF.
     """
-
-    ARM_FORCES = (87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0)
-    FINGER_FORCE = 40.0
 
     def __init__(self, robot: Robot, spec: SceneSpec, physics_hz: float = 240.0, control_hz: float = 20.0,
                  near: float = 0.05, far: float = 5.0, visual_max_faces: int | None = DEFAULT_MAX_FACES_PER_LINK):
-        if robot.name != "panda":
-            raise ValueError(f"the pick-and-place scene is written for the Panda, got robot {robot.name!r}")
+        if robot.gripper_joint is None:
+            raise ValueError(f"the pick-and-place scene needs a robot with a gripper; {robot.name!r} has no gripper "
+                             f"joint (URDF robots: name it with --gripper-joints; actuated joints: "
+                             f"{robot.joint_names})")
         self.robot, self.spec, self.near, self.far = robot, spec, near, far
+        self.drive = DRIVES.get(robot.name, Drive())
         self.substeps = max(1, int(round(physics_hz / control_hz)))
         self.cid = p.connect(p.DIRECT)
         c = self.cid
@@ -441,12 +468,28 @@ class Scene:
                      for j in range(p.getNumJoints(self.body, physicsClientId=c))}
             self.q_joints = [names[n] for n in robot.joint_names]  # pybullet indices in robot.joint_names order
             self.arm_joints = [names[n] for n in robot.arm_joint_names]
-            self.finger_joints = [names["panda_finger_joint1"], names["panda_finger_joint2"]]
+            # the gripper joint, then the joints that mimic it: (pybullet index, multiplier, offset)
+            fingers = [(robot.gripper_joint, 1.0, 0.0)] + [(n, m, o) for n, (g, m, o) in robot.mimic_joints.items()
+                                                           if g == robot.gripper_joint]
+            self.finger_joints = [names[n] for n, _, _ in fingers]
+            self._finger_mult = np.array([m for _, m, _ in fingers])
+            self._finger_offset = np.array([o for _, _, o in fingers])
+            self.arm_forces = list(self.drive.arm_forces or [
+                p.getJointInfo(self.body, j, physicsClientId=c)[10] or 100.0 for j in self.arm_joints])
+            if len(self.arm_forces) != len(self.arm_joints):
+                raise ValueError(f"Drive of {robot.name!r} gives {len(self.arm_forces)} arm forces for "
+                                 f"{len(self.arm_joints)} arm joints")
             for j, v in zip(self.q_joints, robot.home, strict=True):
                 p.resetJointState(self.body, j, v, physicsClientId=c)
-            p.resetJointState(self.body, self.finger_joints[1], robot.home[-1], physicsClientId=c)
+            g_home = robot.home[robot.joint_names.index(robot.gripper_joint)]
+            for j, v in zip(self.finger_joints, self._finger_targets(g_home), strict=True):
+                p.resetJointState(self.body, j, v, physicsClientId=c)
             for j in self.finger_joints:
-                p.changeDynamics(self.body, j, lateralFriction=1.5, spinningFriction=0.01, physicsClientId=c)
+                p.changeDynamics(self.body, j, lateralFriction=self.drive.finger_friction, spinningFriction=0.01,
+                                 physicsClientId=c)
+            self.driven_fingers = self.finger_joints
+            if self.drive.mimic_follow_force is not None and len(self.finger_joints) > 1:
+                self.driven_fingers = self.finger_joints[:1]
             vis = p.createVisualShape(p.GEOM_BOX, halfExtents=[0.06, 0.06, 0.0015],
                                       rgbaColor=[*PALETTE[spec.pad_colour], 1], physicsClientId=c)
             self.pad = p.createMultiBody(0, -1, vis, [spec.goal_xy[0], spec.goal_xy[1], TABLE_TOP + 0.0015],
@@ -460,18 +503,26 @@ class Scene:
             p.stepSimulation(physicsClientId=self.cid)
         self._state0 = p.saveState(physicsClientId=self.cid)
 
+    def _finger_targets(self, value: float) -> list[float]:
+        """Gripper joint value -> targets of ``finger_joints`` (the gripper joint and its mimics)."""
+        return (self._finger_mult * value + self._finger_offset).tolist()
+
+    def _drive(self, q: np.ndarray) -> None:
+        """Position targets: q (dof,) in ``robot.joint_names`` order (the gripper joint drives its mimics)."""
+        r, c = self.robot, self.cid
+        q_arm = [q[r.joint_names.index(n)] for n in r.arm_joint_names]
+        p.setJointMotorControlArray(self.body, self.arm_joints, p.POSITION_CONTROL, targetPositions=q_arm,
+                                    forces=self.arm_forces, physicsClientId=c)
+        n = len(self.driven_fingers)
+        p.setJointMotorControlArray(self.body, self.driven_fingers, p.POSITION_CONTROL,
+                                    targetPositions=self._finger_targets(q[r.joint_names.index(r.gripper_joint)])[:n],
+                                    forces=[self.drive.finger_force] * n, physicsClientId=c)
+
     def reset(self) -> None:
         """Back to the initial (settled) state, so one scene can run several episodes (e.g. failure variants)."""
         p.restoreState(stateId=self._state0, physicsClientId=self.cid)
         self.q_target = self.robot.home.copy()
-        c = self.cid
-        home = self.robot.home
-        p.setJointMotorControlArray(self.body, self.arm_joints, p.POSITION_CONTROL,
-                                    targetPositions=home[:len(self.arm_joints)].tolist(),
-                                    forces=list(self.ARM_FORCES), physicsClientId=c)
-        p.setJointMotorControlArray(self.body, self.finger_joints, p.POSITION_CONTROL,
-                                    targetPositions=[home[-1]] * 2, forces=[self.FINGER_FORCE] * 2,
-                                    physicsClientId=c)
+        self._drive(self.robot.home)
 
     def _add_object(self, o: ObjectSpec) -> int:
         c = self.cid
@@ -512,16 +563,23 @@ class Scene:
             warnings.simplefilter("ignore")  # unreachable (perturbed) targets: the closest solution is fine
             q = self.robot.ik(T, q_init=self.q_target, **kw).q[0]
         self.q_target = q
-        c = self.cid
-        p.setJointMotorControlArray(self.body, self.arm_joints, p.POSITION_CONTROL,
-                                    targetPositions=q[:len(self.arm_joints)].tolist(),
-                                    forces=list(self.ARM_FORCES), physicsClientId=c)
-        finger = float(self.robot.gripper_to_joint(a[7]))
-        p.setJointMotorControlArray(self.body, self.finger_joints, p.POSITION_CONTROL,
-                                    targetPositions=[finger, finger], forces=[self.FINGER_FORCE] * 2,
-                                    physicsClientId=c)
+        q_cmd = q.copy()
+        q_cmd[self.robot.joint_names.index(self.robot.gripper_joint)] = float(self.robot.gripper_to_joint(a[7]))
+        self._drive(q_cmd)
+        follow = len(self.driven_fingers) < len(self.finger_joints)
         for _ in range(self.substeps):
-            p.stepSimulation(physicsClientId=c)
+            if follow:
+                self._follow_gripper()
+            p.stepSimulation(physicsClientId=self.cid)
+
+    def _follow_gripper(self) -> None:
+        """Re-target the mimic joints at the gripper joint's measured value (see :attr:`Drive.mimic_follow_force`)."""
+        c = self.cid
+        g = p.getJointState(self.body, self.finger_joints[0], physicsClientId=c)[0]
+        p.setJointMotorControlArray(self.body, self.finger_joints[1:], p.POSITION_CONTROL,
+                                    targetPositions=self._finger_targets(g)[1:],
+                                    forces=[self.drive.mimic_follow_force] * (len(self.finger_joints) - 1),
+                                    positionGains=[1.0] * (len(self.finger_joints) - 1), physicsClientId=c)
 
     def joint_positions(self) -> np.ndarray:
         """(dof,) current joint positions in ``robot.joint_names`` order."""
@@ -655,8 +713,21 @@ def execute(scene: Scene, actions: np.ndarray) -> dict:
     return scene.evaluate()
 
 
-def make_robot() -> Robot:
-    """The Panda standing on the table top at ``BASE_XYZ`` (the robot every scene uses)."""
-    T = np.eye(4)
-    T[:3, 3] = BASE_XYZ
-    return Robot.builtin("panda", T_world_base=T)
+def make_robot(robot: str = "panda", **options) -> Robot:
+    """The robot standing on the table top at ``BASE_XYZ``: a builtin name (panda, xarm6; kuka_iiwa has no
+    gripper) or a URDF path with ``options`` of :func:`kinema4d.kinematics.control.load_robot` (ee_link,
+    gripper_joints, gripper_open, gripper_closed). The pick-and-place needs a gripper (checked here)."""
+    from kinema4d.kinematics.control import load_robot
+
+    T_world_base = np.eye(4)
+    T_world_base[:3, 3] = BASE_XYZ
+    if robot == "kuka_iiwa":
+        raise ValueError("kuka_iiwa cannot run the pick-and-place: pybullet_data's KUKA with a gripper is an SDF "
+                         "(kuka_iiwa/kuka_with_gripper2.sdf, arm + WSG50 gripper) and kinema4d's kinematics read "
+                         "URDF only; the builtin kuka_iiwa (kuka_iiwa/model.urdf) has no gripper. Use panda or "
+                         "xarm6, or a URDF with --ee-link and --gripper-joints")
+    r = load_robot(robot, T_world_base=T_world_base, **options)
+    if r.gripper_joint is None:
+        raise ValueError(f"the pick-and-place needs a gripper; {robot!r} has none. Name its gripper joints with "
+                         f"--gripper-joints (actuated joints: {r.joint_names})")
+    return r

@@ -63,15 +63,48 @@ def demo_actions(robot: Robot, T: int = 49) -> np.ndarray:
     return np.concatenate([pos, np.tile(quat, (T, 1)), gripper[:, None]], axis=1)
 
 
-def load_robot(spec: str) -> Robot:
+def load_robot(spec: str, ee_link: str | None = None, gripper_joints: list[str] | tuple[str, ...] | None = None,
+               gripper_open: float | None = None, gripper_closed: float | None = None, T_world_base=None) -> Robot:
+    """A builtin robot name (``BUILTIN_ROBOTS``) or a URDF path -> :class:`Robot` at ``T_world_base`` (4, 4).
+
+    For a URDF: ``ee_link`` names the end-effector link (actions and IK act on it; default: the deepest link);
+    ``gripper_joints`` the gripper, the first one driving and the others following it 1:1 (URDF ``<mimic>`` joints
+    of the first follow it anyway). The gripper opening maps linearly from ``gripper_closed`` (action 0) to
+    ``gripper_open`` (action 1), joint values defaulting to the first gripper joint's lower / upper limit.
+    Builtins fix all of these (``--ee-link`` etc. are refused). Bad names raise, listing what exists.
+    """
     from kinema4d.kinematics.robot import BUILTIN_ROBOTS
 
+    custom = {"ee_link": ee_link, "gripper_joints": gripper_joints, "gripper_open": gripper_open,
+              "gripper_closed": gripper_closed}
     if spec in BUILTIN_ROBOTS:
-        return Robot.builtin(spec)
+        given = [k for k, v in custom.items() if v]
+        if given:
+            raise ValueError(f"the builtin robot {spec!r} fixes {', '.join(given)}; pass a URDF path as --robot to "
+                             "choose them")
+        return Robot.builtin(spec, T_world_base=T_world_base)
     path = Path(spec)
-    if path.suffix.lower() != ".urdf" and not path.exists():
-        raise ValueError(f"--robot {spec!r} is neither a builtin robot {sorted(BUILTIN_ROBOTS)} nor a URDF file")
-    return Robot.from_urdf(path)
+    if path.suffix.lower() != ".urdf":
+        if path.suffix.lower() == ".sdf":
+            raise ValueError(f"--robot {spec!r} is an SDF file; kinema4d's kinematics read URDF only (convert it "
+                             "to URDF, e.g. with sdformat_urdf or by hand)")
+        raise ValueError(f"--robot {spec!r} is neither a builtin robot {sorted(BUILTIN_ROBOTS)} nor a .urdf file")
+    if not path.is_file():
+        raise FileNotFoundError(f"--robot: URDF file not found: {path}")
+    joints = list(gripper_joints or [])
+    robot = Robot.from_urdf(path, ee_link=ee_link, gripper_joint=joints[0] if joints else None,
+                            gripper_mimics=joints[1:], T_world_base=T_world_base)
+    if joints:
+        lo, hi = robot.joint_limits[robot.joint_names.index(joints[0])]
+        robot.gripper_open = float(hi if gripper_open is None else gripper_open)
+        robot.gripper_closed = float(lo if gripper_closed is None else gripper_closed)
+        if not (np.isfinite(robot.gripper_open) and np.isfinite(robot.gripper_closed)) or \
+                robot.gripper_open == robot.gripper_closed:
+            raise ValueError(f"gripper joint {joints[0]!r}: give distinct finite --gripper-open / --gripper-closed "
+                             f"joint values (limits [{lo}, {hi}])")
+    elif gripper_open is not None or gripper_closed is not None:
+        raise ValueError("--gripper-open / --gripper-closed need --gripper-joints")
+    return robot
 
 
 def load_actions(path: Path) -> np.ndarray:

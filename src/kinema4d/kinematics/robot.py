@@ -25,6 +25,16 @@ ACTION_MODES = ("joint_pos", "joint_vel", "ee_pose")
 
 
 @dataclass(frozen=True)
+class FixedFrame:
+    """An extra frame rigidly attached to URDF link ``parent`` at ``xyz`` metres (parent link frame, no rotation),
+    e.g. a grasp point (TCP) that the URDF does not name. Usable as ``ee_link``; it has no geometry."""
+
+    name: str
+    parent: str
+    xyz: tuple[float, float, float]
+
+
+@dataclass(frozen=True)
 class BuiltinSpec:
     urdf: str  # relative to pybullet_data
     ee_link: str
@@ -32,6 +42,7 @@ class BuiltinSpec:
     gripper_open: float = 0.0  # joint value of a fully open gripper (action 1)
     gripper_closed: float = 0.0  # joint value of a closed gripper (action 0)
     home: tuple[float, ...] = ()  # a comfortable configuration, actuated joints
+    frames: tuple[FixedFrame, ...] = ()  # extra frames (a TCP the URDF lacks)
 
 
 BUILTIN_ROBOTS: dict[str, BuiltinSpec] = {
@@ -39,7 +50,13 @@ BUILTIN_ROBOTS: dict[str, BuiltinSpec] = {
                          (0.0, -0.3, 0.0, -2.2, 0.0, 2.0, 0.785, 0.04)),
     "kuka_iiwa": BuiltinSpec("kuka_iiwa/model.urdf", "lbr_iiwa_link_7", None, 0, 0,
                              (0.0, 0.5, 0.0, -1.2, 0.0, 1.0, 0.0)),
-    "xarm6": BuiltinSpec("xarm/xarm6_robot.urdf", "link6", None, 0, 0, (0.0, -0.3, -0.8, 0.0, 1.1, 0.0)),
+    # xArm6 with the xArm gripper: drive_joint 0 = open (8.9 cm between the finger pads) .. 0.85 = closed, the
+    # five other gripper joints mimic it (a four-bar linkage opened up into a tree). The URDF names no grasp point:
+    # xarm_grasptarget sits 15.5 cm along the flange axis, 7-19 mm above the fingertips (the Panda's
+    # panda_grasptarget is 7 mm above its fingertips). Home: grasp point 48 cm out, 41 cm up, pointing down.
+    "xarm6": BuiltinSpec("xarm/xarm6_with_gripper.urdf", "xarm_grasptarget", "drive_joint", 0.0, 0.85,
+                         (0.0, 0.066, -1.747, 0.0, 1.681, 0.0, 0.0),
+                         (FixedFrame("xarm_grasptarget", "xarm_gripper_base_link", (0.0, 0.0, 0.165)),)),
 }
 
 
@@ -116,7 +133,8 @@ class Robot:
     """
 
     def __init__(self, urdf_path, package_dirs=None, ee_link: str | None = None, gripper_joint: str | None = None,
-                 gripper_open: float = 0.0, gripper_closed: float = 0.0, T_world_base=None, home=None, name=None):
+                 gripper_open: float = 0.0, gripper_closed: float = 0.0, T_world_base=None, home=None, name=None,
+                 gripper_mimics: list[str] | tuple[str, ...] = (), frames: list[FixedFrame] | tuple = ()):
         self.urdf_path = Path(urdf_path)
         if not self.urdf_path.is_file():
             raise FileNotFoundError(f"URDF not found: {self.urdf_path}")
@@ -133,8 +151,10 @@ class Robot:
             self.model = pin.buildModelFromUrdf(str(self.urdf_path))
         except Exception as e:  # Pinocchio raises a bare RuntimeError/ValueError
             raise ValueError(f"URDF {self.urdf_path} could not be loaded by Pinocchio: {e}") from None
+        for fr in frames:
+            self._add_fixed_frame(fr)
         self.data = self.model.createData()
-        self._parse_joints(root)
+        self._parse_joints(root, gripper_joint, list(gripper_mimics))
         self.visuals = self._parse_visuals(root, urdf_dir)
         self.link_names = [f.name for f in self.model.frames if f.type == pin.FrameType.BODY]
         self._link_fids = [self.model.getFrameId(n) for n in self.link_names]
@@ -145,7 +165,12 @@ class Robot:
             raise ValueError(f"ee_link {ee_link!r} is not a link of {self.urdf_path.name}; links: {self.link_names}")
         self.ee_link = ee_link
         if gripper_joint is not None and gripper_joint not in self.joint_names:
-            raise ValueError(f"gripper_joint {gripper_joint!r} is not an actuated joint; joints: {self.joint_names}")
+            if gripper_joint in self.mimic_joints:
+                raise ValueError(f"gripper joint {gripper_joint!r} mimics {self.mimic_joints[gripper_joint][0]!r} in "
+                                 f"{self.urdf_path.name}; name the driving joint first. Actuated joints: "
+                                 f"{self.joint_names}")
+            raise ValueError(f"gripper joint {gripper_joint!r} is not an actuated joint of {self.urdf_path.name}; "
+                             f"actuated joints: {self.joint_names}")
         self.gripper_joint = gripper_joint
         self.gripper_open, self.gripper_closed = float(gripper_open), float(gripper_closed)
         self.arm_joint_names = [j for j in self.joint_names if j != gripper_joint]
@@ -169,9 +194,22 @@ class Robot:
         urdf = Path(pybullet_data.getDataPath()) / spec.urdf
         return cls(urdf, package_dirs=[urdf.parent], ee_link=spec.ee_link, gripper_joint=spec.gripper_joint,
                    gripper_open=spec.gripper_open, gripper_closed=spec.gripper_closed, T_world_base=T_world_base,
-                   home=spec.home or None, name=name)
+                   home=spec.home or None, name=name, frames=spec.frames)
 
-    def _parse_joints(self, root) -> None:
+    def _add_fixed_frame(self, fr: FixedFrame) -> None:
+        """Add ``fr`` to the Pinocchio model as a BODY frame (so it is a link name: FK, IK, ``ee_link``)."""
+        names = [f.name for f in self.model.frames if f.type == pin.FrameType.BODY]
+        if fr.parent not in names:
+            raise ValueError(f"frame {fr.name!r}: parent link {fr.parent!r} is not a link of {self.urdf_path.name}; "
+                             f"links: {names}")
+        if fr.name in names:
+            raise ValueError(f"frame {fr.name!r} already is a link of {self.urdf_path.name}")
+        parent = self.model.frames[self.model.getFrameId(fr.parent)]
+        placement = parent.placement * pin.SE3(np.eye(3), np.asarray(fr.xyz, np.float64))
+        self.model.addFrame(pin.Frame(fr.name, parent.parentJoint, self.model.getFrameId(fr.parent), placement,
+                                      pin.FrameType.BODY))
+
+    def _parse_joints(self, root, gripper_joint: str | None, gripper_mimics: list[str]) -> None:
         model = self.model
         mimic = {}  # joint -> (master, multiplier, offset)
         for j in root.iter("joint"):
@@ -179,6 +217,21 @@ class Robot:
             if m is not None:
                 mimic[j.get("name")] = (m.get("joint"), float(m.get("multiplier", 1)), float(m.get("offset", 0)))
         pin_joints = list(model.names)[1:]  # movable joints in Pinocchio's order (skip 'universe')
+        for name in gripper_mimics:  # extra gripper joints follow gripper_joint 1:1 (e.g. a second finger)
+            if name not in pin_joints:
+                raise ValueError(f"gripper joint {name!r} is not a movable joint of {self.urdf_path.name}; "
+                                 f"movable joints: {pin_joints}")
+            if gripper_joint is None or name == gripper_joint:
+                raise ValueError(f"gripper joint {name!r}: the first gripper joint drives the others; got "
+                                 f"gripper_joint={gripper_joint!r}")
+            if name not in mimic:
+                mimic[name] = (gripper_joint, 1.0, 0.0)
+            elif mimic[name][0] != gripper_joint:
+                raise ValueError(f"gripper joint {name!r} mimics {mimic[name][0]!r} in {self.urdf_path.name}, "
+                                 f"not the first gripper joint {gripper_joint!r}")
+        self.mimic_joints = {n: m for n, m in mimic.items() if n in pin_joints}
+        """{joint: (driving joint, multiplier, offset)}: the joints that follow another (URDF ``<mimic>`` or
+        ``gripper_mimics``); they are not in ``q``."""
         self.joint_names = [n for n in pin_joints if n not in mimic]
         self.dof = len(self.joint_names)
         lim = []
