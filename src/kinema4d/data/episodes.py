@@ -32,22 +32,23 @@ Why one zip per episode (measured on a 49-frame 64x96 episode of ``data/synth64`
 ``benchmarks/bench_data.py`` repeats the comparison through ``TorchEpisodes``):
 
     layout                                   files  KB on disk  write ms  read ms
-    v1: directory, 1 frame per chunk          307      5236        310       104
+    v1: directory, 1 frame per chunk          307*     5236        310       104
     directory, 1 chunk per array               19       480         53        14
     directory, zarr v3 sharding (1 shard)      19      1540        130        88
     zip, 1 frame per chunk                      1      1364        142        70
     zip, 1 chunk per array (version 2)          1       280         32        13
 
-A zarr directory costs at least two files per array (its ``zarr.json`` and one chunk or shard), 19 for our nine
-arrays: over the ~10-file budget whatever the chunking. A zip holds the same zarr group in one file, which any
-zarr v3 tool opens (``zarr.open_group(zarr.storage.ZipStore(path))``), is written to a temp name and renamed (so
-a file with the final name is complete: no marker file), and detects truncation (zip directory) and damage
-(zip CRC + our checksums). Larger chunks compress better (zstd sees the whole sequence) and cost fewer calls.
-Many episodes per file (LeRobot v3 style) would cut the file count further, but parallel writers and resume
-(kill a datagen, start it again) then need a merge step; 200k episodes as 200k files is fine for a filesystem.
+(*: regular files; 1115 with the nested chunk directories.) A zarr directory costs at least two files per array
+(its ``zarr.json`` and one chunk or shard), 19 for our nine arrays: over the ~10-file budget whatever the
+chunking. A zip holds the same zarr group in one file, which any zarr v3 tool opens
+(``zarr.open_group(zarr.storage.ZipStore(path))``), is written to a temp name and renamed (so a file with the
+final name is complete: no marker file), and detects truncation (zip directory) and damage (zip CRC + our
+checksums). Larger chunks compress better (zstd sees the whole sequence) and cost fewer calls. Many episodes per
+file (LeRobot v3 style) would cut the file count further, but parallel writers and resume (kill a datagen, start
+it again) would then need a merge step; 200k episodes as 200k files is fine for a file system.
 
 Version 1 (datasets written before, e.g. ``data/synth64``) is still read: ``episodes/000123/`` was a zarr
-directory with one frame per chunk (~900 files per episode at 64x96 with nested chunk directories) and a
+directory with one frame per chunk (~300 files + ~800 chunk directories per episode at 64x96) and a
 ``_COMPLETE`` marker written last. ``kinema4d dataset convert OLD NEW`` (:mod:`kinema4d.data.convert`) rewrites a
 dataset as version 2; the writer keeps appending in the version the dataset already has (a resumed datagen run).
 
@@ -146,10 +147,11 @@ def is_complete(root: str | os.PathLike, episode: int, version: int | None = Non
 
 
 def disk_bytes(path: str | os.PathLike) -> int:
-    """Bytes on disk (``du``: allocated blocks) of a file or of a directory tree."""
+    """Bytes on disk of a file or of a directory tree, as ``du`` counts them: allocated blocks of the files and of
+    the directories themselves."""
     path = Path(path)
-    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
-    return sum(f.stat().st_blocks * 512 for f in files)
+    entries = [path] if path.is_file() else [path, *path.rglob("*")]
+    return sum(f.lstat().st_blocks * 512 for f in entries)
 
 
 # ---------------------------------------------------------------------- writing
