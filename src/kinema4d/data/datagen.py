@@ -29,7 +29,7 @@ import json
 import multiprocessing as mp
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,20 @@ class DatagenConfig:
     episodes: int = 100
     """Total episodes to have in the split (clean + perturbed)."""
     split: str = "train"
-    """train | val | test | ood (ood: unseen shapes/colours, camera outside the training range)."""
+    """train | val | test | ood | ood_embodiment (ood: unseen shapes/colours, camera outside the training range;
+    ood_embodiment: the test ranges with a robot the default model was not trained on, xarm6 unless --robot)."""
+    robot: str | None = None
+    """panda | xarm6 | PATH.urdf (kuka_iiwa: no gripper in URDF, refused). Default: panda (the default model's
+    robot), xarm6 for the ood_embodiment split."""
+    ee_link: str | None = None
+    """URDF robots: the end-effector link the ee_pose actions drive (the grasp point between the fingers)."""
+    gripper_joints: tuple[str, ...] | None = None
+    """URDF robots: the gripper joints; the first is driven, the others follow it 1:1 (URDF mimic joints of the
+    first follow it anyway)."""
+    gripper_open: float | None = None
+    """URDF robots: first gripper joint's value when open (default: its upper limit)."""
+    gripper_closed: float | None = None
+    """URDF robots: first gripper joint's value when closed (default: its lower limit)."""
     seed: int = 0
     """Base seed; the split and block index are mixed in (disjoint streams per split)."""
     resolution: str = DEFAULT_RESOLUTION
@@ -85,7 +98,27 @@ class DatagenConfig:
 
 # fields that define the content of an episode: a rerun into the same directory must match them
 CONTENT_FIELDS = ("split", "seed", "resolution", "frames", "failures_per_success", "control_hz", "physics_hz",
-                  "max_attempts", "distractors", "policy")
+                  "max_attempts", "distractors", "policy", "robot", "ee_link", "gripper_joints", "gripper_open",
+                  "gripper_closed")
+TRAINED_ROBOT = "panda"  # the robot of the training data and of the bundled default model
+OOD_EMBODIMENT_ROBOT = "xarm6"
+
+
+def resolve_robot(cfg: DatagenConfig) -> str:
+    """The robot of ``cfg`` (``cfg.robot``, or the split's default: panda, xarm6 for ood_embodiment)."""
+    if cfg.robot is None:
+        return OOD_EMBODIMENT_ROBOT if cfg.split == "ood_embodiment" else TRAINED_ROBOT
+    if cfg.split == "ood_embodiment" and cfg.robot == TRAINED_ROBOT:
+        raise ValueError(f"the ood_embodiment split holds a robot the default model was not trained on; "
+                         f"{TRAINED_ROBOT!r} is its training robot (use --robot xarm6 or a URDF)")
+    return cfg.robot
+
+
+def robot_options(cfg: DatagenConfig) -> dict:
+    """The URDF options of ``cfg`` for :func:`kinema4d.data.scene.make_robot` (only those given)."""
+    opts = {"ee_link": cfg.ee_link, "gripper_joints": cfg.gripper_joints, "gripper_open": cfg.gripper_open,
+            "gripper_closed": cfg.gripper_closed}
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 def parse_resolution(s: str) -> tuple[int, int]:
@@ -127,10 +160,12 @@ def variant_of(v: int) -> tuple[int, float]:
 _ROBOT = {}
 
 
-def _robot():
-    if "panda" not in _ROBOT:
-        _ROBOT["panda"] = sim.make_robot()
-    return _ROBOT["panda"]
+def _robot(cfg: DatagenConfig):
+    """The robot of ``cfg`` on the table (cached per process)."""
+    key = (resolve_robot(cfg), cfg.ee_link, cfg.gripper_joints, cfg.gripper_open, cfg.gripper_closed)
+    if key not in _ROBOT:
+        _ROBOT[key] = sim.make_robot(key[0], **robot_options(cfg))
+    return _ROBOT[key]
 
 
 def _episode_arrays(ep: sim.Episode) -> dict:
@@ -152,7 +187,17 @@ def _episode_attrs(robot, ep: sim.Episode, cfg: DatagenConfig, block: int, attem
         "attempt": attempt, "seed": [cfg.seed, sim.SPLITS.index(cfg.split), block, attempt],
         "frames": ep.meta["frames"], "control_hz": ep.meta["control_hz"], "physics_hz": ep.meta["physics_hz"],
         "n_control_steps": ep.meta["n_control_steps"], "record_steps": ep.meta["record_steps"],
-    } | ({"policy": cfg.policy} if cfg.policy is not None else {})
+    } | ({"policy": cfg.policy} if cfg.policy is not None else {}) | _urdf_attrs(robot, cfg)
+
+
+def _urdf_attrs(robot, cfg: DatagenConfig) -> dict:
+    """Extra attrs of a robot given by URDF path (builtins are rebuilt from their name alone)."""
+    from kinema4d.kinematics.robot import BUILTIN_ROBOTS
+
+    if resolve_robot(cfg) in BUILTIN_ROBOTS:
+        return {}
+    return {"robot_urdf": str(Path(robot.urdf_path).resolve()), "gripper_joint": robot.gripper_joint,
+            "gripper_open": robot.gripper_open, "gripper_closed": robot.gripper_closed}
 
 
 def _dir_bytes(path: Path) -> int:
@@ -162,7 +207,7 @@ def _dir_bytes(path: Path) -> int:
 def run_block(cfg: DatagenConfig, block: int, todo: list[int]) -> list[dict]:
     """Simulate block ``block`` and write its episodes listed in ``todo`` (ids). Returns one record per episode
     written: {"entry": index entry, "timing": {physics, render_sim, render_robot, write} s, "bytes": int}."""
-    robot = _robot()
+    robot = _robot(cfg)
     H, W = cfg.size()
     root = Path(cfg.out) / cfg.split
     F = cfg.failures_per_success
@@ -217,7 +262,7 @@ def run_block(cfg: DatagenConfig, block: int, todo: list[int]) -> list[dict]:
 
 def _run_policy_block(cfg: DatagenConfig, block: int, write) -> None:
     """Block ``block`` of a policy run (module docstring): the expert-solvable scene, executed by ``cfg.policy``."""
-    robot = _robot()
+    robot = _robot(cfg)
     H, W = cfg.size()
     split_i = sim.SPLITS.index(cfg.split)
     for attempt in range(cfg.max_attempts):
@@ -264,6 +309,7 @@ def _save_config(cfg: DatagenConfig, root: Path) -> None:
     d = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}))
     if path.is_file():
         old = json.loads(path.read_text())
+        old.setdefault("robot", TRAINED_ROBOT)  # written before robots were selectable: the Panda
         diff = {k: (old.get(k), d[k]) for k in CONTENT_FIELDS if old.get(k) != d[k]}
         if diff:
             raise ValueError(f"{root} was generated with a different config {diff} (old, new); use another --out")
@@ -273,6 +319,8 @@ def _save_config(cfg: DatagenConfig, root: Path) -> None:
 def datagen_main(cfg: DatagenConfig) -> dict:
     """Generate (or complete) ``cfg.out/<split>``; returns :func:`dataset_info` of it."""
     _check(cfg)
+    cfg = replace(cfg, robot=resolve_robot(cfg))
+    _robot(cfg)  # a bad robot / --ee-link / --gripper-joints fails here, before any worker starts
     root = kdata.init_dataset(Path(cfg.out) / cfg.split, cfg.split)
     _save_config(cfg, root)
     kdata.clean_stale(root)
@@ -353,12 +401,18 @@ def dataset_info(path) -> dict:
     def ratio(ms):
         return round(sum(bool(m.get("success")) for m in ms) / len(ms), 4) if ms else None
 
+    # every clean attempt is a fresh scene and a block stops at its first success, so the scripted expert's
+    # success per scene = clean demos / clean attempts (attempt = seed[3]; a clean_failed block used them all)
+    firsts = [m for m in metas if m.get("variant", {}).get("kind") in ("clean", "clean_failed")]
+    attempts = sum(int(m["seed"][3]) + 1 for m in firsts if len(m.get("seed") or []) >= 4)
+
     size = _dir_bytes(path)
     tmp = [d.name for d in (path / "episodes").iterdir() if d.name.startswith(".tmp-")] \
         if (path / "episodes").is_dir() else []
     return {
-        "path": str(path), "split": ds.split, "episodes": len(ds), "clean": len(clean), "perturbed": len(pert),
-        "clean_failed": clean_failed,
+        "path": str(path), "split": ds.split, "robot": ds.attrs(0).get("robot") if len(ds) else None,
+        "episodes": len(ds), "clean": len(clean), "perturbed": len(pert), "clean_failed": clean_failed,
+        "clean_attempts": attempts, "expert_success_per_scene": round(len(clean) / attempts, 4) if attempts else None,
         "success": sum(bool(m.get("success")) for m in metas), "success_ratio": ratio(metas),
         "success_ratio_clean": ratio(clean), "success_ratio_perturbed": ratio(pert),
         "resolution": f"{metas[0]['height']}x{metas[0]['width']}" if metas else None,

@@ -9,7 +9,8 @@ joint targets from kinema4d's seeded IK of end-effector pose actions; the finger
 (:class:`Drive`: motor limits per robot); objects react physically.
 
 Randomization ranges per split (:func:`split_ranges`): train / val / test share the ranges (disjoint seeds);
-``ood`` uses unseen shapes (capsule, hexagonal prism), unseen colours and a camera outside the training range.
+``ood`` uses unseen shapes (capsule, hexagonal prism), unseen colours and a camera outside the training range;
+``ood_embodiment`` uses the test ranges with a robot the default model was not trained on (xarm6 by default).
 Main camera (oblique top-down, medial-frontal, looking from the far side of the table back at the robot):
 look-at target ``(-0.16, 0, 0.70)`` +- 3 cm; azimuth about world z (0 = straight in front of the robot),
 elevation above the horizontal, distance to the target and vertical FOV are sampled uniformly from the ranges.
@@ -40,6 +41,7 @@ and it touches no robot link.
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,9 +52,9 @@ from scipy.spatial.transform import Rotation, Slerp
 from kinema4d.geometry import matrix_to_pose, pose_to_matrix
 from kinema4d.kinematics.camera import Camera
 from kinema4d.kinematics.render import DEFAULT_MAX_FACES_PER_LINK, simplified_urdf
-from kinema4d.kinematics.robot import Robot
+from kinema4d.kinematics.robot import BUILTIN_ROBOTS, Robot
 
-SPLITS = ("train", "val", "test", "ood")
+SPLITS = ("train", "val", "test", "ood", "ood_embodiment")
 TABLE_TOP = 0.625
 BASE_XYZ = (-0.6, 0.0, TABLE_TOP)
 CAM_TARGET = (-0.16, 0.0, 0.70)  # the workspace centre region, so the workspace fills the image
@@ -94,7 +96,8 @@ OOD_RANGES = Ranges(shapes=("capsule", "hexprism"), colours=("cyan", "magenta", 
 
 
 def split_ranges(split: str) -> Ranges:
-    """Randomization ranges of ``split`` (train/val/test share them; ood is disjoint in shape, colour, camera)."""
+    """Randomization ranges of ``split`` (train/val/test share them; ood is disjoint in shape, colour, camera;
+    ood_embodiment has the test ranges: only the robot differs, see ``kinema4d.data.datagen``)."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
     return OOD_RANGES if split == "ood" else TRAIN_RANGES
@@ -557,8 +560,6 @@ class Scene:
         a = np.asarray(action, dtype=np.float64)
         T = pose_to_matrix(a[:3], a[3:7] / np.linalg.norm(a[3:7]))
         kw = {"max_iters": 30, "restarts": 0} | (ik_kwargs or {})
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # unreachable (perturbed) targets: the closest solution is fine
             q = self.robot.ik(T, q_init=self.q_target, **kw).q[0]
@@ -730,4 +731,25 @@ def make_robot(robot: str = "panda", **options) -> Robot:
     if r.gripper_joint is None:
         raise ValueError(f"the pick-and-place needs a gripper; {robot!r} has none. Name its gripper joints with "
                          f"--gripper-joints (actuated joints: {r.joint_names})")
+    if robot not in BUILTIN_ROBOTS:  # a URDF has no start pose: put the grasp point where the builtins start
+        r.home = workspace_home(r)
     return r
+
+
+HOME_XYZ_BASE = (0.48, 0.0, 0.41)  # metres in the robot base frame: the grasp point of the start pose
+
+
+def workspace_home(robot: Robot) -> np.ndarray:
+    """(dof,) start configuration of a URDF robot: ``robot.ee_link`` at :data:`HOME_XYZ_BASE` pointing straight
+    down (the builtins' start pose), gripper open; seeded IK with restarts. Raises if the pose is out of reach."""
+    T_world_ee = robot.T_world_base @ pose_to_matrix(np.array(HOME_XYZ_BASE), down_quat(0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = robot.ik(T_world_ee, q_init=robot.home, max_iters=300, restarts=32)
+    if not res.converged[0] and (res.pos_err[0] > 0.005 or res.rot_err[0] > 0.05):
+        raise ValueError(f"{robot.name}: ee link {robot.ee_link!r} cannot reach the start pose (grasp point "
+                         f"{HOME_XYZ_BASE} m in the base frame, pointing down; IK error {res.pos_err[0] * 1000:.1f} "
+                         f"mm, {res.rot_err[0]:.3f} rad); is --ee-link the link between the fingers?")
+    q = res.q[0].copy()
+    q[robot.joint_names.index(robot.gripper_joint)] = robot.gripper_open
+    return q
