@@ -182,24 +182,36 @@ def test_checkpoint_without_training_size_is_an_error(data_dir, run_dir, tmp_pat
 
 
 def test_eval_feature_metrics_with_local_weights(data_dir, run_dir, tmp_path):
-    """LPIPS / FID / FVD appear only with local feature networks (tiny ones made here), and then are finite."""
-    from kinema4d.eval import metrics as M
+    """With local weights in the standard file layouts FID is scored; LPIPS (16 px frames, AlexNet needs 31) and FVD
+    (4-frame clips, I3D needs 9) are n/a with the reason in the report; a file in another layout fails up front."""
+    import torch
 
-    nets = {}
-    for dims in (2, 3):
-        net = M.FeatureNet({"dims": dims, "in_channels": 3, "channels": [4, 4], "kernel_size": 3, "strides": [1, 2],
-                            "lpips_layers": [0, 1] if dims == 2 else []})
-        nets[dims] = M.save_feature_net(net, tmp_path / f"net{dims}d")
+    from kinema4d.eval import featurenets as FN
+    from kinema4d.eval.evaluate import EvalConfig, evaluate, feature_weights
+
+    torch.manual_seed(0)
+    w = tmp_path / "weights"
+    w.mkdir()
+    torch.save(FN.LpipsAlex().state_dict(), w / "alexnet.pth")  # torchvision features + lpips heads in one file
+    torch.save(FN.InceptionV3().state_dict(), w / "pt_inception-2015-12-05-6726825d.pth")
+    torch.save(FN.InceptionI3d().state_dict(), w / "rgb_imagenet.pt")
     out = tmp_path / "rep"
-    assert main(["eval", "--checkpoint", str(run_dir), "--data", str(data_dir), "--split", "test", "--out", str(out),
-                 "--steps", "1", "--videos", "0", "--no-penetration", "--no-progress", "--lpips-weights",
-                 str(nets[2]), "--fid-weights", str(nets[2]), "--fvd-weights", str(nets[3])]) == 0
+    with pytest.warns(UserWarning, match="n/a"):
+        assert main(["eval", "--checkpoint", str(run_dir), "--data", str(data_dir), "--split", "test", "--out",
+                     str(out), "--steps", "1", "--videos", "0", "--no-penetration", "--no-progress", "--lpips-weights",
+                     str(w), "--fid-weights", str(w), "--fvd-weights", str(w)]) == 0
     rep = json.loads((out / "report.json").read_text())
     for m in ("kinema4d", "static"):
-        for k in ("lpips", "fid", "fvd"):
-            assert rep["summary"][m][k] is not None and np.isfinite(rep["summary"][m][k]), (m, k)
-    assert rep["summary"]["static"]["penetration_pct"] != rep["summary"]["static"]["penetration_pct"]  # NaN: off
-    assert "n/a = not available" not in (out / "report.md").read_text()
+        assert rep["summary"][m]["fid"] is not None and np.isfinite(rep["summary"][m]["fid"]), m
+        assert rep["summary"][m]["lpips"] is None and rep["summary"][m]["fvd"] is None, m
+    assert "31 px" in rep["feature_metrics_na"]["lpips"] and "9 frames" in rep["feature_metrics_na"]["fvd"]
+    md = (out / "report.md").read_text()
+    assert "LPIPS is n/a: its AlexNet needs frames of at least 31 px" in md and "n/a = not available" not in md
+    with pytest.raises(ValueError, match="rgb_imagenet.pt does not hold InceptionV3 weights"):
+        evaluate(EvalConfig(checkpoint=run_dir, data=data_dir, out=out, fid_weights=w / "rgb_imagenet.pt"))
+    with pytest.warns(UserWarning, match="FID is n/a.*pt_inception-2015-12-05-6726825d.pth"):
+        weights, na = feature_weights(EvalConfig(fid_weights=tmp_path / "none"), (32, 48), 10)
+    assert weights == {"lpips": None, "fid": None, "fvd": None} and set(na) == {"fid"}
 
 
 def test_eval_pipeline_robot_input(data_dir, run_dir, tmp_path):

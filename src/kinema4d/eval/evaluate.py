@@ -89,7 +89,9 @@ class EvalConfig:
     cfg_scale: float = 1.0
     seed: int = 0
     videos: int = 4  # GT | prediction mp4s for the first N episodes
-    lpips_weights: Path | None = None  # local FeatureNet dirs (kinema4d.eval.metrics); None = "n/a" in the report
+    # local feature-network weights, a file or a directory (kinema4d.eval.metrics: AlexNet + lpips heads,
+    # Inception-v3, I3D); None = "n/a" in the report
+    lpips_weights: Path | None = None
     fid_weights: Path | None = None
     fvd_weights: Path | None = None
     penetration: bool = True  # robot-link penetration of the generated points (loads the episode's robot)
@@ -219,6 +221,36 @@ def load_methods(checkpoint, baselines: tuple[str, ...] = (), size: tuple[int, i
     return loaded, size, frames
 
 
+def feature_weights(cfg: EvalConfig, size: tuple[int, int], frames: int) -> tuple[dict, dict]:
+    """The LPIPS / FID / FVD weights to score with, checked before any rollout: ``({metric: path or None},
+    {metric: reason it is n/a although a path was given})``.
+
+    A path without the expected file, frames under 31 px (LPIPS) or clips under 9 frames (FVD; frames 1: are
+    scored) make the metric n/a with the reason (also warned); a file in another layout raises ``ValueError`` now.
+    """
+    from kinema4d.eval.featurenets import I3D_MIN_FRAMES, LPIPS_MIN_SIZE
+
+    weights, na = {}, {}
+    for k in FEATURE_METRICS:
+        path, weights[k] = getattr(cfg, f"{k}_weights"), None
+        if path is None:
+            continue
+        if k == "lpips" and min(size) < LPIPS_MIN_SIZE:
+            na[k] = f"LPIPS is n/a: its AlexNet needs frames of at least {LPIPS_MIN_SIZE} px per side, got {size}"
+        elif k == "fvd" and frames - 1 < I3D_MIN_FRAMES:
+            na[k] = (f"FVD is n/a: its I3D needs clips of at least {I3D_MIN_FRAMES} frames, the scored clips (frames "
+                     f"1:) have {frames - 1}")
+        else:
+            try:
+                M.load_feature_net(k, path)  # cached for the metric calls
+                weights[k] = path
+            except M.MetricUnavailable as e:
+                na[k] = str(e)
+        if k in na:
+            warnings.warn(na[k], stacklevel=2)
+    return weights, na
+
+
 def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
     """One rollout of ``model`` on the TorchEpisodes item ``raw`` with exactly the inputs it was trained on.
 
@@ -262,6 +294,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     if cfg.robot_input not in ROBOT_INPUTS:
         raise ValueError(f"robot_input must be one of {ROBOT_INPUTS}, got {cfg.robot_input!r}")
     loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines, cfg.size, cfg.frames)
+    weights, weights_na = feature_weights(cfg, size, frames)
     ds = TorchEpisodes(cfg.data, split=cfg.split, size=size, frames=frames, skip_corrupt=cfg.skip_corrupt)
     n = len(ds) if cfg.episodes is None else min(cfg.episodes, len(ds))
     if n == 0:
@@ -281,7 +314,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             ik_err_mm.append(ik_err)
         else:
             pose = _robot_pose(ds, raw["index"], frames, robots) if cfg.penetration else None
-        kw = {"codec": codec0, "robot_pose": pose, "lpips_weights": cfg.lpips_weights}
+        kw = {"codec": codec0, "robot_pose": pose, "lpips_weights": weights["lpips"]}
         preds = []
         stats = raw["world_stats"].numpy().astype(np.float64)  # GT [min; max] metres: one colour scale for videos
         gt_valid = raw["world_valid"].numpy() > 0.5
@@ -292,7 +325,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             item, pred_rgb, w01, world_m = predict(model, codec, raw, cfg.steps, cfg.cfg_scale, cfg.seed + i)
             clips[name].append(pred_rgb[1:])
             if w01 is None:  # output="rgb_only": no geometry to score
-                rows[name].append(score_rgb_only(pred_rgb, item, codec0, cfg.lpips_weights) | NO_OBJECT)
+                rows[name].append(score_rgb_only(pred_rgb, item, codec0, weights["lpips"]) | NO_OBJECT)
                 continue
             pred01 = w01.permute(0, 2, 3, 1).numpy()
             valid = generated_valid(pred01, model.cfg.world_anchor)
@@ -320,10 +353,10 @@ def evaluate(cfg: EvalConfig) -> dict:
     summary = {m: {k: _mean([r[k] for r in rs]) for k, _, _ in COLUMNS} | object_summary(rs, gt_moved)
                for m, rs in rows.items()}
     for m in summary:  # distribution metrics over the whole split (None without weights or with < 2 clips)
-        summary[m]["fid"] = (M.fid(np.concatenate(clips["gt"]), np.concatenate(clips[m]), cfg.fid_weights)
-                             if cfg.fid_weights is not None else None)
-        summary[m]["fvd"] = (M.fvd(np.stack(clips["gt"]), np.stack(clips[m]), cfg.fvd_weights)
-                             if cfg.fvd_weights is not None and n >= 2 else None)
+        summary[m]["fid"] = (M.fid(np.concatenate(clips["gt"]), np.concatenate(clips[m]), weights["fid"])
+                             if weights["fid"] is not None else None)
+        summary[m]["fvd"] = (M.fvd(np.stack(clips["gt"]), np.stack(clips[m]), weights["fvd"])
+                             if weights["fvd"] is not None and n >= 2 else None)
     episode_keys = [k for k, _, _ in COLUMNS if k not in ("fid", "fvd")] + list(OBJECT_EPISODE_KEYS)
     report = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(cfg).items()},
               "checkpoint": str(loaded["kinema4d"][0].dir / loaded["kinema4d"][0].weights),
@@ -342,6 +375,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     if ik_err_mm:
         report["pipeline_ik_max_pos_err_mm"] = ik_err_mm
     report["skipped_corrupt"] = ds.num_skipped
+    if weights_na:
+        report["feature_metrics_na"] = weights_na  # metric -> why it is n/a although weights were given
     _write_plots(report, out)
     save_atomic_text(out / "report.json", json.dumps(report, indent=2))
     save_atomic_text(out / "report.md", render_markdown(report))
@@ -520,10 +555,12 @@ def _tables(report: dict) -> list[tuple[str, list[list[str]]]]:
 
 def _notes(report: dict) -> list[str]:
     notes = []
-    missing = [k.upper() for k in FEATURE_METRICS if report["summary"]["static"].get(k) is None]
+    na = report.get("feature_metrics_na", {})
+    notes += [f"{na[k]}." for k in FEATURE_METRICS if k in na]
+    missing = [k.upper() for k in FEATURE_METRICS if report["summary"]["static"].get(k) is None and k not in na]
     if missing:
         notes.append(f"{' / '.join(missing)}: n/a = not available, no local feature-network weights were given "
-                     f"(--{missing[0].lower()}-weights DIR; they cannot be downloaded here and are never made up).")
+                     f"(--{missing[0].lower()}-weights PATH; they cannot be downloaded here and are never made up).")
     if report.get("gt_penetration_pct") is not None:
         notes.append(f"Penetration of the ground-truth pointmap itself (the floor set by mask edges and convex-hull "
                      f"link volumes): {report['gt_penetration_pct']:.2f} %.")

