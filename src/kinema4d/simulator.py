@@ -237,6 +237,8 @@ class Simulator:
     - ``mode``: action mode (joint_pos | joint_vel | ee_pose), see ``robot.actions_to_joints``.
     - ``steps`` / ``cfg_scale`` / ``seed``: sampling (Euler flow-matching steps, classifier-free guidance scale,
       default noise seed); ``dt`` seconds per action step (joint_vel); ``fps`` of the saved videos.
+    - ``device``: where the model runs (``auto | cpu | cuda[:N]``, ``kinema4d.model.device.resolve_device``);
+      ``dtype``: cast the model's weights (``"bf16"``; None = float32). Rollouts come back as CPU numpy arrays.
 
     ``size`` (H, W) and ``train_frames`` come from the checkpoint's train_config.json (None without it).
 
@@ -252,7 +254,8 @@ class Simulator:
     def __init__(self, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, robot: str | Robot = "panda",
                  camera: Camera | str | os.PathLike | None = None, mode: str = "ee_pose", steps: int = 20,
                  cfg_scale: float = 1.0, seed: int = 0, dt: float = 0.1, fps: float = 10.0,
-                 action_rate: str = "episode"):
+                 action_rate: str = "episode", device: str = "auto", dtype: str | None = None):
+        from kinema4d.model.device import resolve_device
         from kinema4d.model.network import load_model
 
         if mode not in ACTION_MODES:
@@ -262,10 +265,12 @@ class Simulator:
         if action_rate not in ("episode", "model"):
             raise ValueError(f"action_rate must be 'episode' (one action per recorded frame) or 'model' (one per "
                              f"generated frame), got {action_rate!r}")
+        self.device = resolve_device(device)
         self.ckpt = resolve_checkpoint(checkpoint)
         self.checkpoint = self.ckpt.dir
         try:
-            self.model, self.codec = load_model(self.ckpt.dir, weights=self.ckpt.weights)
+            self.model, self.codec = load_model(self.ckpt.dir, weights=self.ckpt.weights, device=self.device,
+                                                dtype=dtype)
         except FileNotFoundError:
             raise
         except Exception as e:  # config / weights mismatch, unreadable JSON or safetensors
@@ -322,7 +327,7 @@ class Simulator:
                 "mode": self.mode, "size_hw": None if self.size is None else list(self.size),
                 "train_frames": self.train_frames, "episode_frames": self.episode_frames,
                 "frame_stride": self.frame_stride, "action_rate": self.action_rate, "steps": self.steps,
-                "cfg_scale": self.cfg_scale, "camera": self.camera.to_dict(),
+                "cfg_scale": self.cfg_scale, "device": str(self.device), "camera": self.camera.to_dict(),
                 "model": dataclasses.asdict(self.model.cfg)}
 
     def frame_indices(self, T: int) -> np.ndarray:
@@ -511,6 +516,10 @@ class SimulateConfig:
     over them); model: one action per generated frame, already at the trained frame spacing."""
     demo: bool = False
     """Run the bundled model on the bundled demo inputs (init.png, camera.json, actions.npy)."""
+    device: str = "auto"
+    """Where the model runs: auto | cpu | cuda | cuda:N (auto = CUDA if available, else CPU)."""
+    dtype: str | None = None
+    """Cast the model's weights, e.g. bf16 (default float32)."""
 
 
 def demo_inputs(demo_dir: str | os.PathLike | None = None) -> dict:
@@ -555,7 +564,7 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
     t0 = time.perf_counter()
     sim = Simulator(checkpoint, robot=robot,
                     camera=camera, mode=mode, steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed, fps=cfg.fps,
-                    action_rate=cfg.action_rate)
+                    action_rate=cfg.action_rate, device=cfg.device, dtype=cfg.dtype)
     t1 = time.perf_counter()
     if sim.needs_pointmap0 and pointmap0 is None:
         raise ValueError(f"checkpoint {sim.checkpoint} is a world_anchor model: give --pointmap0 FRAME0.npy "

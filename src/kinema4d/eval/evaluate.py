@@ -88,6 +88,7 @@ class EvalConfig:
     steps: int = 20  # sampling steps
     cfg_scale: float = 1.0
     seed: int = 0
+    device: str = "auto"  # where the models run: auto | cpu | cuda | cuda:N (auto = CUDA if available)
     videos: int = 4  # GT | prediction mp4s for the first N episodes
     # local feature-network weights, a file or a directory (kinema4d.eval.metrics: AlexNet + lpips heads,
     # Inception-v3, I3D); None = "n/a" in the report
@@ -171,15 +172,17 @@ def _latent_l2(codec, pred_rgb: np.ndarray, gt_rgb: np.ndarray) -> float:
     """Latent L2 of two uint8 (T,H,W,3) clips under ``codec`` (the whole clip: causal codecs group frames)."""
     import torch
 
+    dev = next(iter(codec.buffers()), torch.empty(0)).device  # the codec's device (PixelCodec: no tensors, CPU)
+
     def enc(v):
-        return codec.encode(torch.from_numpy(v).permute(3, 0, 1, 2)[None].float() / 255.0)
+        return codec.encode(torch.from_numpy(v).permute(3, 0, 1, 2)[None].float().to(dev) / 255.0)
 
     with torch.no_grad():
         return M.latent_l2(enc(pred_rgb), enc(gt_rgb))
 
 
 def load_methods(checkpoint, baselines: tuple[str, ...] = (), size: tuple[int, int] | None = None,
-                 frames: int | None = None) -> tuple[dict, tuple[int, int], int]:
+                 frames: int | None = None, device: str = "cpu") -> tuple[dict, tuple[int, int], int]:
     """``checkpoint`` (None = bundled default) as "kinema4d" plus NAME=CHECKPOINT ``baselines`` -> ({name:
     (ResolvedCheckpoint, model, codec)}, (H, W), frames); every model must share the training size and frames.
 
@@ -217,7 +220,7 @@ def load_methods(checkpoint, baselines: tuple[str, ...] = (), size: tuple[int, i
             raise ValueError(f"{name} ({ck.dir}) was trained on {fr} frames of {sz}, kinema4d on {frames} of {size}: "
                              "methods must share the data they are scored on")
         size, frames = sz, fr
-        loaded[name] = (ck, *load_model(ck.dir, weights=ck.weights))
+        loaded[name] = (ck, *load_model(ck.dir, weights=ck.weights, device=device))
     return loaded, size, frames
 
 
@@ -293,7 +296,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     if cfg.robot_input not in ROBOT_INPUTS:
         raise ValueError(f"robot_input must be one of {ROBOT_INPUTS}, got {cfg.robot_input!r}")
-    loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines, cfg.size, cfg.frames)
+    loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines, cfg.size, cfg.frames, device=cfg.device)
     weights, weights_na = feature_weights(cfg, size, frames)
     ds = TorchEpisodes(cfg.data, split=cfg.split, size=size, frames=frames, skip_corrupt=cfg.skip_corrupt)
     n = len(ds) if cfg.episodes is None else min(cfg.episodes, len(ds))

@@ -66,6 +66,7 @@ class PolicyEvalConfig:
     seed: int = 1000  # data-engine seed of the first setup (+ setup index); disjoint from the training seeds
     steps: int = 20  # sampling steps
     cfg_scale: float = 1.0
+    device: str = "auto"  # where the models run: auto | cpu | cuda | cuda:N (auto = CUDA if available)
     judge: str = "height"  # kinema4d.eval.judge method: "height" (geometry; works at 32x48) or "colour"
     progress: bool = True
 
@@ -165,7 +166,7 @@ def policy_eval(cfg: PolicyEvalConfig) -> dict:
         return policy_ranking(cfg)
     if cfg.episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {cfg.episodes}")
-    loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines)
+    loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines, device=cfg.device)
     roots = generate_setups(cfg)
     methods = ["judge on GT", *loaded]
     per_setup = {}
@@ -247,7 +248,7 @@ def policy_ranking(cfg: PolicyEvalConfig) -> dict:
         raise ValueError(f"episodes must be >= 1, got {cfg.episodes}")
     policies = _policies(cfg)
     _setups(cfg)
-    loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines)
+    loaded, size, frames = load_methods(cfg.checkpoint, cfg.baselines, device=cfg.device)
     roots = generate_policy_episodes(cfg)
     methods = ["judge on GT", *loaded, "static"]
     per_setup = {}

@@ -61,9 +61,15 @@ class ModelConfig:
     rope_max_seq_len: int = 1024
     image_dim: int | None = None  # Wan2.1-I2V CLIP image tokens (1280 in the real model); None = T2V-style blocks
     added_kv_proj_dim: int | None = None
+    # Wan2.1-I2V image branch (image_dim set): a LOCAL ``transformers.CLIPVisionModel`` dir whose penultimate hidden
+    # states of I0 are the image tokens (as diffusers' WanImageToVideoPipeline computes them); None = ``image_tokens``
+    # learned tokens (zero init), the same for every I0: the image branch then carries no information about I0
+    image_encoder_path: str | None = None
+    image_tokens: int = 257  # learned image tokens when no image encoder is given (CLIP ViT-H/14 at 224: 257)
     # large-backbone path: a LOCAL diffusers directory of a WanTransformer3DModel, wrapped with LoRA
     backbone_path: str | None = None
     lora_rank: int = 64
+    lora_alpha: float | None = None  # LoRA scale = alpha / rank; None = rank (scale 1)
     # conditioning switches (Tab. 4)
     # cross-attention context: "robot_latent" = one token per latent patch of the robot latents, no position (the
     # original kinema4d design); "robot_tokens" = the released Kinema4D design: [robot mask | robot-only latents]
@@ -74,6 +80,15 @@ class ModelConfig:
     robot_token_patch: int = 4  # context="robot_tokens": spatial stride on the latent grid (the release: 15)
     robot_token_dim: int = 128  # context="robot_tokens": conv features per token (the release: head_dim)
     robot_token_max_hw: int = 64  # context="robot_tokens": rows / columns of the learned position tables
+    # context="robot_tokens" position embedding: "factored" = frame + row + column tables (any size up to their
+    # lengths); "dense" = one learned (1, dim, t, h', w') table for exactly the grid ``robot_token_grid`` (the
+    # release: (13, 4, 6) at 480x720 x 49 frames with patch 15)
+    robot_token_pos: Literal["factored", "dense"] = "factored"
+    robot_token_grid: tuple[int, int, int] = (13, 4, 6)
+    # where the robot tokens enter cross-attention: "text" = at text_dim, through the backbone's text embedder (as
+    # text tokens would); "inner" = projected straight to the transformer width, past the text embedder (the
+    # release: its arm_patch_proj maps to 5120 and the T5 text tokens are dropped)
+    robot_token_space: Literal["text", "inner"] = "text"
     # the released design's second use of the robot latents: a zero-init C->C 1x1x1 projection of the robot-only
     # latents added to the XYZ half of the input (condition) latents
     robot_latent_proj: bool = False
@@ -129,6 +144,10 @@ class ModelConfig:
             raise ValueError("robot_latent_proj=True needs context='robot_tokens' (both read the robot-only latents)")
         if self.robot_token_patch < 1 or self.robot_token_dim < 1:
             raise ValueError("robot_token_patch and robot_token_dim must be >= 1")
+        if self.robot_token_space == "inner" and self.context != "robot_tokens":
+            raise ValueError("robot_token_space='inner' needs context='robot_tokens'")
+        if self.image_encoder_path is not None and self.image_dim is None:
+            raise ValueError("image_encoder_path needs image_dim (the Wan2.1-I2V image branch)")
         if self.prediction not in ("velocity", "x0", "x0_residual") or not 0.0 < self.x0_t_min < 1.0:
             raise ValueError(f"prediction must be 'velocity', 'x0' or 'x0_residual' and 0 < x0_t_min < 1, got "
                              f"{self.prediction!r}, {self.x0_t_min}")
@@ -340,7 +359,7 @@ def soften_mask(mask: torch.Tensor, ratio: float, generator: torch.Generator | N
         occ = torch.nonzero(flat[b] > 0.5).squeeze(1)
         k = int(round(ratio * occ.numel()))
         if k:
-            pick = torch.randperm(occ.numel(), generator=generator)[:k]
+            pick = torch.randperm(occ.numel(), generator=generator)[:k].to(occ.device)
             flat[b, occ[pick]] = 0.5
     return out
 
@@ -403,28 +422,86 @@ class RobotTokens(nn.Module):
     tables' lengths.
     """
 
-    def __init__(self, in_ch: int, dim: int, out_dim: int, patch: int, max_frames: int, max_hw: int):
+    def __init__(self, in_ch: int, dim: int, out_dim: int, patch: int, max_frames: int, max_hw: int,
+                 dense_grid: tuple[int, int, int] | None = None):
         super().__init__()
         self.patch = patch
         self.conv = nn.Conv3d(in_ch, dim, kernel_size=(1, patch, patch), stride=(1, patch, patch))
         self.norm = nn.LayerNorm(dim)
-        self.pos_t = nn.Parameter(torch.zeros(max_frames, dim))
-        self.pos_h = nn.Parameter(torch.zeros(max_hw, dim))
-        self.pos_w = nn.Parameter(torch.zeros(max_hw, dim))
+        if dense_grid is None:  # factored: frame + row + column tables
+            self.pos_t = nn.Parameter(torch.zeros(max_frames, dim))
+            self.pos_h = nn.Parameter(torch.zeros(max_hw, dim))
+            self.pos_w = nn.Parameter(torch.zeros(max_hw, dim))
+            self.pos = None
+        else:  # one table for exactly one grid (the release's arm_pos_emb layout)
+            self.pos_t = self.pos_h = self.pos_w = None
+            self.pos = nn.Parameter(torch.zeros(1, dim, *dense_grid))
         self.proj = nn.Linear(dim, out_dim)
+
+    def position_tables(self) -> list[nn.Parameter]:
+        return [self.pos] if self.pos is not None else [self.pos_t, self.pos_h, self.pos_w]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.patch
         x = F.pad(x, (0, -x.shape[-1] % p, 0, -x.shape[-2] % p))  # (B, in_ch, t, h, w), h and w multiples of p
-        x = self.conv(x)  # (B, dim, t, h/p, w/p)
+        x = self.conv(x.to(self.conv.weight.dtype))  # (B, dim, t, h/p, w/p)
         B, D, t, h, w = x.shape
-        if t > len(self.pos_t) or max(h, w) > len(self.pos_h):
-            raise ValueError(f"robot token grid (t, h, w) = {(t, h, w)} exceeds the position tables "
-                             f"({len(self.pos_t)} frames, {len(self.pos_h)} rows/columns): raise max_frames / "
-                             "robot_token_max_hw")
+        if self.pos is not None:
+            if (t, h, w) != tuple(self.pos.shape[2:]):
+                raise ValueError(f"robot token grid (t, h, w) = {(t, h, w)} differs from the dense position table's "
+                                 f"{tuple(self.pos.shape[2:])} (robot_token_grid): this model only serves that size")
+            pos = self.pos[0].permute(1, 2, 3, 0)  # (t, h, w, dim)
+        else:
+            if t > len(self.pos_t) or max(h, w) > len(self.pos_h):
+                raise ValueError(f"robot token grid (t, h, w) = {(t, h, w)} exceeds the position tables "
+                                 f"({len(self.pos_t)} frames, {len(self.pos_h)} rows/columns): raise max_frames / "
+                                 "robot_token_max_hw")
+            pos = self.pos_t[:t, None, None] + self.pos_h[None, :h, None] + self.pos_w[None, None, :w]
         x = F.gelu(self.norm(x.permute(0, 2, 3, 4, 1)))  # (B, t, h, w, dim)
-        x = x + self.pos_t[:t, None, None] + self.pos_h[None, :h, None] + self.pos_w[None, None, :w]
-        return self.proj(x.reshape(B, t * h * w, D))  # (B, L, out_dim)
+        return self.proj((x + pos).reshape(B, t * h * w, D))  # (B, L, out_dim)
+
+
+class ImageTextAttnProcessor:
+    """Cross-attention processor for diffusers' Wan2.1-I2V blocks that splits the context at a known number of
+    IMAGE tokens instead of diffusers' fixed 512 text tokens.
+
+    The backbone concatenates [image tokens (``image_tokens``) | context tokens (any count)] (0.42.1:
+    ``WanTransformer3DModel.forward``); diffusers' ``WanAttnProcessor`` takes the last 512 as text, so a context of
+    more than 512 robot tokens would spill into the image branch (add_k_proj / add_v_proj) and fewer would pull
+    image tokens into the text branch. Here the first ``image_tokens`` go to the image branch and ALL the rest to
+    the text branch. ``image_tokens`` is set by ``WorldModel.velocity`` before each forward; ``last_split``
+    records (image, text) token counts of the last call (tests).
+    """
+
+    def __init__(self):
+        self.image_tokens: int | None = None
+        self.last_split: tuple[int, int] | None = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, rotary_emb=None):
+        from diffusers.models.transformers.transformer_wan import _get_added_kv_projections, _get_qkv_projections
+
+        if encoder_hidden_states is None or rotary_emb is not None or attn.add_k_proj is None:
+            raise ValueError("ImageTextAttnProcessor is for the I2V cross-attention (attn2) only")
+        n = self.image_tokens
+        if n is None or not 0 <= n <= encoder_hidden_states.shape[1]:
+            raise ValueError(f"ImageTextAttnProcessor: image_tokens={n} not set or larger than the context "
+                             f"({encoder_hidden_states.shape[1]} tokens)")
+        img, txt = encoder_hidden_states[:, :n], encoder_hidden_states[:, n:]
+        self.last_split = (img.shape[1], txt.shape[1])
+        q, k, v = _get_qkv_projections(attn, hidden_states, txt)
+        q, k = attn.norm_q(q).unflatten(2, (attn.heads, -1)), attn.norm_k(k).unflatten(2, (attn.heads, -1))
+        v = v.unflatten(2, (attn.heads, -1))
+
+        def sdpa(q_, k_, v_):  # (B, L, heads, d) -> (B, Lq, heads * d)
+            out = F.scaled_dot_product_attention(q_.transpose(1, 2), k_.transpose(1, 2), v_.transpose(1, 2))
+            return out.transpose(1, 2).flatten(2, 3).type_as(q_)
+
+        out = sdpa(q, k, v)
+        if n > 0:
+            k_img, v_img = _get_added_kv_projections(attn, img)
+            k_img = attn.norm_added_k(k_img).unflatten(2, (attn.heads, -1))
+            out = out + sdpa(q, k_img, v_img.unflatten(2, (attn.heads, -1)))
+        return attn.to_out[1](attn.to_out[0](out))
 
 
 def make_backbone(cfg: ModelConfig):
@@ -442,7 +519,7 @@ def make_backbone(cfg: ModelConfig):
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def load_pretrained_backbone(path: str | os.PathLike, lora_rank: int = 64, lora_alpha: int | None = None,
+def load_pretrained_backbone(path: str | os.PathLike, lora_rank: int = 64, lora_alpha: float | None = None,
                              target_modules: tuple[str, ...] = LORA_TARGETS):
     """Load a Wan2.1-I2V / 4DNeX ``WanTransformer3DModel`` from a LOCAL diffusers directory and wrap it with peft
     LoRA (rank ``lora_rank`` on the attention projections). Base weights are frozen, LoRA weights trainable."""
@@ -463,6 +540,47 @@ def load_pretrained_backbone(path: str | os.PathLike, lora_rank: int = 64, lora_
     for n, prm in model.named_parameters():
         prm.requires_grad_("lora_" in n)
     return model
+
+
+class ImageEncoder(nn.Module):
+    """I0 -> Wan2.1-I2V image tokens with a LOCAL ``transformers.CLIPVisionModel``, as diffusers'
+    ``WanImageToVideoPipeline`` computes them: CLIP preprocessing (shortest side resized to the encoder's
+    ``image_size``, bicubic, centre crop, CLIP mean / std), then the penultimate hidden states
+    (B, 1 + (size/patch)^2, hidden); 257 x 1280 for Wan2.1's ViT-H/14. Frozen."""
+
+    MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        self.size = int(model.config.image_size)
+        self.register_buffer("mean", torch.tensor(self.MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.STD).view(1, 3, 1, 1), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, rgb0: torch.Tensor) -> torch.Tensor:
+        """rgb0 (B, 3, H, W) in [0, 1] -> (B, N, hidden) float tokens."""
+        H, W = rgb0.shape[-2:]
+        s = self.size / min(H, W)
+        x = F.interpolate(rgb0.float(), size=(max(self.size, round(H * s)), max(self.size, round(W * s))),
+                          mode="bicubic", align_corners=False).clamp(0, 1)
+        top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
+        x = x[..., top:top + self.size, left:left + self.size]
+        x = ((x - self.mean) / self.std).to(next(self.model.parameters()).dtype)
+        return self.model(pixel_values=x, output_hidden_states=True).hidden_states[-2]
+
+
+def load_image_encoder(path: str | os.PathLike) -> ImageEncoder:
+    """A LOCAL ``transformers.CLIPVisionModel`` directory (e.g. the ``image_encoder`` folder of a diffusers
+    Wan2.1-I2V checkpoint) -> :class:`ImageEncoder`. Clear error when it is missing."""
+    p = Path(path)
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"no transformers CLIPVisionModel at {str(p)!r} (expected {p / 'config.json'} + "
+                                "weights); CLIP weights cannot be downloaded here: copy the 'image_encoder' folder of "
+                                "a diffusers Wan2.1-I2V checkpoint to a local directory")
+    from transformers import CLIPVisionModel
+
+    return ImageEncoder(CLIPVisionModel.from_pretrained(p))
 
 
 def config_from_backbone(backbone, base: ModelConfig) -> ModelConfig:
@@ -486,7 +604,7 @@ class WorldModel(nn.Module):
         super().__init__()
         pretrained = backbone is not None or cfg.backbone_path is not None
         if backbone is None and cfg.backbone_path is not None:
-            backbone = load_pretrained_backbone(cfg.backbone_path, cfg.lora_rank)
+            backbone = load_pretrained_backbone(cfg.backbone_path, cfg.lora_rank, cfg.lora_alpha)
         if backbone is not None:
             cfg = config_from_backbone(backbone, cfg)
             bc = backbone.config
@@ -515,13 +633,24 @@ class WorldModel(nn.Module):
             self.context_proj = nn.Linear(C * math.prod(cfg.patch_size), cfg.text_dim)
         elif cfg.context == "robot_tokens":
             in_ch = MASK_CHANNELS + C * (2 if cfg.robot_rgb else 1)
-            self.robot_tokens = RobotTokens(in_ch, cfg.robot_token_dim, cfg.text_dim, cfg.robot_token_patch,
-                                            cfg.max_frames, cfg.robot_token_max_hw)
+            out_dim = inner if cfg.robot_token_space == "inner" else cfg.text_dim
+            grid = tuple(cfg.robot_token_grid) if cfg.robot_token_pos == "dense" else None
+            self.robot_tokens = RobotTokens(in_ch, cfg.robot_token_dim, out_dim, cfg.robot_token_patch,
+                                            cfg.max_frames, cfg.robot_token_max_hw, dense_grid=grid)
+            if cfg.robot_token_space == "inner":  # tokens arrive at the transformer width: skip the text embedder
+                tr.condition_embedder.text_embedder = nn.Identity()
         elif cfg.context == "text":
             self.text_tokens = nn.Parameter(torch.zeros(cfg.text_tokens, cfg.text_dim))
         self.robot_latent_proj = nn.Conv3d(C, C, 1) if cfg.robot_latent_proj else None
-        if cfg.image_dim is not None:  # Wan2.1-I2V blocks expect CLIP image tokens (257) ahead of 512 text tokens
-            self.image_tokens = nn.Parameter(torch.zeros(257, cfg.image_dim))
+        self.image_tokens = self.image_encoder = None
+        if cfg.image_dim is not None:  # Wan2.1-I2V: image tokens first, then the context (ImageTextAttnProcessor)
+            self.attn_split = ImageTextAttnProcessor()
+            for block in tr.blocks:
+                block.attn2.set_processor(self.attn_split)
+            if cfg.image_encoder_path is not None:  # frozen, kept out of the checkpoints (state_to_save)
+                self.image_encoder = load_image_encoder(cfg.image_encoder_path)
+            else:
+                self.image_tokens = nn.Parameter(torch.zeros(cfg.image_tokens, cfg.image_dim))
         # (2, 2) [[rgb_mean, rgb_std], [xyz_mean, xyz_std]] latent normalization (Supp. B.1), saved with the model
         self.register_buffer("latent_stats", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
         self.initialize_weights(backbone_too=not pretrained)
@@ -554,7 +683,7 @@ class WorldModel(nn.Module):
             nn.init.zeros_(self.transformer.proj_out.weight)
             nn.init.zeros_(self.transformer.proj_out.bias)
         if self.robot_tokens is not None:
-            for tab in (self.robot_tokens.pos_t, self.robot_tokens.pos_h, self.robot_tokens.pos_w):
+            for tab in self.robot_tokens.position_tables():
                 nn.init.normal_(tab, std=0.02)
             nn.init.zeros_(self.robot_tokens.proj.weight)
             nn.init.zeros_(self.robot_tokens.proj.bias)
@@ -584,7 +713,7 @@ class WorldModel(nn.Module):
                 action: torch.Tensor | None = None, rgb: torch.Tensor | None = None,
                 world_pointmap: torch.Tensor | None = None, generator: torch.Generator | None = None,
                 world0: torch.Tensor | None = None, robot_rgb: torch.Tensor | None = None,
-                held: dict | None = None) -> dict:
+                held: dict | None = None, soften: bool | None = None, with_null: bool = False) -> dict:
         """Build the latents of Sec. 3.2 from pixel-space tensors (batch-first, dataset layout).
 
         rgb0 (B,3,H,W) = I0; robot_pointmap (B,T,3,H,W) in [0,1]; robot_mask (B,T,H,W); action (B,T,A) for
@@ -597,7 +726,12 @@ class WorldModel(nn.Module):
         latents)], ``robot``: for context="robot_tokens" the
         robot-token input (B, 4+C(+C), t, h, w) = [mask | robot-only XYZ latents (| robot-only RGB latents)],
         otherwise (B, C, t, h, w) the XYZ half of the input latents; ``action`` and, with a target, ``x0``
-        (B, C, t, h, 2w).
+        (B, C, t, h, 2w); ``image`` (B, N, image_dim) the image-branch tokens of I0 for models with an image encoder
+        (else None: learned tokens).
+
+        ``soften``: apply the soft robot mask (``mask="soft"``); None = only in training mode (``self.training``), so
+        sampling never softens. ``with_null``: also return ``cond_null`` / ``robot_null``, the same inputs for a
+        scene WITHOUT the robot (no robot mask, pointmap, colours): the classifier-free-guidance null condition.
         """
         cfg = self.cfg
         B, T, _, H, W = robot_pointmap.shape
@@ -642,7 +776,7 @@ class WorldModel(nn.Module):
             m = torch.zeros(B, MASK_CHANNELS, *inp.shape[2:], device=dev)
         else:
             m = downsample_mask(robot_mask, codec.temporal_factor, codec.spatial_factor)
-            if cfg.mask == "soft":
+            if cfg.mask == "soft" and (self.training if soften is None else soften):
                 m = soften_mask(m, cfg.soft_ratio, generator)
             m = torch.cat([m, m], dim=-1)  # the same occupancy for the RGB and XYZ halves (pixel-aligned)
         robot_in = inp[..., w:]
@@ -655,7 +789,13 @@ class WorldModel(nn.Module):
         parts = [m.to(inp.dtype), inp]
         if cfg.held_prior:
             parts += self._held_channels(codec, held, (B, T, H, W))
-        out = {"cond": torch.cat(parts, dim=1), "robot": robot_in, "action": action}
+        out = {"cond": torch.cat(parts, dim=1), "robot": robot_in, "action": action,
+               "image": None if self.image_encoder is None else self.image_encoder(rgb0)}
+        if with_null:  # the same scene without the robot: what the dropped (null) condition feeds the backbone
+            null = self.prepare(codec, rgb0, torch.zeros_like(robot_pointmap), torch.zeros_like(robot_mask), action,
+                                world0=world0, robot_rgb=None if robot_rgb is None else torch.zeros_like(robot_rgb),
+                                held=held, soften=False)
+            out["cond_null"], out["robot_null"] = null["cond"], null["robot"]
         if rgb is not None:
             wpm = world_pointmap if cfg.output == "rgb+pointmap" else torch.zeros_like(rgb)
             x0 = self.normalize(codec.encode(torch.cat([rgb, wpm], dim=-1).transpose(1, 2)))
@@ -682,9 +822,12 @@ class WorldModel(nn.Module):
 
     def context(self, robot: torch.Tensor, action: torch.Tensor | None = None,
                 drop: torch.Tensor | None = None) -> torch.Tensor:
-        """Cross-attention tokens (B, L, text_dim). ``drop`` (B,) bool: the null context (classifier-free guidance);
-        for robot latents the null context is the one of all-zero robot latents."""
+        """Cross-attention tokens (B, L, text_dim) (transformer width for ``robot_token_space="inner"``), any L: on
+        Wan2.1-I2V blocks they all reach the text branch (:class:`ImageTextAttnProcessor`), the image branch gets
+        only image tokens. ``drop`` (B,) bool: the null context (classifier-free guidance); for robot latents the
+        null context is the one of all-zero robot latents."""
         cfg, B = self.cfg, robot.shape[0]
+        robot = robot.to(self.param_dtype)
         keep = None if drop is None else (~drop).to(robot.dtype)
         if self.action_mlp is not None:
             T = action.shape[1]
@@ -707,15 +850,27 @@ class WorldModel(nn.Module):
                 ctx = ctx * keep[:, None, None]
         else:
             ctx = robot.new_zeros(B, 1, cfg.text_dim)
-        if cfg.added_kv_proj_dim is not None and ctx.shape[1] < 512:  # I2V blocks: text part is 512 tokens
-            ctx = F.pad(ctx, (0, 0, 0, 512 - ctx.shape[1]))
         return ctx
 
+    @property
+    def param_dtype(self) -> torch.dtype:
+        """The dtype of the backbone's weights (inputs are cast to it)."""
+        return self.transformer.patch_embedding.weight.dtype
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, robot: torch.Tensor,
-                action: torch.Tensor | None = None, drop: torch.Tensor | None = None) -> torch.Tensor:
+                action: torch.Tensor | None = None, drop: torch.Tensor | None = None,
+                cond_null: torch.Tensor | None = None, robot_null: torch.Tensor | None = None,
+                image: torch.Tensor | None = None) -> torch.Tensor:
         """x_t (B,C,t,h,2w) noisy latents, t (B,) in [0,1] (noise level), cond (B,4+C,t,h,2w), robot (B,C,t,h,w)
-        robot latents, action (B,T,A), drop (B,) bool null context -> predicted velocity eps - x0 (B,C,t,h,2w)."""
-        return self.velocity(x_t, t, self.condition(cond, robot), self.context(robot, action, drop))
+        robot latents, action (B,T,A), drop (B,) bool null condition, cond_null / robot_null (``prepare(...,
+        with_null=True)``) the robot-free inputs the dropped samples get (without them only the context is
+        dropped), image (B,N,image_dim) image tokens -> predicted velocity eps - x0 (B,C,t,h,2w)."""
+        ctx = self.context(robot, action, drop)
+        if drop is not None and cond_null is not None:
+            sel = drop.view(-1, 1, 1, 1, 1)
+            cond = torch.where(sel, cond_null.to(cond.dtype), cond)
+            robot = torch.where(sel, robot_null.to(robot.dtype), robot)
+        return self.velocity(x_t, t, self.condition(cond, robot), ctx, image)
 
     def condition(self, cond: torch.Tensor, robot: torch.Tensor) -> torch.Tensor:
         """``cond`` (B,4+C,t,h,2w) with, for ``robot_latent_proj`` models, the zero-init projection of the robot-only
@@ -723,24 +878,33 @@ class WorldModel(nn.Module):
         if self.robot_latent_proj is None:
             return cond
         C, w = self.cfg.latent_channels, cond.shape[-1] // 2
-        add = self.robot_latent_proj(robot[:, MASK_CHANNELS:MASK_CHANNELS + C].to(cond.dtype))  # (B, C, t, h, w)
+        r = robot[:, MASK_CHANNELS:MASK_CHANNELS + C].to(self.robot_latent_proj.weight.dtype)
+        add = self.robot_latent_proj(r).to(cond.dtype)  # (B, C, t, h, w)
         # into columns [w, 2w), channels [4, 4+C) (the held-prior channels after them stay unchanged)
         return cond + F.pad(add, (w, 0, 0, 0, 0, 0, MASK_CHANNELS, cond.shape[1] - MASK_CHANNELS - C))
 
-    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """As ``forward`` with precomputed cross-attention tokens ``context`` (B, L, text_dim)."""
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor,
+                 image: torch.Tensor | None = None) -> torch.Tensor:
+        """As ``forward`` with precomputed cross-attention tokens ``context`` (B, L, text_dim) and image tokens
+        ``image`` (B, N, image_dim; None = the learned tokens). Inputs are cast to the backbone's dtype; the output
+        has ``x_t``'s dtype."""
         if x_t.shape[1] != self.cfg.latent_channels or cond.shape[1] != self.cfg.in_channels - x_t.shape[1]:
             raise ValueError(f"x_t {tuple(x_t.shape)} / cond {tuple(cond.shape)} do not match the config "
                              f"({self.cfg.latent_channels} + {self.cfg.in_channels - self.cfg.latent_channels} ch)")
         if self.cfg.output == "rgb_only":  # the XYZ half carries no signal: keep it at 0 in training and sampling
             w = x_t.shape[-1] // 2
             x_t = torch.cat([x_t[..., :w], torch.zeros_like(x_t[..., w:])], dim=-1)
-        img = None
+        dt, img = self.param_dtype, None
         if self.cfg.image_dim is not None:
-            img = self.image_tokens[None].expand(x_t.shape[0], -1, -1).to(x_t.dtype)
-        h = torch.cat([x_t, cond.to(x_t.dtype)], dim=1)
-        out = self.transformer(h, t * 1000, context.to(x_t.dtype), encoder_hidden_states_image=img,
-                               return_dict=False)[0]
+            if image is None:
+                if self.image_tokens is None:
+                    raise ValueError("this model encodes I0 with its image encoder: pass image (prepare()['image'])")
+                image = self.image_tokens[None].expand(x_t.shape[0], -1, -1)
+            img = image.to(dt)
+            self.attn_split.image_tokens = img.shape[1]
+        h = torch.cat([x_t, cond.to(x_t.dtype)], dim=1).to(dt)
+        out = self.transformer(h, t * 1000, context.to(dt), encoder_hidden_states_image=img,
+                               return_dict=False)[0].to(x_t.dtype)
         if self.cfg.prediction != "velocity":  # x_t = (1-t) x0 + t eps  =>  eps - x0 = (x_t - x0) / t
             if self.cfg.prediction == "x0_residual":
                 out = out + cond[:, MASK_CHANNELS:MASK_CHANNELS + self.cfg.latent_channels].to(out.dtype)
@@ -762,11 +926,13 @@ def flow_matching_loss(model: nn.Module, wm: WorldModel, batch: dict, t: torch.T
                        drop: torch.Tensor | None = None, xyz_weight: float = 1.0) -> torch.Tensor:
     """Rectified-flow loss: x_t = (1-t) x0 + t noise; MSE(model(x_t), noise - x0), the XYZ half weighted by
     ``xyz_weight`` (a weighted mean: the RGB and XYZ halves count 1 : xyz_weight). ``model`` may be the DDP
-    wrapper of ``wm``; ``batch`` is the output of ``WorldModel.prepare``."""
+    wrapper of ``wm``; ``batch`` is the output of ``WorldModel.prepare`` (with ``cond_null`` / ``robot_null`` the
+    dropped samples get the robot-free inputs too, not only the null context)."""
     x0 = batch["x0"]
     tt = t.view(-1, 1, 1, 1, 1).to(x0.dtype)
     x_t = (1 - tt) * x0 + tt * noise
-    v = model(x_t, t, batch["cond"], batch["robot"], batch.get("action"), drop)
+    v = model(x_t, t, batch["cond"], batch["robot"], batch.get("action"), drop, batch.get("cond_null"),
+              batch.get("robot_null"), batch.get("image"))
     wt = wm.loss_weight(x0, xyz_weight)
     return (((v.float() - (noise - x0)) ** 2) * wt).sum() / (wt.sum() * x0[..., :1].numel())
 
@@ -798,7 +964,9 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     Returns rgb (T,3,H,W) in [0,1] and world_pointmap01 (T,3,H,W) in [0,1] (None for output='rgb_only'). Euler
     steps of diffusers' ``FlowMatchEulerDiscreteScheduler`` (x0-prediction models stop at ``x0_t_min`` and return
     their x0 prediction); ``cfg_scale`` != 1 adds classifier-free guidance
-    against the null robot context. The same seed gives the same output.
+    against the null condition (no robot in the input channels, the null context). The soft mask is never
+    applied. Runs on the model's device (inputs are moved there); returns float32 CPU tensors. The same seed gives
+    the same output.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -813,21 +981,25 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
                          None if action is None else action[None].to(dev), generator=g,
                          world0=None if world0 is None else world0[None].to(dev),
                          robot_rgb=None if robot_rgb is None else robot_rgb[None].to(dev),
-                         held=None if held is None else {k: v[None].to(dev) for k, v in held.items()})
+                         held=None if held is None else {k: v[None].to(dev) for k, v in held.items()},
+                         soften=False, with_null=cfg_scale != 1.0)
     T, _, H, W = robot_pointmap01.shape
     shp = latent_shapes(model.cfg, T, H, W)["latent"]
     x = torch.randn(shp, generator=g).to(dev)
     cond = model.condition(prep["cond"], prep["robot"])
     ctx = model.context(prep["robot"], prep["action"])
-    ctx_null = model.context(prep["robot"], prep["action"], drop=torch.ones(1, dtype=torch.bool, device=dev))
+    img = prep["image"]
+    if cfg_scale != 1.0:  # the null condition: no robot in the input channels and the null context
+        cond_null = model.condition(prep["cond_null"], prep["robot_null"])
+        ctx_null = model.context(prep["robot"], prep["action"], drop=torch.ones(1, dtype=torch.bool, device=dev))
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     sched.set_timesteps(steps, device=dev)
     x0_model = model.cfg.prediction != "velocity"
     for i, ts in enumerate(sched.timesteps):
         t = (ts / 1000).expand(1).to(x.dtype)
-        v = model.velocity(x, t, cond, ctx)
+        v = model.velocity(x, t, cond, ctx, img)
         if cfg_scale != 1.0:
-            v_u = model.velocity(x, t, cond, ctx_null)
+            v_u = model.velocity(x, t, cond_null, ctx_null, img)
             v = v_u + cfg_scale * (v - v_u)
         if x0_model and float(sched.sigmas[i + 1]) < model.cfg.x0_t_min:
             # x0-prediction: below x0_t_min the velocity's clamped t would under-denoise each step, and the backbone
@@ -835,7 +1007,7 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
             x = x - t.clamp(min=model.cfg.x0_t_min).view(-1, 1, 1, 1, 1) * v
             break
         x = sched.step(v, ts, x, return_dict=False)[0]
-    video = codec.decode(model.denormalize(x))[0].transpose(0, 1)  # (T, 3, H, 2W)
+    video = codec.decode(model.denormalize(x).float())[0].transpose(0, 1).float().cpu()  # (T, 3, H, 2W)
     model.train(was_training)
     rgb, wpm = video[..., :W], video[..., W:]
     return rgb, (None if model.cfg.output == "rgb_only" else wpm)
@@ -896,7 +1068,7 @@ def compute_latent_stats(codec, batches, max_samples: int = 5000) -> torch.Tenso
 
 def state_to_save(model: WorldModel) -> dict[str, torch.Tensor]:
     """The state dict :func:`save_model` writes (with a LoRA backbone: trainable + non-backbone tensors only)."""
-    sd = model.state_dict()
+    sd = {k: v for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}  # frozen, own dir
     if model.cfg.backbone_path is not None:  # LoRA: the frozen base stays in its own directory
         keep = {n for n, p in model.named_parameters() if p.requires_grad}
         sd = {k: v for k, v in sd.items() if k in keep or not k.startswith("transformer.")}
@@ -911,17 +1083,25 @@ def save_model(path: str | os.PathLike, model: WorldModel, codec=None, state: di
     p.mkdir(parents=True, exist_ok=True)
     save_file(state if state is not None else state_to_save(model), str(p / "model.safetensors"))
     if codec is not None and len(codec.state_dict()):
-        save_file({k: v.contiguous() for k, v in codec.state_dict().items()}, str(p / "codec.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in codec.state_dict().items()},
+                  str(p / "codec.safetensors"))
     (p / "model_config.json").write_text(model.cfg.to_json())
     return p
 
 
-def load_model(path: str | os.PathLike, cfg: ModelConfig | None = None,
-               weights: str = "model.safetensors") -> tuple[WorldModel, PixelCodec | WanCodec]:
-    """Load a directory written by ``save_model`` / the trainer -> (model, codec), both in eval mode.
+def load_model(path: str | os.PathLike, cfg: ModelConfig | None = None, weights: str = "model.safetensors",
+               device: str | torch.device = "cpu",
+               dtype: str | torch.dtype | None = None) -> tuple[WorldModel, PixelCodec | WanCodec]:
+    """Load a directory written by ``save_model`` / the trainer -> (model, codec), both in eval mode on ``device``
+    (``kinema4d.model.device.resolve_device``: auto | cpu | cuda[:N]).
 
-    ``cfg`` (optional) must equal the saved config. ``weights='ema.safetensors'`` loads the EMA weights.
+    ``cfg`` (optional) must equal the saved config. ``weights='ema.safetensors'`` loads the EMA weights. ``dtype``
+    (e.g. ``"bf16"``) casts the model's weights (the codec stays float32); None keeps float32.
     """
+    from kinema4d.model.device import parse_dtype, resolve_device
+
+    dev, dt = resolve_device(device), parse_dtype(dtype)  # a bad device is reported before anything is built
+
     from safetensors.torch import load_file
 
     p = Path(path)
@@ -937,12 +1117,12 @@ def load_model(path: str | os.PathLike, cfg: ModelConfig | None = None,
     codec = make_codec(saved)
     if (p / "codec.safetensors").is_file():
         codec.load_state_dict(load_file(str(p / "codec.safetensors")))
-    return model.eval(), codec.eval()
+    return model.to(device=dev, dtype=dt).eval(), codec.to(dev).eval()
 
 
 def load_state(model: WorldModel, sd: dict[str, torch.Tensor], where: str = "state dict") -> None:
     """Load (a possibly LoRA-only) state dict with clear errors on missing / unexpected / mis-shaped tensors."""
-    own = model.state_dict()
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}
     bad = [f"{k}: saved {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
            if k in own and own[k].shape != v.shape]
     unexpected = sorted(set(sd) - set(own))

@@ -73,7 +73,17 @@ class TrainConfig:
     schedule: Literal["cosine", "constant"] = "constant"  # after linear warmup
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast on the training device (where it supports bf16)
+    # auto | cpu | cuda | cuda:N (kinema4d.model.device.resolve_device); under torchrun "auto" / "cuda" mean
+    # cuda:LOCAL_RANK and the process group is nccl, on the CPU gloo
+    device: str = "auto"
+    # recompute each transformer block in the backward pass (diffusers' enable_gradient_checkpointing): activation
+    # memory of one block instead of all, ~30 % more compute
+    gradient_checkpointing: bool = False
+    # multi-process engine under torchrun: "ddp" (every rank holds the whole model; the small models) or "fsdp2"
+    # (torch fully_shard per transformer block + the rest: parameters, gradients and optimizer state sharded over
+    # the ranks; the 14B backbone). fsdp2 checkpoints hold model + EMA weights (no optimizer state: no --resume)
+    sharding: Literal["ddp", "fsdp2"] = "ddp"
     p_uncond: float = 0.1  # probability of dropping the robot context (classifier-free guidance)
     t_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
     xyz_loss_weight: float = 1.0  # weight of the XYZ half of the latents in the loss (RGB half: 1)
@@ -399,20 +409,25 @@ def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict, scalars: di
 
 
 def save_checkpoint(out_dir: str | os.PathLike, step: int, cfg: TrainConfig, model: WorldModel, codec,
-                    ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer) -> Path:
-    """Write ``<out_dir>/ckpt/step_XXXXXXX`` and point ``latest.json`` at it (rank 0 only)."""
+                    ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer | None,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``<out_dir>/ckpt/step_XXXXXXX`` and point ``latest.json`` at it (rank 0 only). ``state``: the model
+    tensors to write (default ``state_to_save(model)``; FSDP2 passes the gathered ones); ``opt`` None writes no
+    optimizer state (such a checkpoint cannot be resumed)."""
     from safetensors.torch import save_file
 
     from kinema4d.model.network import save_model, state_to_save
 
     d = Path(out_dir) / "ckpt" / f"step_{step:07d}"
     tmp = d.with_name(d.name + ".tmp")
-    sd = state_to_save(model)
+    sd = state if state is not None else state_to_save(model)
     save_model(tmp, model, codec, state=sd)
-    save_file({k: (ema[k] if k in ema else v).contiguous() for k, v in sd.items()}, str(tmp / "ema.safetensors"))
-    ot, osc = _optimizer_to_files(opt)
-    save_file(ot, str(tmp / "optimizer.safetensors"))
-    (tmp / "optimizer.json").write_text(json.dumps(osc))
+    save_file({k: (ema[k].detach().cpu() if k in ema else v).contiguous() for k, v in sd.items()},
+              str(tmp / "ema.safetensors"))
+    if opt is not None:
+        ot, osc = _optimizer_to_files(opt)
+        save_file(ot, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(osc))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     npst = np.random.get_state()
     state = {"step": step, "python_random": _jsonable(random.getstate()),
@@ -534,13 +549,22 @@ def _collate(items: list[dict]) -> dict:
     return torch.utils.data.default_collate(items)
 
 
-def prepare_batch(model: WorldModel, codec, batch: dict, generator: torch.Generator | None = None) -> dict:
-    """A collated dataset batch (TorchEpisodes keys) -> ``WorldModel.prepare`` output with the training target."""
-    batch = model_inputs(model.cfg, batch)
+def prepare_batch(model: WorldModel, codec, batch: dict, generator: torch.Generator | None = None,
+                  device: torch.device | None = None, with_null: bool = False) -> dict:
+    """A collated dataset batch (TorchEpisodes keys) -> ``WorldModel.prepare`` output with the training target, on
+    ``device`` (default: the model's); ``with_null`` adds the robot-free null condition (classifier-free guidance)."""
+    batch = _to_device(model_inputs(model.cfg, batch), device or next(model.parameters()).device)
     return model.prepare(codec, batch["rgb"][:, 0], batch["robot_pointmap"], batch["robot_mask"],
                          action=batch.get("action"), rgb=batch["rgb"], world_pointmap=batch["world_pointmap"],
                          generator=generator, world0=batch["world0"], robot_rgb=_robot_rgb(model.cfg, batch),
-                         held=batch.get("held"))
+                         held=batch.get("held"), with_null=with_null)
+
+
+def _to_device(x, device: torch.device):
+    """Tensors in (nested dicts of) ``x`` moved to ``device``."""
+    if isinstance(x, dict):
+        return {k: _to_device(v, device) for k, v in x.items()}
+    return x.to(device, non_blocking=True) if isinstance(x, torch.Tensor) else x
 
 
 def _robot_rgb(model_cfg, item: dict) -> torch.Tensor | None:
@@ -563,7 +587,7 @@ def train_codec(cfg: TrainConfig, codec, dataset, rank: int = 0, world: int = 1)
     for s in range(cfg.codec_steps):
         g = torch.Generator().manual_seed(_seed(cfg.seed, s, 0, 2))
         idx = torch.randint(len(dataset), (max(1, cfg.batch_size // world),), generator=g).tolist()
-        b = _collate([dataset[i] for i in idx])
+        b = _to_device(_collate([dataset[i] for i in idx]), next(codec.parameters()).device)
         target = torch.cat([b["rgb"], b["world_pointmap"]], dim=-1)
         inp = torch.cat([b["rgb"][:, :1].expand_as(b["rgb"]), b["robot_pointmap"]], dim=-1)
         video = torch.cat([target, inp]).transpose(1, 2)
@@ -580,32 +604,76 @@ def train_codec(cfg: TrainConfig, codec, dataset, rank: int = 0, world: int = 1)
     return losses
 
 
-def _dist_env() -> tuple[int, int]:
+def _dist_env(device: torch.device | None = None) -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; joins the process group with the backend of ``device``'s
+    tensors (nccl for CUDA, gloo for the CPU)."""
+    from kinema4d.model.device import dist_backend
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo" if not torch.cuda.is_available() else "nccl", rank=rank, world_size=world)
+        dev = device if device is not None else torch.device("cpu")
+        dist.init_process_group(dist_backend(dev), rank=rank, world_size=world,
+                                device_id=dev if dev.type == "cuda" else None)
     return rank, world
 
 
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of a (possibly FSDP2-sharded DTensor) tensor; collective for DTensors (all ranks call it)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
 def param_checksum(model: torch.nn.Module) -> float:
-    return float(sum(p.detach().double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
+    return float(sum(_full(p.detach()).double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
 
 
-def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, step: int) -> Path:
-    """Sample validation episode 0 with the EMA weights; write [GT rgb | rgb | GT pointmap | pointmap] as mp4."""
+def _gathered_state(model: WorldModel, ema: dict) -> tuple[dict, dict]:
+    """(the tensors ``state_to_save`` would write, the EMA) of an FSDP2-sharded model as full CPU tensors;
+    collective: every rank calls it."""
+    sd = {k: _full(v.detach()).cpu() for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}
+    if model.cfg.backbone_path is not None:  # LoRA: only the trainable part of the backbone
+        keep = {n for n, p in model.named_parameters() if p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k in keep or not k.startswith("transformer.")}
+    return sd, {k: _full(v).cpu() for k, v in ema.items()}
+
+
+def shard_fsdp2(model: WorldModel, device: torch.device, world: int) -> None:
+    """torch FSDP2: ``fully_shard`` every transformer block, then the whole model (the rest: embeddings, robot
+    modules, output head), over a 1-D mesh of ``world`` ranks on ``device``'s type. In place."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (world,))
+    for block in model.transformer.blocks:
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+
+
+def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, step: int,
+             write: bool = True) -> Path:
+    """Sample validation episode 0 with the EMA weights; write [GT rgb | rgb | GT pointmap | pointmap] as mp4.
+    An FSDP2-sharded model is gathered for the sampling: then every rank must call this (``write`` on one)."""
     params = dict(model.named_parameters())
     backup = {k: params[k].detach().clone() for k in ema}
     with torch.no_grad():
         for k, v in ema.items():
             params[k].copy_(v)
+    sharded = hasattr(model, "unshard")  # FSDP2: sample() calls submodules directly, outside the root's forward
+    if sharded:
+        model.unshard()
     e = model_inputs(model.cfg, val_set[0])
     rgb, wpm = sample(model, codec, e["rgb"][0], e["robot_pointmap"], e["robot_mask"], steps=cfg.val_steps,
                       cfg_scale=cfg.val_cfg_scale, seed=cfg.seed, action=e.get("action"), world0=e["world0"],
                       robot_rgb=_robot_rgb(model.cfg, e), held=e.get("held"))
+    if sharded:
+        model.reshard()
     with torch.no_grad():
         for k, v in backup.items():
             params[k].copy_(v)
+    d = Path(cfg.out_dir) / "val"
+    path = d / f"step_{step:07d}.mp4"
+    if not write:
+        return path
     wpm = torch.zeros_like(rgb) if wpm is None else wpm
     d = Path(cfg.out_dir) / "val"
     d.mkdir(parents=True, exist_ok=True)
@@ -619,7 +687,17 @@ def train_main(cfg: TrainConfig) -> dict:
     ``<out_dir>/summary_rank{rank}.json`` (one file per DDP rank; ``summary_rank0.json`` in a single process)."""
     from tqdm import tqdm
 
-    rank, world = _dist_env()
+    from kinema4d.model.device import autocast, resolve_device
+
+    dev = resolve_device(cfg.device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    rank, world = _dist_env(dev)
+    fsdp = cfg.sharding == "fsdp2" and world > 1
+    if cfg.sharding not in ("ddp", "fsdp2"):
+        raise ValueError(f"sharding must be 'ddp' or 'fsdp2', got {cfg.sharding!r}")
+    if fsdp and cfg.resume:
+        raise ValueError("--resume is not supported with sharding='fsdp2' (its checkpoints hold no optimizer state)")
     end = cfg.steps if cfg.stop_at is None else cfg.stop_at
     if not 0 < end <= cfg.steps:
         raise ValueError(f"stop_at must be in 1..steps ({cfg.steps}), got {cfg.stop_at}")
@@ -648,8 +726,12 @@ def train_main(cfg: TrainConfig) -> dict:
     val_set = make_val_dataset(cfg, dataset, warn=rank == 0)
     episode_sets.append(val_set)
     model = WorldModel(cfg.model)
+    if cfg.gradient_checkpointing:
+        model.transformer.enable_gradient_checkpointing()
     codec = make_codec(cfg.model)
     codec.requires_grad_(False)
+    model.to(dev)
+    codec.to(dev)
     params = model.trainable_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -659,13 +741,15 @@ def train_main(cfg: TrainConfig) -> dict:
     ck = latest_checkpoint(out) if cfg.resume else None
     if ck is not None:
         start, ema = load_checkpoint(ck, cfg, model, codec, opt)
+        ema = {k: v.to(dev) for k, v in ema.items()}
     else:
         if cfg.model.codec == "wan" and cfg.codec_steps > 0:
             codec.requires_grad_(True)
             train_codec(cfg, codec, dataset, rank, world)
             codec.requires_grad_(False)
         if cfg.stats_samples > 0:
-            it = (model_inputs(cfg.model, _collate([dataset[i]])) for i in range(min(len(dataset), cfg.stats_samples)))
+            it = (_to_device(model_inputs(cfg.model, _collate([dataset[i]])), dev)
+                  for i in range(min(len(dataset), cfg.stats_samples)))
             model.latent_stats.copy_(compute_latent_stats(codec, it, cfg.stats_samples))
         if world > 1:
             for t in [*model.state_dict().values(), *codec.state_dict().values()]:
@@ -674,8 +758,13 @@ def train_main(cfg: TrainConfig) -> dict:
     codec.eval()
 
     net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(model)
+    if fsdp:  # shard, then the optimizer and the EMA over the (sharded) parameters
+        shard_fsdp2(model, dev, world)
+        params = model.trainable_parameters()
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    elif world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, end, cfg.seed, rank, world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.num_workers,
                                          collate_fn=_collate)
@@ -693,16 +782,20 @@ def train_main(cfg: TrainConfig) -> dict:
     losses: list[float] = []
     step, t_last = start, time.perf_counter()
     model.train()
-    amp = torch.autocast("cpu" if not torch.cuda.is_available() else "cuda", dtype=torch.bfloat16,
-                         enabled=cfg.precision == "bf16")
+    amp = autocast(dev, cfg.precision)
     enc = CachedCodec(codec) if cfg.cache_latents else codec
+    B = cfg.batch_size // world
+    rows = slice(rank * B, (rank + 1) * B)
     for batch in loader:
+        # t, CFG drops and noise are drawn for the GLOBAL batch from one generator (the same on every rank) and each
+        # rank takes its rows, so a run's samples do not depend on the number of ranks (the soft-mask positions
+        # are drawn per rank, by g)
+        gg = torch.Generator().manual_seed(_seed(cfg.seed, step, 0, 4))
+        t = sample_timesteps(cfg.batch_size, cfg.t_sampling, gg)[rows].to(dev)
+        drop = (torch.rand(cfg.batch_size, generator=gg) < cfg.p_uncond)[rows].to(dev)
         g = torch.Generator().manual_seed(_seed(cfg.seed, step, rank, 3))
-        prep = prepare_batch(model, enc, batch, g)
-        B = prep["x0"].shape[0]
-        t = sample_timesteps(B, cfg.t_sampling, g)
-        noise = torch.randn(prep["x0"].shape, generator=g)
-        drop = torch.rand(B, generator=g) < cfg.p_uncond
+        prep = prepare_batch(model, enc, batch, g, dev, with_null=bool(drop.any()))
+        noise = torch.randn((cfg.batch_size, *prep["x0"].shape[1:]), generator=gg)[rows].to(dev)
         lr = lr_at(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
@@ -710,7 +803,7 @@ def train_main(cfg: TrainConfig) -> dict:
             loss = flow_matching_loss(net, model, prep, t, noise, drop, cfg.xyz_loss_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        gn = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+        gn = float(_full(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))))
         opt.step()
         with torch.no_grad():
             pd = dict(model.named_parameters())
@@ -719,7 +812,7 @@ def train_main(cfg: TrainConfig) -> dict:
         step += 1
         lv = float(loss.detach())
         if world > 1:
-            lt = torch.tensor([lv])
+            lt = torch.tensor([lv], device=dev)
             dist.all_reduce(lt)
             lv = float(lt) / world
         losses.append(lv)
@@ -735,10 +828,15 @@ def train_main(cfg: TrainConfig) -> dict:
                 writer.add_scalar("train/lr", lr, step)
                 writer.add_scalar("train/grad_norm", gn, step)
         last = step == end
-        if rank == 0 and (last or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
-            save_checkpoint(out, step, cfg, model, codec, ema, opt)
-        if rank == 0 and (last or (cfg.val_every and step % cfg.val_every == 0)):
-            validate(cfg, model, codec, ema, val_set, step)
+        if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+            if fsdp:  # gather the shards on every rank, rank 0 writes (no optimizer state)
+                sd, ema_full = _gathered_state(model, ema)
+                if rank == 0:
+                    save_checkpoint(out, step, cfg, model, codec, ema_full, None, state=sd)
+            elif rank == 0:
+                save_checkpoint(out, step, cfg, model, codec, ema, opt)
+        if (rank == 0 or fsdp) and (last or (cfg.val_every and step % cfg.val_every == 0)):
+            validate(cfg, model, codec, ema, val_set, step, write=rank == 0)
         if world > 1 and (last or cfg.ckpt_every or cfg.val_every):
             dist.barrier()
     bar.close()
