@@ -49,8 +49,8 @@ def _dataset(args):
     prev.add_argument("--out", default=None, help="mp4 path (default DIR/preview_<episode>.mp4)")
     conv = sub.add_parser("convert", help="rewrite dataset OLD (a split dir or a root of splits) in the current "
                           "format as NEW; atomic (NEW appears when done) and resumable (run it again)")
-    conv.add_argument("old")
-    conv.add_argument("new")
+    conv.add_argument("old", help="dataset dir (holding zarr.json) or a root of split dirs, any readable version")
+    conv.add_argument("new", help="output dir; must not exist (written as .NEW.converting, renamed when done)")
     conv.add_argument("--skip-corrupt", action="store_true", help="leave corrupt episodes out (counted) instead of "
                       "stopping at the first")
     conv.add_argument("--no-progress", action="store_true")
