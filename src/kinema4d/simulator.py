@@ -239,6 +239,8 @@ class Simulator:
       default noise seed); ``dt`` seconds per action step (joint_vel); ``fps`` of the saved videos.
     - ``device``: where the model runs (``auto | cpu | cuda[:N]``, ``kinema4d.model.device.resolve_device``);
       ``dtype``: cast the model's weights (``"bf16"``; None = float32). Rollouts come back as CPU numpy arrays.
+    - ``backbone``: for a RELEASED Kinema4D checkpoint (a dir with ``pytorch_lora_weights.safetensors`` +
+      ``added_weights.safetensors``, ``kinema4d.model.release``), the local diffusers Wan2.1-I2V directory.
 
     ``size`` (H, W) and ``train_frames`` come from the checkpoint's train_config.json (None without it).
 
@@ -254,9 +256,11 @@ class Simulator:
     def __init__(self, checkpoint: str | os.PathLike = DEFAULT_CHECKPOINT, robot: str | Robot = "panda",
                  camera: Camera | str | os.PathLike | None = None, mode: str = "ee_pose", steps: int = 20,
                  cfg_scale: float = 1.0, seed: int = 0, dt: float = 0.1, fps: float = 10.0,
-                 action_rate: str = "episode", device: str = "auto", dtype: str | None = None):
+                 action_rate: str = "episode", device: str = "auto", dtype: str | None = None,
+                 backbone: str | os.PathLike | None = None):
         from kinema4d.model.device import resolve_device
         from kinema4d.model.network import load_model
+        from kinema4d.model.release import is_release_checkpoint, load_release
 
         if mode not in ACTION_MODES:
             raise ValueError(f"mode {mode!r} is not one of {ACTION_MODES}")
@@ -266,16 +270,24 @@ class Simulator:
             raise ValueError(f"action_rate must be 'episode' (one action per recorded frame) or 'model' (one per "
                              f"generated frame), got {action_rate!r}")
         self.device = resolve_device(device)
-        self.ckpt = resolve_checkpoint(checkpoint)
+        if is_release_checkpoint(checkpoint):  # the released Kinema4D files on a local Wan2.1-I2V backbone
+            if backbone is None:
+                raise ValueError(f"{checkpoint} holds released Kinema4D weights: pass backbone, the LOCAL diffusers "
+                                 "Wan2.1-I2V directory (transformer/, vae/, image_encoder/)")
+            self.model, self.codec, info = load_release(checkpoint, backbone, self.device, dtype)
+            tc = {"size": list(info["size"]), "frames": info["frames"], "episode_frames": info["frames"]}
+            self.ckpt = ResolvedCheckpoint(dir=Path(checkpoint), weights="added_weights.safetensors", train_config=tc)
+        else:
+            self.ckpt = resolve_checkpoint(checkpoint)
+            try:
+                self.model, self.codec = load_model(self.ckpt.dir, weights=self.ckpt.weights, device=self.device,
+                                                    dtype=dtype)
+            except FileNotFoundError:
+                raise
+            except Exception as e:  # config / weights mismatch, unreadable JSON or safetensors
+                raise ValueError(f"checkpoint {self.ckpt.dir} cannot be loaded ({self.ckpt.weights}): "
+                                 f"{type(e).__name__}: {e}") from None
         self.checkpoint = self.ckpt.dir
-        try:
-            self.model, self.codec = load_model(self.ckpt.dir, weights=self.ckpt.weights, device=self.device,
-                                                dtype=dtype)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # config / weights mismatch, unreadable JSON or safetensors
-            raise ValueError(f"checkpoint {self.ckpt.dir} cannot be loaded ({self.ckpt.weights}): "
-                             f"{type(e).__name__}: {e}") from None
         tc = self.ckpt.train_config or {}
         self.size: tuple[int, int] | None = tuple(int(v) for v in tc["size"]) if "size" in tc else None
         self.train_frames: int | None = int(tc["frames"]) if "frames" in tc else None
@@ -486,7 +498,10 @@ class SimulateConfig:
     or run the bundled demo (``--demo``)."""
 
     checkpoint: Path | None = None
-    """Checkpoint dir (trainer ckpt/step_XXXXXXX or run dir). Default: the bundled model."""
+    """Checkpoint dir (trainer ckpt/step_XXXXXXX or run dir, or a released Kinema4D dir with
+    pytorch_lora_weights.safetensors + added_weights.safetensors). Default: the bundled model."""
+    backbone: Path | None = None
+    """For a released Kinema4D checkpoint: the LOCAL diffusers Wan2.1-I2V dir (transformer/, vae/, image_encoder/)."""
     robot: str = "panda"
     """Builtin robot name (panda, kuka_iiwa, xarm6) or a path to a URDF file."""
     camera: Path | None = None
@@ -544,8 +559,11 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
     from kinema4d.geometry import save_atomic_text
     from kinema4d.kinematics.control import load_actions
 
+    from kinema4d.model.release import is_release_checkpoint
+
     checkpoint = cfg.checkpoint if cfg.checkpoint is not None else DEFAULT_CHECKPOINT
-    resolve_checkpoint(checkpoint)  # a missing checkpoint is reported before anything else
+    if not is_release_checkpoint(checkpoint):
+        resolve_checkpoint(checkpoint)  # a missing checkpoint is reported before anything else
     if cfg.demo:
         given = [n for n in ("image", "camera", "actions", "pointmap0") if getattr(cfg, n) is not None]
         if given:
@@ -564,7 +582,7 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
     t0 = time.perf_counter()
     sim = Simulator(checkpoint, robot=robot,
                     camera=camera, mode=mode, steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed, fps=cfg.fps,
-                    action_rate=cfg.action_rate, device=cfg.device, dtype=cfg.dtype)
+                    action_rate=cfg.action_rate, device=cfg.device, dtype=cfg.dtype, backbone=cfg.backbone)
     t1 = time.perf_counter()
     if sim.needs_pointmap0 and pointmap0 is None:
         raise ValueError(f"checkpoint {sim.checkpoint} is a world_anchor model: give --pointmap0 FRAME0.npy "

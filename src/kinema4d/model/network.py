@@ -103,6 +103,12 @@ class ModelConfig:
     # I0 in the input latents: "zeros" = frame 0 only, zero-padded over time (Wan2.1-I2V, Sec. 3.2); "repeat" = I0
     # in every frame (Stable Video Diffusion style), so a small model copies the static background token by token
     image_padding: Literal["zeros", "repeat"] = "zeros"
+    # "release": the released Kinema4D input layout: input latents = [I0 | the canonical frame-0 pointmap
+    # (``canonical_pointmap``)] in frame 0, zeros after (Wan2.1-I2V padding); mask channels = Wan's first-frame
+    # mask on the RGB half and the robot mask on the XYZ half; the robot pointmap reaches the model only through
+    # the robot tokens and ``robot_latent_proj``. "kinema4d": the layout described above (robot pointmap in the
+    # XYZ half of the input latents, robot mask on both halves)
+    input_layout: Literal["kinema4d", "release"] = "kinema4d"
     # Beyond the paper: also give the frame-0 WORLD pointmap (what an RGB-D camera sees at t=0). The XYZ half of the
     # input latents then holds the robot pointmap on robot pixels and the frame-0 world pointmap elsewhere, in every
     # frame (as image_padding="repeat" does for I0), and pointmaps are normalized with stats known at inference
@@ -146,6 +152,11 @@ class ModelConfig:
             raise ValueError("robot_token_patch and robot_token_dim must be >= 1")
         if self.robot_token_space == "inner" and self.context != "robot_tokens":
             raise ValueError("robot_token_space='inner' needs context='robot_tokens'")
+        if self.input_layout == "release" and not (
+                self.context == "robot_tokens" and self.condition == "pointmap" and self.mask != "none"
+                and not (self.world_anchor or self.robot_rgb or self.held_prior)):
+            raise ValueError("input_layout='release' needs context='robot_tokens', condition='pointmap', a robot mask "
+                             "and no world_anchor / robot_rgb / held_prior")
         if self.image_encoder_path is not None and self.image_dim is None:
             raise ValueError("image_encoder_path needs image_dim (the Wan2.1-I2V image branch)")
         if self.prediction not in ("velocity", "x0", "x0_residual") or not 0.0 < self.x0_t_min < 1.0:
@@ -191,6 +202,16 @@ PAPER_MODEL = ModelConfig(
     codec="wan", wan_base_dim=96, wan_z_dim=16, wan_dim_mult=(1, 2, 4, 4), wan_num_res_blocks=2,
     num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40, text_dim=4096, freq_dim=256,
     image_dim=1280, added_kv_proj_dim=5120,
+)
+# The released Kinema4D model (public repository mutianxu/Kinema4D, pointmap-conditioned variant) on the paper's
+# backbone: 312 robot tokens (Conv3d 20 -> 128, kernel = stride = (1, 15, 15), LayerNorm, GELU, dense position
+# table (13, 4, 6), Linear 128 -> 5120 past the text embedder) in the text branch, CLIP(I0) in the image branch,
+# the robot-latent projection, the release's input layout; LoRA rank 64 at scale 0.5 (its inference fuses the
+# LoRA with lora_scale=0.5). ``kinema4d.model.release.load_release`` fills in the local paths.
+RELEASE_MODEL = dataclasses.replace(
+    PAPER_MODEL, context="robot_tokens", robot_latent_proj=True, robot_token_patch=15, robot_token_dim=128,
+    robot_token_pos="dense", robot_token_grid=(13, 4, 6), robot_token_space="inner", input_layout="release",
+    lora_rank=64, lora_alpha=32.0, max_frames=13,
 )
 
 
@@ -314,6 +335,14 @@ class WanCodec(nn.Module):
         kl = post.kl().mean() / x[0].numel()
         loss = l1 + kl_weight * kl
         return loss, {"codec_l1": float(l1.detach()), "codec_kl": float(kl.detach())}
+
+
+def canonical_pointmap(H: int, W: int) -> torch.Tensor:
+    """(3, H, W) in [0, 1]: the released Kinema4D's frame-0 pointmap input, a fixed ramp (x = column, y = row,
+    z = 1 - row, each scaled to [0, 1]) that says "geometry starts here" without any scene geometry."""
+    y = torch.linspace(0, 1, H)[:, None].expand(H, W)
+    x = torch.linspace(0, 1, W)[None, :].expand(H, W)
+    return torch.stack([x, y, 1 - y])
 
 
 def make_codec(cfg: ModelConfig) -> PixelCodec | WanCodec:
@@ -770,6 +799,11 @@ class WorldModel(nn.Module):
                 right = anchor.clone()
             else:
                 right = torch.where(robot_mask[:, None] > 0.5, right, anchor)
+        if cfg.input_layout == "release":  # [I0 | canonical pointmap] in frame 0, zeros ([-1, 1] space) after
+            first = torch.full((B, 3, T, H, W), 0.5, device=dev)
+            first[:, :, 0] = rgb0
+            right = torch.full((B, 3, T, H, W), 0.5, device=dev)
+            right[:, :, 0] = canonical_pointmap(H, W).to(dev)
         inp = self.normalize(codec.encode(torch.cat([first, right], dim=-1)))
         w = inp.shape[-1] // 2
         if cfg.mask == "none":
@@ -779,6 +813,9 @@ class WorldModel(nn.Module):
             if cfg.mask == "soft" and (self.training if soften is None else soften):
                 m = soften_mask(m, cfg.soft_ratio, generator)
             m = torch.cat([m, m], dim=-1)  # the same occupancy for the RGB and XYZ halves (pixel-aligned)
+            if cfg.input_layout == "release":  # RGB half: Wan2.1-I2V's first-frame mask (frame 0 given)
+                m[..., :w] = 0
+                m[:, :, 0, :, :w] = 1
         robot_in = inp[..., w:]
         if cfg.context == "robot_tokens":  # robot-only latents: the robot pointmap (and colours), 0 elsewhere
             rrgb = robot_rgb.transpose(1, 2) if cfg.robot_rgb else torch.zeros_like(first)
@@ -1134,7 +1171,8 @@ def load_state(model: WorldModel, sd: dict[str, torch.Tensor], where: str = "sta
 
 
 __all__ = [
-    "ModelConfig", "PAPER_MODEL", "PixelCodec", "WanCodec", "make_codec", "latent_shapes", "check_video_size",
+    "ModelConfig", "PAPER_MODEL", "RELEASE_MODEL", "ImageTextAttnProcessor", "ImageEncoder", "canonical_pointmap",
+    "PixelCodec", "WanCodec", "make_codec", "latent_shapes", "check_video_size",
     "downsample_mask", "soften_mask", "SharedWidthRope", "DomainEmbedding", "RobotTokens", "make_backbone",
     "load_pretrained_backbone", "WorldModel", "flow_matching_loss", "sample_timesteps", "sample",
     "denormalize_world_pointmap", "compute_latent_stats", "save_model", "load_model", "load_state",

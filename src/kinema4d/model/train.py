@@ -35,6 +35,7 @@ from kinema4d.geometry import save_atomic_text
 from kinema4d.interactive.media import video_to_uint8, write_video
 from kinema4d.model.network import (
     PAPER_MODEL,
+    RELEASE_MODEL,
     ModelConfig,
     WorldModel,
     compute_latent_stats,
@@ -196,6 +197,21 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
         ),
     ),
 }
+
+
+_WAN = "checkpoints/Wan2.1-I2V-14B-480P-Diffusers"
+PRESETS["release"] = (
+    "LoRA training of the released Kinema4D design (RELEASE_MODEL: 312 robot tokens, CLIP(I0), release input "
+    "layout) on a local Wan2.1-I2V-14B-480P-Diffusers dir: 49 x 480x720, LoRA 64, bf16, gradient checkpointing, "
+    "FSDP2 under torchrun; needs the local weights (docs/MEMORY.md)",
+    TrainConfig(
+        model=dataclasses.replace(RELEASE_MODEL, backbone_path=f"{_WAN}/transformer", codec_path=f"{_WAN}/vae",
+                                  image_encoder_path=f"{_WAN}/image_encoder"),
+        size=(480, 720), frames=49, batch_size=32, steps=5000, lr=2e-5, weight_decay=1e-4, betas=(0.9, 0.95),
+        warmup=100, schedule="constant", precision="bf16", gradient_checkpointing=True, sharding="fsdp2",
+        out_dir="runs/release", ckpt_every=500, val_every=500, val_steps=50,
+    ),
+)
 
 
 # ----------------------------------------------------------------------------------------------------------------
