@@ -7,6 +7,8 @@
 # Every report also scores static (I0 and the frame-0 pointmap repeated). Baselines join when their runs exist
 # (`kinema4d train baseline_binary_mask` / `baseline_action_embedding`, the default's budget); a missing run is
 # named and left out. Needs data/synth64/{test,ood} (README: data engine). Two reports at a time, 1 thread each.
+# The zero-shot embodiment test (xarm6, test ranges) joins when data/synth64/ood_embodiment exists
+# (`kinema4d datagen --split ood_embodiment`, README: data engine).
 # Usage: bash scripts/eval_tables.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,17 @@ run() { echo "+ kinema4d $*" >&2; .venv/bin/kinema4d "$@" --no-progress > /dev/n
   wait $P1 && wait $P2
   run eval policy --ranking $K --out out/policy_ranking
 }
+EMB=()
+if [ -f data/synth64/ood_embodiment/zarr.json ]; then
+  # shellcheck disable=SC2086
+  run eval $K --data data/synth64 --split ood_embodiment --out out/eval_ood_embodiment
+  EMB=("ood_embodiment (xarm6)=out/eval_ood_embodiment")
+  cat out/eval_ood_embodiment/report.md
+else
+  echo "eval_tables: data/synth64/ood_embodiment not found (kinema4d datagen --split ood_embodiment); left out" >&2
+fi
 cat out/eval_test/report.md out/eval_ood/report.md out/eval_test_pipeline/report.md out/policy_eval/policy.md \
   out/policy_ranking/policy_ranking.md
 echo "## README tables"
-.venv/bin/python scripts/readme_tables.py test=out/eval_test ood=out/eval_ood "test, pipeline=out/eval_test_pipeline"
+.venv/bin/python scripts/readme_tables.py test=out/eval_test ood=out/eval_ood "test, pipeline=out/eval_test_pipeline" \
+  "${EMB[@]}"
