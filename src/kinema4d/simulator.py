@@ -412,6 +412,7 @@ class Simulator:
 
         from kinema4d.data.episodes import anchor_stats, anchored_to_metres, normalize_with_stats
         from kinema4d.kinematics.render import normalize_pointmap
+        from kinema4d.model.device import peak_memory_gb
         from kinema4d.model.network import check_video_size, denormalize_world_pointmap, sample
 
         img = load_image(image)
@@ -484,6 +485,7 @@ class Simulator:
                 "seconds": {"kinematic": t1 - t0, "generate": t2 - t1},
                 "ik_max_pos_err_m": None if traj.ik is None else float(traj.ik.pos_err.max()),
                 "robot_pixels_per_frame": float(r.mask.reshape(len(r.mask), -1).sum(1).mean()),
+                "device": str(self.device), "peak_memory_gb": peak_memory_gb(self.device),
                 "held_prior": held_info}
         return Rollout(rgb=np.ascontiguousarray(rgb8), world_pointmap=world, world_pointmap01=world01,
                        robot_pointmap=r.pointmap.astype(np.float32), robot_mask=r.mask.astype(bool),

@@ -3,11 +3,12 @@ Wan2.1-I2V image / text routing at > 512 robot tokens, the CLIP image branch, so
 truly null classifier-free-guidance condition."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
-from kinema4d.model.device import autocast, dist_backend, resolve_device
+from kinema4d.model.device import autocast, dist_backend, peak_memory_gb, resolve_device
 from kinema4d.model.network import (
     ImageTextAttnProcessor,
     ModelConfig,
@@ -59,6 +60,7 @@ def test_resolve_device_on_this_machine():
     with pytest.raises(ValueError, match="unknown device"):
         resolve_device("tpu")
     assert dist_backend(torch.device("cpu")) == "gloo" and dist_backend(torch.device("cuda", 0)) == "nccl"
+    assert peak_memory_gb(torch.device("cpu")) is None
 
 
 @pytest.mark.skipif(not NO_CUDA, reason="checks the error on a machine without CUDA")
@@ -99,6 +101,8 @@ def test_cli_train_device_cpu_and_auto(tmp_path, capsys):
         assert main(["train", "tiny", "--device", dev, "--steps", "1", "--no-progress", "--val-steps", "1",
                      "--out-dir", str(out)]) == 0
         assert (out / "ckpt" / "step_0000001" / "model.safetensors").is_file()
+        s = json.loads((out / "summary_rank0.json").read_text())
+        assert s["device"] == "cpu" and s["peak_memory_gb"] is None
 
 
 def test_load_model_dtype_bf16_samples_finite(tmp_path):

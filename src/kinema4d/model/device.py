@@ -62,6 +62,14 @@ def dist_backend(device: torch.device) -> str:
     return "nccl" if device.type == "cuda" else "gloo"
 
 
+def peak_memory_gb(device: torch.device) -> float | None:
+    """Peak memory allocated by torch on a CUDA ``device`` since the start (or the last
+    ``torch.cuda.reset_peak_memory_stats``), in GiB; None on the CPU (use the process's peak RSS there)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(device) / 2**30
+
+
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     """``"fp32" | "bf16" | "fp16"`` (or a torch dtype, or None) -> torch dtype or None."""
     if name is None or isinstance(name, torch.dtype):
@@ -73,4 +81,5 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
     return table[name]
 
 
-__all__ = ["DEVICE_HELP", "resolve_device", "bf16_supported", "autocast", "dist_backend", "parse_dtype"]
+__all__ = ["DEVICE_HELP", "resolve_device", "bf16_supported", "autocast", "dist_backend", "peak_memory_gb",
+           "parse_dtype"]

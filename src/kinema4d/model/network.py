@@ -251,7 +251,8 @@ def latent_shapes(cfg: ModelConfig, T: int, H: int, W: int, batch: int = 1) -> d
         "mask": (batch, MASK_CHANNELS, t, h, 2 * w),
         "backbone_input": (batch, cfg.in_channels, t, h, 2 * w),
         "tokens": (batch, n_tok),
-        "context": (batch, n_ctx, cfg.text_dim),
+        "context": (batch, n_ctx, cfg.num_attention_heads * cfg.attention_head_dim
+                    if cfg.robot_token_space == "inner" else cfg.text_dim),
     }
 
 

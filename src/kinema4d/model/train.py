@@ -703,7 +703,7 @@ def train_main(cfg: TrainConfig) -> dict:
     ``<out_dir>/summary_rank{rank}.json`` (one file per DDP rank; ``summary_rank0.json`` in a single process)."""
     from tqdm import tqdm
 
-    from kinema4d.model.device import autocast, resolve_device
+    from kinema4d.model.device import autocast, peak_memory_gb, resolve_device
 
     dev = resolve_device(cfg.device)
     if dev.type == "cuda":
@@ -860,6 +860,7 @@ def train_main(cfg: TrainConfig) -> dict:
                "param_checksum": param_checksum(model),
                "num_params": sum(p.numel() for p in model.parameters()),
                "num_trainable": sum(p.numel() for p in params),
+               "device": str(dev), "peak_memory_gb": peak_memory_gb(dev),
                "skipped_corrupt": sum(d.num_skipped for d in {id(d): d for d in episode_sets}.values()
                                       if hasattr(d, "num_skipped"))}
     if cfg.skip_corrupt and rank == 0:
