@@ -15,6 +15,11 @@ use disjoint seed streams (the split's index enters the seed) and select the ran
 
 ``episodes`` counts all written episodes (clean + perturbed); the last block may be cut short.
 
+The robot (``robot``): the Panda by default (the robot of the training data), xarm6 for the ``ood_embodiment``
+split (test ranges, a robot the default model was not trained on), or any URDF with a gripper (``ee_link``,
+``gripper_joints``, see :func:`kinema4d.data.scene.make_robot`). It is part of the split's content: a resumed run
+must name the same robot. Episodes record it in their attrs (``robot``; URDF robots also ``robot_urdf``).
+
 Policy episodes (``policy`` = a name of :data:`kinema4d.data.scene.POLICIES`, with ``failures_per_success=0``):
 block b = the same scene as above (resampled until the clean expert succeeds, checked by physics alone) executed
 by that member of the scripted policy family (:func:`kinema4d.data.scene.policy_actions`, its generator seeded by
