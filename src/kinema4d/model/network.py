@@ -550,9 +550,10 @@ LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def load_pretrained_backbone(path: str | os.PathLike, lora_rank: int = 64, lora_alpha: float | None = None,
-                             target_modules: tuple[str, ...] = LORA_TARGETS):
+                             target_modules: tuple[str, ...] = LORA_TARGETS, torch_dtype: torch.dtype | None = None):
     """Load a Wan2.1-I2V / 4DNeX ``WanTransformer3DModel`` from a LOCAL diffusers directory and wrap it with peft
-    LoRA (rank ``lora_rank`` on the attention projections). Base weights are frozen, LoRA weights trainable."""
+    LoRA (rank ``lora_rank`` on the attention projections). Base weights are frozen, LoRA weights trainable.
+    ``torch_dtype`` (e.g. bfloat16) loads the weights in that dtype (half the host memory of fp32 for the 14B)."""
     from diffusers import WanTransformer3DModel
     from peft import LoraConfig, inject_adapter_in_model
 
@@ -562,7 +563,7 @@ def load_pretrained_backbone(path: str | os.PathLike, lora_rank: int = 64, lora_
             f"no diffusers WanTransformer3DModel at {str(p)!r} (expected {p / 'config.json'} + safetensors). "
             "Pretrained Wan2.1-I2V / 4DNeX weights cannot be downloaded here: copy them to a local directory "
             "(e.g. the 'transformer' folder of a diffusers Wan2.1-I2V checkpoint) and pass its path.")
-    model = WanTransformer3DModel.from_pretrained(p)
+    model = WanTransformer3DModel.from_pretrained(p, torch_dtype=torch_dtype)
     model.requires_grad_(False)
     lcfg = LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, target_modules=list(target_modules),
                       init_lora_weights=True)

@@ -31,7 +31,14 @@ from pathlib import Path
 
 import torch
 
-from kinema4d.model.network import LORA_TARGETS, RELEASE_MODEL, ModelConfig, WanCodec, WorldModel
+from kinema4d.model.network import (
+    LORA_TARGETS,
+    RELEASE_MODEL,
+    ModelConfig,
+    WanCodec,
+    WorldModel,
+    load_pretrained_backbone,
+)
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 ADDED_FILE = "added_weights.safetensors"
@@ -162,7 +169,8 @@ def load_release(checkpoint: str | os.PathLike, backbone: str | os.PathLike, dev
 
     dev, dt = resolve_device(device), parse_dtype(dtype)
     cfg = release_config(checkpoint, backbone, base, lora_scale)
-    model = WorldModel(cfg)
+    model = WorldModel(cfg, backbone=load_pretrained_backbone(cfg.backbone_path, cfg.lora_rank, cfg.lora_alpha,
+                                                              torch_dtype=dt))  # dt: half the host RAM of fp32
     loaded = load_release_weights(model, checkpoint)
     model.latent_stats.copy_(torch.tensor([[0.0, 1.0], [POINTMAP_LATENT_MEAN, POINTMAP_LATENT_STD]]))
     codec = WanCodec(cfg)
