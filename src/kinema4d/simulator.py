@@ -560,7 +560,6 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
     """Run ``kinema4d simulate``; returns {kind: path} of everything written (incl. ``simulate.json``)."""
     from kinema4d.geometry import save_atomic_text
     from kinema4d.kinematics.control import load_actions
-
     from kinema4d.model.release import is_release_checkpoint
 
     checkpoint = cfg.checkpoint if cfg.checkpoint is not None else DEFAULT_CHECKPOINT

@@ -34,14 +34,15 @@ def release(tmp_path_factory):
                      temperal_downsample=[False, True, True]).save_pretrained(bb / "vae")
     CLIPVisionModel(CLIPVisionConfig(hidden_size=24, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      image_size=32, patch_size=8)).save_pretrained(bb / "image_encoder")
-    tr = inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
-                                 WanTransformer3DModel(**kw))
+    lcfg = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    tr = inject_adapter_in_model(lcfg, WanTransformer3DModel(**kw))
     lora = {k: torch.randn_like(v) * 0.05 for k, v in get_peft_model_state_dict(tr).items()}
     WanImageToVideoPipeline.save_lora_weights(ck, transformer_lora_layers=lora)  # diffusers' own key layout
     g = torch.Generator().manual_seed(1)
     shapes = {"learnable_domain_embeddings": (2, INNER), "patch_embedding_arm.weight": (DIM, 20, 1, 1, 1),
               "patch_embedding_arm.bias": (DIM,), "arm_ln.weight": (DIM,), "arm_ln.bias": (DIM,),
-              "arm_pos_emb": (1, DIM, 2, 16, 24), "arm_patch_proj.weight": (INNER, DIM), "arm_patch_proj.bias": (INNER,),
+              "arm_pos_emb": (1, DIM, 2, 16, 24), "arm_patch_proj.weight": (INNER, DIM),
+              "arm_patch_proj.bias": (INNER,),
               "arm_cond_proj.weight": (16, 16), "arm_cond_proj.bias": (16,)}
     save_file({k: torch.randn(s, generator=g) * 0.1 for k, s in shapes.items()}, str(ck / ADDED_FILE))
     return ck, bb

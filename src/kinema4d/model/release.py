@@ -73,7 +73,8 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     from safetensors import safe_open
 
     if not path.is_file():
-        raise FileNotFoundError(f"release checkpoint file missing: {path} (the release ships {' + '.join(RELEASE_FILES)})")
+        raise FileNotFoundError(f"release checkpoint file missing: {path} (the release ships "
+                                f"{' + '.join(RELEASE_FILES)})")
     with safe_open(str(path), "pt") as f:
         return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
 
@@ -144,7 +145,8 @@ def load_release_weights(model: WorldModel, checkpoint: str | os.PathLike) -> di
     if unknown:
         raise ValueError(f"release tensors with no place in the model (LoRA targets {LORA_TARGETS}, added modules "
                          f"{sorted(ADDED_MAP)}): {unknown[:8]}{' ...' if len(unknown) > 8 else ''}")
-    bad = [f"{k} {tuple(v.shape)} -> {n} {tuple(own[n].shape)}" for k, (n, v) in plan.items() if own[n].shape != v.shape]
+    bad = [f"{k} {tuple(v.shape)} -> {n} {tuple(own[n].shape)}" for k, (n, v) in plan.items()
+           if own[n].shape != v.shape]
     if bad:
         raise ValueError(f"release tensors whose shapes do not match the model: {bad[:8]}")
     wanted = {n for n in own if ".lora_" in n} | {n for n, _ in ADDED_MAP.values() if n in own}
