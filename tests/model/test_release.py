@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from kinema4d.model.network import release_downsample_mask
 from kinema4d.model.release import ADDED_FILE, ADDED_MAP, LORA_FILE, is_release_checkpoint, load_release
 from kinema4d.model.train import SyntheticEpisodes
 
@@ -121,3 +122,15 @@ def test_simulate_with_release_checkpoint(release, tmp_path):
     assert out["rgb"].is_file() and out["rollout"].is_file() and out["json"].is_file()
     s = json.loads(out["json"].read_text())
     assert s["rollout"]["frames"] == T and s["simulator"]["size_hw"] == [H, W]
+
+
+def test_release_mask_downsampling_matches_interpolate_and_temporal_max():
+    """The release: F.interpolate(nearest) per frame, frame 0 alone, max over each later group of 4."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(2, 9, 32, 48, generator=g) > 0.7).float()
+    ours = release_downsample_mask(mask, 4, 8)
+    near = F.interpolate(mask, size=(4, 6), mode="nearest")  # (B, T, 4, 6): frames as channels
+    ref = torch.cat([near[:, :1], near[:, 1:].reshape(2, 2, 4, 4, 6).amax(2)], dim=1)[:, None]
+    assert ours.shape == (2, 1, 3, 4, 6) and torch.equal(ours, ref)

@@ -381,6 +381,22 @@ def downsample_mask(mask: torch.Tensor, temporal_factor: int, spatial_factor: in
     return m[:, idx].contiguous()
 
 
+def release_downsample_mask(mask: torch.Tensor, temporal_factor: int, spatial_factor: int) -> torch.Tensor:
+    """(B, T, H, W) occupancy -> (B, 1, t, H/s, W/s), the released Kinema4D's robot-mask downsampling: nearest
+    neighbour in space (the top-left pixel of each s x s cell, as ``F.interpolate(mode="nearest")`` picks it),
+    frame 0 alone, then the max over each group of ``temporal_factor`` later frames."""
+    if mask.ndim != 4:
+        raise ValueError(f"mask must be (B, T, H, W), got {tuple(mask.shape)}")
+    m = mask.float()[:, :, ::spatial_factor, ::spatial_factor]
+    B, T, h, w = m.shape
+    tf = temporal_factor
+    if tf > 1:
+        if (T - 1) % tf:
+            raise ValueError(f"mask has T={T}; needs 1 + {tf}k frames")
+        m = torch.cat([m[:, :1], m[:, 1:].reshape(B, (T - 1) // tf, tf, h, w).amax(2)], dim=1)
+    return m[:, None]
+
+
 def soften_mask(mask: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """Soft strategy of Sec. 3.2: per sample, exactly round(ratio * n_occupied) random occupied positions -> 0.5."""
     out = mask.clone()
@@ -811,9 +827,13 @@ class WorldModel(nn.Module):
         if cfg.mask == "none":
             m = torch.zeros(B, MASK_CHANNELS, *inp.shape[2:], device=dev)
         else:
-            m = downsample_mask(robot_mask, codec.temporal_factor, codec.spatial_factor)
+            if cfg.input_layout == "release":  # one channel, softened, then repeated to 4 (as released)
+                m = release_downsample_mask(robot_mask, codec.temporal_factor, codec.spatial_factor)
+            else:
+                m = downsample_mask(robot_mask, codec.temporal_factor, codec.spatial_factor)
             if cfg.mask == "soft" and (self.training if soften is None else soften):
                 m = soften_mask(m, cfg.soft_ratio, generator)
+            m = m.expand(-1, MASK_CHANNELS, -1, -1, -1)
             m = torch.cat([m, m], dim=-1)  # the same occupancy for the RGB and XYZ halves (pixel-aligned)
             if cfg.input_layout == "release":  # RGB half: Wan2.1-I2V's first-frame mask (frame 0 given)
                 m[..., :w] = 0
@@ -1175,7 +1195,8 @@ def load_state(model: WorldModel, sd: dict[str, torch.Tensor], where: str = "sta
 __all__ = [
     "ModelConfig", "PAPER_MODEL", "RELEASE_MODEL", "ImageTextAttnProcessor", "ImageEncoder", "canonical_pointmap",
     "PixelCodec", "WanCodec", "make_codec", "latent_shapes", "check_video_size",
-    "downsample_mask", "soften_mask", "SharedWidthRope", "DomainEmbedding", "RobotTokens", "make_backbone",
+    "downsample_mask", "release_downsample_mask", "soften_mask",
+    "SharedWidthRope", "DomainEmbedding", "RobotTokens", "make_backbone",
     "load_pretrained_backbone", "WorldModel", "flow_matching_loss", "sample_timesteps", "sample",
     "denormalize_world_pointmap", "compute_latent_stats", "save_model", "load_model", "load_state",
 ]
