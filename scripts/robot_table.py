@@ -17,7 +17,8 @@ from pathlib import Path
 
 from kinema4d.data.datagen import DatagenConfig, datagen_main
 
-ROWS = (("panda", "test"), ("panda", "ood"), ("xarm6", "ood_embodiment"), ("xarm6", "ood"))
+ROWS = (("panda", "test"), ("panda", "ood"), ("xarm6", "ood_embodiment"), ("xarm6", "ood"), ("kuka_iiwa_wsg50", "test"),
+        ("kuka_iiwa_wsg50", "ood"))
 
 
 def main() -> None:

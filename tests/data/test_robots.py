@@ -69,9 +69,10 @@ def test_stored_xarm_robot_pointmap_matches_pybullet(xarm_split):
             np.testing.assert_array_equal(e["robot_pointmap"][t][~ren[t]], 0)
 
 
-def test_xarm_render_matches_pybullet_at_higher_resolution():
-    """The same check before storage at 96x128 (more pixels, no float16)."""
-    robot = sim.make_robot("xarm6")
+@pytest.mark.parametrize("name", ["xarm6", "kuka_iiwa_wsg50"])
+def test_render_matches_pybullet_at_higher_resolution(name):
+    """The same check before storage at 96x128 (more pixels, no float16), and the clean scripted run succeeds."""
+    robot = sim.make_robot(name)
     spec = sim.sample_scene(np.random.default_rng(7), "test", 128, 96)
     actions, _ = sim.scripted_pick_place(robot, spec)
     ep = sim.run_episode(robot, spec, actions, frames=5)
@@ -112,7 +113,7 @@ def test_bad_robot_options_name_what_exists(tmp_path):
         datagen_main(DatagenConfig(robot=str(PANDA_URDF), ee_link="panda_grasptarget", **base))
     with pytest.raises(ValueError, match=r"fixes ee_link; pass a URDF path"):
         datagen_main(DatagenConfig(robot="xarm6", ee_link="link6", **base))
-    with pytest.raises(ValueError, match=r"kuka_iiwa.*SDF.*URDF only"):
+    with pytest.raises(ValueError, match=r"kuka_iiwa .*has no gripper; use --robot kuka_iiwa_wsg50"):
         datagen_main(DatagenConfig(robot="kuka_iiwa", **base))
     with pytest.raises(ValueError, match=r"ood_embodiment.*not trained on"):
         datagen_main(DatagenConfig(robot="panda", split="ood_embodiment", out=tmp_path, episodes=1, **TINY))
@@ -135,3 +136,38 @@ def test_resume_of_a_dataset_written_before_robot_selection(tmp_path):
     with pytest.raises(ValueError, match="different config"):
         datagen_main(DatagenConfig(out=tmp_path, split="test", episodes=1, failures_per_success=0, robot="xarm6",
                                    **TINY))
+
+
+def test_sdf_conversion_matches_pybullet_sdf():
+    """kuka_iiwa_wsg50 (kuka_with_gripper2.sdf converted to URDF) against pybullet's own SDF import: every link's
+    pose for random joints (the converted URDF fixes the gripper roll and the finger tips at 0)."""
+    import pybullet as p
+    from scipy.spatial.transform import Rotation
+
+    from kinema4d.kinematics.robot import Robot
+    from kinema4d.kinematics.sdf import sdf_to_urdf_tree
+
+    robot = Robot.builtin("kuka_iiwa_wsg50")
+    assert robot.dof == 8 and robot.gripper_joint == "base_left_finger_joint"
+    assert robot.mimic_joints == {"base_right_finger_joint": ("base_left_finger_joint", -1.0, 0.0)}
+    cid = p.connect(p.DIRECT)
+    try:
+        body = p.loadSDF(str(Path(pybullet_data.getDataPath()) / "kuka_iiwa" / "kuka_with_gripper2.sdf"),
+                         physicsClientId=cid)[0]
+        info = [p.getJointInfo(body, j, physicsClientId=cid) for j in range(p.getNumJoints(body, physicsClientId=cid))]
+        joint = {i[1].decode(): i[0] for i in info}
+        link = {i[12].decode(): i[0] for i in info}
+        for q in robot.random_q(3, np.random.default_rng(0)):
+            for name, v in zip(robot.joint_names, q, strict=True):
+                p.resetJointState(body, joint[name], v, physicsClientId=cid)
+            p.resetJointState(body, joint["base_right_finger_joint"], -q[-1], physicsClientId=cid)
+            T = robot.fk(q)
+            for name, j in link.items():
+                s = p.getLinkState(body, j, computeForwardKinematics=True, physicsClientId=cid)
+                np.testing.assert_allclose(s[4], T[name][0][:3, 3], atol=1e-6, err_msg=name)
+                R = Rotation.from_quat(s[5]).as_matrix()
+                assert np.abs(R - T[name][0][:3, :3]).max() < 1e-6, name
+    finally:
+        p.disconnect(physicsClientId=cid)
+    with pytest.raises(ValueError, match=r"no joints \['nope'\]"):
+        sdf_to_urdf_tree(Path(pybullet_data.getDataPath()) / "kuka_iiwa" / "kuka_with_gripper2.sdf", ["nope"])

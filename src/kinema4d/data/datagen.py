@@ -58,8 +58,8 @@ class DatagenConfig:
     """train | val | test | ood | ood_embodiment (ood: unseen shapes/colours, camera outside the training range;
     ood_embodiment: the test ranges with a robot the default model was not trained on, xarm6 unless --robot)."""
     robot: str | None = None
-    """panda | xarm6 | PATH.urdf (kuka_iiwa: no gripper in URDF, refused). Default: panda (the default model's
-    robot), xarm6 for the ood_embodiment split."""
+    """panda | xarm6 | kuka_iiwa_wsg50 | PATH.urdf (the plain kuka_iiwa has no gripper). Default: panda (the
+    default model's robot), xarm6 for the ood_embodiment split."""
     ee_link: str | None = None
     """URDF robots: the end-effector link the ee_pose actions drive (the grasp point between the fingers)."""
     gripper_joints: tuple[str, ...] | None = None

@@ -1,5 +1,6 @@
 """Synthetic 4D data engine on pybullet (paper Sec. 3.3, Supp. B.2): table-top pick-and-place with any robot
-that has a gripper (builtin: the Franka Panda, the default, and the xArm6 with its gripper; or a URDF).
+that has a gripper (builtin: the Franka Panda, the default, the xArm6 with its gripper and the KUKA iiwa with a
+WSG50-style gripper; or a URDF).
 
 One :class:`Scene` = one pybullet DIRECT client (several coexist in a process). It holds a table
 (``table/table.urdf``, top at z = 0.625), the robot loaded from the same URDF as its :class:`Robot` at the
@@ -433,6 +434,7 @@ class Drive:
 DRIVES = {
     "panda": Drive((87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0), 40.0, mimic_follow_force=None),
     "xarm6": Drive(None, 1.0),
+    "kuka_iiwa_wsg50": Drive(None, 5.0),  # pybullet's KUKA grasping env: 2 / 2.5 N m; 5 holds cylinders in the carry
 }
 
 
@@ -487,7 +489,7 @@ class Scene:
             g_home = robot.home[robot.joint_names.index(robot.gripper_joint)]
             for j, v in zip(self.finger_joints, self._finger_targets(g_home), strict=True):
                 p.resetJointState(self.body, j, v, physicsClientId=c)
-            for j in self.finger_joints:
+            for j in self._gripper_links():
                 p.changeDynamics(self.body, j, lateralFriction=self.drive.finger_friction, spinningFriction=0.01,
                                  physicsClientId=c)
             self.driven_fingers = self.finger_joints
@@ -505,6 +507,21 @@ class Scene:
         for _ in range(24):  # let the objects settle on the table
             p.stepSimulation(physicsClientId=self.cid)
         self._state0 = p.saveState(physicsClientId=self.cid)
+
+    def _gripper_links(self) -> list[int]:
+        """pybullet link indices moved by a finger joint: the finger links and everything attached below them
+        (e.g. fingertips on fixed joints), in index order."""
+        c, fingers = self.cid, set(self.finger_joints)
+        parent = {j: p.getJointInfo(self.body, j, physicsClientId=c)[16]
+                  for j in range(p.getNumJoints(self.body, physicsClientId=c))}
+        out = []
+        for j in parent:
+            k = j
+            while k >= 0 and k not in fingers:
+                k = parent[k]
+            if k >= 0:
+                out.append(j)
+        return out
 
     def _finger_targets(self, value: float) -> list[float]:
         """Gripper joint value -> targets of ``finger_joints`` (the gripper joint and its mimics)."""
@@ -715,18 +732,19 @@ def execute(scene: Scene, actions: np.ndarray) -> dict:
 
 
 def make_robot(robot: str = "panda", **options) -> Robot:
-    """The robot standing on the table top at ``BASE_XYZ``: a builtin name (panda, xarm6; kuka_iiwa has no
-    gripper) or a URDF path with ``options`` of :func:`kinema4d.kinematics.control.load_robot` (ee_link,
-    gripper_joints, gripper_open, gripper_closed). The pick-and-place needs a gripper (checked here)."""
+    """The robot standing on the table top at ``BASE_XYZ`` (x shifted by ``BASE_SHIFT_X``): a builtin name (panda,
+    xarm6, kuka_iiwa_wsg50; the plain kuka_iiwa has no gripper) or a URDF path with ``options`` of
+    :func:`kinema4d.kinematics.control.load_robot` (ee_link, gripper_joints, gripper_open, gripper_closed). The
+    pick-and-place needs a gripper (checked here)."""
     from kinema4d.kinematics.control import load_robot
 
     T_world_base = np.eye(4)
     T_world_base[:3, 3] = BASE_XYZ
+    T_world_base[0, 3] += BASE_SHIFT_X.get(robot, 0.0)
     if robot == "kuka_iiwa":
-        raise ValueError("kuka_iiwa cannot run the pick-and-place: pybullet_data's KUKA with a gripper is an SDF "
-                         "(kuka_iiwa/kuka_with_gripper2.sdf, arm + WSG50 gripper) and kinema4d's kinematics read "
-                         "URDF only; the builtin kuka_iiwa (kuka_iiwa/model.urdf) has no gripper. Use panda or "
-                         "xarm6, or a URDF with --ee-link and --gripper-joints")
+        raise ValueError("kuka_iiwa (pybullet_data's kuka_iiwa/model.urdf) has no gripper; use --robot "
+                         "kuka_iiwa_wsg50, the KUKA iiwa with the WSG50-style gripper of "
+                         "kuka_iiwa/kuka_with_gripper2.sdf (converted to URDF by kinema4d.kinematics.sdf)")
     r = load_robot(robot, T_world_base=T_world_base, **options)
     if r.gripper_joint is None:
         raise ValueError(f"the pick-and-place needs a gripper; {robot!r} has none. Name its gripper joints with "
@@ -736,6 +754,9 @@ def make_robot(robot: str = "panda", **options) -> Robot:
     return r
 
 
+# metres: a robot whose gripper is too long to reach the near workspace edge at table height stands further back
+# (the KUKA's 26 cm gripper and +-120 deg elbow reach no closer than ~42 cm); the scenes are the same for all robots
+BASE_SHIFT_X = {"kuka_iiwa_wsg50": -0.08}
 HOME_XYZ_BASE = (0.48, 0.0, 0.41)  # metres in the robot base frame: the grasp point of the start pose
 
 

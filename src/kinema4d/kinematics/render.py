@@ -166,7 +166,8 @@ def simplified_urdf(robot, max_faces_per_link: int = 1000, cache_dir=None) -> Pa
             trimesh.Trimesh(lm.vertices, lm.faces, process=False).export(obj)
             rgba = np.append(lm.colors.mean(0) / 255.0, 1.0)
             vis = ET.SubElement(link, "visual")
-            ET.SubElement(ET.SubElement(vis, "geometry"), "mesh", filename=str(out / obj.name))
+            ET.SubElement(ET.SubElement(vis, "geometry"), "mesh", filename=obj.name)  # relative: pybullet fails on
+            # some long absolute ones (a robot name of 15 characters under ~/.cache was enough)
             mat = ET.SubElement(vis, "material", name=f"k4d_{link.get('name')}")
             ET.SubElement(mat, "color", rgba=" ".join(f"{v:.4f}" for v in rgba))
         ET.ElementTree(xml).write(tmp / "robot.urdf")

@@ -26,12 +26,13 @@ ACTION_MODES = ("joint_pos", "joint_vel", "ee_pose")
 
 @dataclass(frozen=True)
 class FixedFrame:
-    """An extra frame rigidly attached to URDF link ``parent`` at ``xyz`` metres (parent link frame, no rotation),
+    """An extra frame rigidly attached to URDF link ``parent`` at ``xyz`` metres and ``rpy`` (parent link frame),
     e.g. a grasp point (TCP) that the URDF does not name. Usable as ``ee_link``; it has no geometry."""
 
     name: str
     parent: str
     xyz: tuple[float, float, float]
+    rpy: tuple[float, float, float] = (0.0, 0.0, 0.0)  # fixed-axis roll, pitch, yaw (URDF convention), radians
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,10 @@ class BuiltinSpec:
     gripper_closed: float = 0.0  # joint value of a closed gripper (action 0)
     home: tuple[float, ...] = ()  # a comfortable configuration, actuated joints
     frames: tuple[FixedFrame, ...] = ()  # extra frames (a TCP the URDF lacks)
+    # an .sdf ``urdf`` is converted (kinema4d.kinematics.sdf) with these joints fixed and these
+    # (joint, driving joint, multiplier, offset) mimics
+    sdf_fixed_joints: tuple[str, ...] = ()
+    sdf_mimic: tuple[tuple[str, str, float, float], ...] = ()
 
 
 BUILTIN_ROBOTS: dict[str, BuiltinSpec] = {
@@ -57,6 +62,17 @@ BUILTIN_ROBOTS: dict[str, BuiltinSpec] = {
     "xarm6": BuiltinSpec("xarm/xarm6_with_gripper.urdf", "xarm_grasptarget", "drive_joint", 0.0, 0.85,
                          (0.0, 0.066, -1.747, 0.0, 1.681, 0.0, 0.0),
                          (FixedFrame("xarm_grasptarget", "xarm_gripper_base_link", (0.0, 0.0, 0.165)),)),
+    # The KUKA iiwa with pybullet_data's WSG50-style gripper (kuka_iiwa/kuka_with_gripper2.sdf, converted to URDF):
+    # base_left_finger_joint -0.3 = open (11 cm between the tips) .. 0 = closed, base_right_finger_joint mirrors it;
+    # the gripper roll joint and the finger tip joints are held at 0 (fixed), as pybullet's KUKA grasping env holds
+    # the tips. kuka_grasptarget: between the fingertips, 1-2 cm above them, rotated so the fingers close along its
+    # y axis (as the Panda's).
+    "kuka_iiwa_wsg50": BuiltinSpec("kuka_iiwa/kuka_with_gripper2.sdf", "kuka_grasptarget", "base_left_finger_joint",
+                                   -0.3, 0.0, (-0.174, 0.144, 0.201, -1.487, -0.029, 1.514, 1.597, -0.3),
+                                   (FixedFrame("kuka_grasptarget", "lbr_iiwa_link_7", (0.0, 0.0215, 0.262),
+                                               (0.0, 0.0, np.pi / 2)),),
+                                   ("gripper_to_arm", "left_base_tip_joint", "right_base_tip_joint"),
+                                   (("base_right_finger_joint", "base_left_finger_joint", -1.0, 0.0),)),
 }
 
 
@@ -185,13 +201,19 @@ class Robot:
 
     @classmethod
     def builtin(cls, name: str, T_world_base=None) -> Robot:
-        """A robot shipped by ``pybullet_data``: one of ``BUILTIN_ROBOTS`` (panda, kuka_iiwa, xarm6)."""
+        """A robot shipped by ``pybullet_data``: one of ``BUILTIN_ROBOTS`` (panda, kuka_iiwa, kuka_iiwa_wsg50,
+        xarm6)."""
         if name not in BUILTIN_ROBOTS:
             raise ValueError(f"unknown builtin robot {name!r}; choose one of {sorted(BUILTIN_ROBOTS)}")
         import pybullet_data
 
         spec = BUILTIN_ROBOTS[name]
         urdf = Path(pybullet_data.getDataPath()) / spec.urdf
+        if urdf.suffix == ".sdf":
+            from kinema4d.kinematics.sdf import sdf_to_urdf
+
+            mimic = {j: (master, mult, off) for j, master, mult, off in spec.sdf_mimic}
+            urdf = sdf_to_urdf(urdf, name, fixed_joints=spec.sdf_fixed_joints, mimic=mimic)
         return cls(urdf, package_dirs=[urdf.parent], ee_link=spec.ee_link, gripper_joint=spec.gripper_joint,
                    gripper_open=spec.gripper_open, gripper_closed=spec.gripper_closed, T_world_base=T_world_base,
                    home=spec.home or None, name=name, frames=spec.frames)
@@ -205,7 +227,8 @@ class Robot:
         if fr.name in names:
             raise ValueError(f"frame {fr.name!r} already is a link of {self.urdf_path.name}")
         parent = self.model.frames[self.model.getFrameId(fr.parent)]
-        placement = parent.placement * pin.SE3(np.eye(3), np.asarray(fr.xyz, np.float64))
+        T_parent_frame = _origin(ET.Element("origin", xyz=" ".join(map(str, fr.xyz)), rpy=" ".join(map(str, fr.rpy))))
+        placement = parent.placement * pin.SE3(T_parent_frame[:3, :3], T_parent_frame[:3, 3])
         self.model.addFrame(pin.Frame(fr.name, parent.parentJoint, self.model.getFrameId(fr.parent), placement,
                                       pin.FrameType.BODY))
 
