@@ -1,5 +1,6 @@
 """FSDP2 (torch fully_shard) under torchrun with 2 CPU processes (gloo): 3 steps of a tiny Wan2.1-I2V-shaped model
-give the losses and the weights of a single-process run on the same data."""
+(2 steps, then resumed from the gathered checkpoint with its optimizer state) give the losses and the weights of a
+single-process run on the same data."""
 
 import dataclasses
 import json
@@ -12,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from kinema4d.model.network import WorldModel
 from kinema4d.model.train import PRESETS, train_main
 
 torch.set_num_threads(1)
@@ -29,13 +31,16 @@ def _free_port() -> int:
 
 def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), "-m", "kinema4d.model.train", "tiny", "--out-dir",
-           str(tmp_path / "fsdp"), *ARGS]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    s0, s1 = (json.loads((tmp_path / "fsdp" / f"summary_rank{r}.json").read_text()) for r in (0, 1))
-    assert s0["world_size"] == 2 and s0["ranks_identical"] and s0["losses"] == s1["losses"]
+    losses = []
+    for extra in (["--stop-at", "2"], ["--resume"]):  # 2 steps, then resumed from the gathered checkpoint to 3
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), "-m", "kinema4d.model.train", "tiny", "--out-dir",
+               str(tmp_path / "fsdp"), *ARGS, *extra]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        s0, s1 = (json.loads((tmp_path / "fsdp" / f"summary_rank{r}.json").read_text()) for r in (0, 1))
+        assert s0["world_size"] == 2 and s0["ranks_identical"] and s0["losses"] == s1["losses"]
+        losses += s0["losses"]
 
     tiny = PRESETS["tiny"][1]
     one = dataclasses.replace(tiny, out_dir=str(tmp_path / "one"), steps=3, batch_size=4, progress=False,
@@ -43,7 +48,7 @@ def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
                               model=dataclasses.replace(tiny.model, image_dim=32, added_kv_proj_dim=128, mask="binary"))
     s = train_main(one)
     assert s["world_size"] == 1 and len(s["losses"]) == 3
-    assert s0["losses"] == pytest.approx(s["losses"], rel=1e-5)
+    assert losses == pytest.approx(s["losses"], rel=1e-5)
     a = load_file(str(tmp_path / "fsdp" / "ckpt" / "step_0000003" / "model.safetensors"))  # gathered shards
     b = load_file(str(tmp_path / "one" / "ckpt" / "step_0000003" / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -52,3 +57,12 @@ def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-4, worst
     assert (tmp_path / "fsdp" / "val" / "step_0000003.mp4").is_file()
+    # the Adam moments survived the resume: the gathered state equals the single process's (its ids number the
+    # trainable parameters in named_parameters order)
+    oa = load_file(str(tmp_path / "fsdp" / "ckpt" / "step_0000003" / "optimizer.safetensors"))
+    ob = load_file(str(tmp_path / "one" / "ckpt" / "step_0000003" / "optimizer.safetensors"))
+    names = [n for n, p in WorldModel(one.model).named_parameters() if p.requires_grad]
+    assert len(names) == len([k for k in oa if k.endswith("|exp_avg_sq")]) == len([k for k in ob
+                                                                                   if k.endswith(".exp_avg_sq")])
+    for pid, n in enumerate(names):
+        assert torch.allclose(oa[f"{n}|exp_avg_sq"], ob[f"{pid}.exp_avg_sq"], rtol=1e-3, atol=1e-12), n

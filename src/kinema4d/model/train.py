@@ -83,7 +83,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     # multi-process engine under torchrun: "ddp" (every rank holds the whole model; the small models) or "fsdp2"
     # (torch fully_shard per transformer block + the rest: parameters, gradients and optimizer state sharded over
-    # the ranks; the 14B backbone). fsdp2 checkpoints hold model + EMA weights (no optimizer state: no --resume)
+    # the ranks; the 14B backbone). Checkpoints hold the gathered tensors either way; resume with the same engine
     sharding: Literal["ddp", "fsdp2"] = "ddp"
     p_uncond: float = 0.1  # probability of dropping the robot context (classifier-free guidance)
     t_sampling: Literal["logit_normal", "uniform"] = "logit_normal"
@@ -426,10 +426,10 @@ def _optimizer_from_files(opt: torch.optim.Optimizer, tensors: dict, scalars: di
 
 def save_checkpoint(out_dir: str | os.PathLike, step: int, cfg: TrainConfig, model: WorldModel, codec,
                     ema: dict[str, torch.Tensor], opt: torch.optim.Optimizer | None,
-                    state: dict[str, torch.Tensor] | None = None) -> Path:
+                    state: dict[str, torch.Tensor] | None = None, opt_files: tuple[dict, dict] | None = None) -> Path:
     """Write ``<out_dir>/ckpt/step_XXXXXXX`` and point ``latest.json`` at it (rank 0 only). ``state``: the model
-    tensors to write (default ``state_to_save(model)``; FSDP2 passes the gathered ones); ``opt`` None writes no
-    optimizer state (such a checkpoint cannot be resumed)."""
+    tensors to write (default ``state_to_save(model)``); FSDP2 passes the gathered ones and, as ``opt_files``, the
+    gathered optimizer state (:func:`fsdp_optimizer_to_files`) instead of ``opt``."""
     from safetensors.torch import save_file
 
     from kinema4d.model.network import save_model, state_to_save
@@ -440,8 +440,8 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, cfg: TrainConfig, mod
     save_model(tmp, model, codec, state=sd)
     save_file({k: (ema[k].detach().cpu() if k in ema else v).contiguous() for k, v in sd.items()},
               str(tmp / "ema.safetensors"))
-    if opt is not None:
-        ot, osc = _optimizer_to_files(opt)
+    if opt is not None or opt_files is not None:
+        ot, osc = opt_files if opt_files is not None else _optimizer_to_files(opt)
         save_file(ot, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(osc))
     save_file({"torch": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
@@ -498,8 +498,12 @@ def load_checkpoint(d: Path, cfg: TrainConfig, model: WorldModel, codec, opt) ->
     load_state(model, load_file(str(d / "model.safetensors")), str(d / "model.safetensors"))
     if (d / "codec.safetensors").is_file():
         codec.load_state_dict(load_file(str(d / "codec.safetensors")))
-    _optimizer_from_files(opt, load_file(str(d / "optimizer.safetensors")),
-                          json.loads((d / "optimizer.json").read_text()))
+    osc = json.loads((d / "optimizer.json").read_text())
+    if (osc.get("format") == "fsdp2") != (opt is None):
+        engine = "fsdp2" if osc.get("format") == "fsdp2" else "ddp (or one process)"
+        raise ValueError(f"checkpoint {d} was written with sharding={engine}: resume it with the same engine")
+    if opt is not None:  # FSDP2 loads its optimizer state after sharding (fsdp_optimizer_from_files)
+        _optimizer_from_files(opt, load_file(str(d / "optimizer.safetensors")), osc)
     ema_sd = load_file(str(d / "ema.safetensors"))
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     ema = {k: v for k, v in ema_sd.items() if k in names}
@@ -643,6 +647,40 @@ def param_checksum(model: torch.nn.Module) -> float:
     return float(sum(_full(p.detach()).double().sum() * (i + 1) for i, p in enumerate(model.parameters())))
 
 
+def fsdp_optimizer_to_files(model: WorldModel, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """The FSDP2 optimizer state gathered into full CPU tensors keyed ``"<parameter name>|<state key>"`` + JSON
+    (param groups, scalars, ``"format": "fsdp2"``); collective, the result is complete on rank 0 only."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    sd = get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    tensors, scalars = {}, {"format": "fsdp2", "param_groups": sd.get("param_groups", []), "state": {}}
+    for name, st in sd.get("state", {}).items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{name}|{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars["state"].setdefault(name, {})[k] = v
+    return tensors, scalars
+
+
+def fsdp_optimizer_from_files(model: WorldModel, opt: torch.optim.Optimizer, d: Path) -> None:
+    """Load ``optimizer.safetensors`` / ``optimizer.json`` written by :func:`fsdp_optimizer_to_files` into the
+    optimizer of the FSDP2-sharded ``model`` (every rank reads the full state and keeps its shard)."""
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    scalars = json.loads((d / "optimizer.json").read_text())
+    state: dict[str, dict] = {}
+    for key, v in load_file(str(d / "optimizer.safetensors")).items():
+        name, k = key.rsplit("|", 1)
+        state.setdefault(name, {})[k] = v
+    for name, st in scalars["state"].items():
+        state.setdefault(name, {}).update(st)
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in scalars["param_groups"]]
+    set_optimizer_state_dict(model, opt, optim_state_dict={"state": state, "param_groups": groups},
+                             options=StateDictOptions(full_state_dict=True))
+
+
 def _gathered_state(model: WorldModel, ema: dict) -> tuple[dict, dict]:
     """(the tensors ``state_to_save`` would write, the EMA) of an FSDP2-sharded model as full CPU tensors;
     collective: every rank calls it."""
@@ -712,8 +750,6 @@ def train_main(cfg: TrainConfig) -> dict:
     fsdp = cfg.sharding == "fsdp2" and world > 1
     if cfg.sharding not in ("ddp", "fsdp2"):
         raise ValueError(f"sharding must be 'ddp' or 'fsdp2', got {cfg.sharding!r}")
-    if fsdp and cfg.resume:
-        raise ValueError("--resume is not supported with sharding='fsdp2' (its checkpoints hold no optimizer state)")
     end = cfg.steps if cfg.stop_at is None else cfg.stop_at
     if not 0 < end <= cfg.steps:
         raise ValueError(f"stop_at must be in 1..steps ({cfg.steps}), got {cfg.stop_at}")
@@ -756,7 +792,7 @@ def train_main(cfg: TrainConfig) -> dict:
     start = 0
     ck = latest_checkpoint(out) if cfg.resume else None
     if ck is not None:
-        start, ema = load_checkpoint(ck, cfg, model, codec, opt)
+        start, ema = load_checkpoint(ck, cfg, model, codec, None if fsdp else opt)
         ema = {k: v.to(dev) for k, v in ema.items()}
     else:
         if cfg.model.codec == "wan" and cfg.codec_steps > 0:
@@ -775,10 +811,17 @@ def train_main(cfg: TrainConfig) -> dict:
 
     net = model
     if fsdp:  # shard, then the optimizer and the EMA over the (sharded) parameters
+        from torch.distributed.tensor import distribute_tensor
+
         shard_fsdp2(model, dev, world)
         params = model.trainable_parameters()
         opt = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        sharded = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        if ck is not None:  # the saved full optimizer state and EMA, sharded like the parameters
+            fsdp_optimizer_from_files(model, opt, ck)
+            ema = {n: distribute_tensor(ema[n], p.device_mesh, p.placements) for n, p in sharded.items()}
+        else:
+            ema = {n: p.detach().clone() for n, p in sharded.items()}
     elif world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     sampler = StepBatchSampler(len(dataset), cfg.batch_size, start, end, cfg.seed, rank, world)
@@ -845,10 +888,11 @@ def train_main(cfg: TrainConfig) -> dict:
                 writer.add_scalar("train/grad_norm", gn, step)
         last = step == end
         if last or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
-            if fsdp:  # gather the shards on every rank, rank 0 writes (no optimizer state)
+            if fsdp:  # gather the shards on every rank, rank 0 writes
                 sd, ema_full = _gathered_state(model, ema)
+                ofiles = fsdp_optimizer_to_files(model, opt)
                 if rank == 0:
-                    save_checkpoint(out, step, cfg, model, codec, ema_full, None, state=sd)
+                    save_checkpoint(out, step, cfg, model, codec, ema_full, None, state=sd, opt_files=ofiles)
             elif rank == 0:
                 save_checkpoint(out, step, cfg, model, codec, ema, opt)
         if (rank == 0 or fsdp) and (last or (cfg.val_every and step % cfg.val_every == 0)):
