@@ -1,6 +1,7 @@
-"""Training of the 4D world model (flow matching), single process or DDP under torchrun (gloo on CPU).
+"""Training of the 4D world model (flow matching) on ``--device auto|cpu|cuda[:N]``: single process, or under
+torchrun DDP (``--sharding ddp``) or FSDP2 (``--sharding fsdp2``; gloo on the CPU, nccl with CUDA tensors).
 
-    python -m kinema4d.model.train tiny --out-dir runs/tiny             # presets: tiny | default | paper
+    python -m kinema4d.model.train tiny --out-dir runs/tiny             # presets: tiny | default | paper | release
     torchrun --nproc_per_node 2 -m kinema4d.model.train tiny --steps 4
     python -m kinema4d.model.train default --data data/robo --resume
 
@@ -8,8 +9,9 @@ A checkpoint is a directory ``<out_dir>/ckpt/step_XXXXXXX/`` of safetensors + JS
 ``model.safetensors``, ``ema.safetensors``, ``codec.safetensors``, ``optimizer.safetensors`` + ``optimizer.json``,
 ``rng.safetensors``, ``state.json`` (step, RNG of python / numpy), ``model_config.json``, ``train_config.json``;
 ``<out_dir>/ckpt/latest.json`` names the newest. Every training step is a pure function of (weights, step): batch
-indices, t, noise, CFG drops and the soft mask come from generators seeded with (seed, step, rank), so a resumed
-run follows the same loss trajectory as an uninterrupted one.
+indices, t, noise and CFG drops come from generators seeded with (seed, step) for the global batch (each rank
+takes its rows) and the soft mask from (seed, step, rank), so a resumed run follows the same loss trajectory as an
+uninterrupted one, and (without the soft mask) the number of ranks does not change it.
 """
 
 from __future__ import annotations
