@@ -12,7 +12,6 @@ Re-running into the same --out reuses the episodes already there (datagen is res
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from kinema4d.data.datagen import DatagenConfig, datagen_main
@@ -32,22 +31,18 @@ def main() -> None:
     common = {"resolution": args.resolution, "workers": args.workers, "progress": False}
     rows = []
     for robot, split in ROWS:
-        t0 = time.perf_counter()
         clean = datagen_main(DatagenConfig(out=args.out / robot / "clean", split=split, robot=robot,
                                            episodes=args.scenes, failures_per_success=0, max_attempts=1, **common))
-        dt = time.perf_counter() - t0
         pert = None
         if split in ("test", "ood_embodiment"):
             pert = datagen_main(DatagenConfig(out=args.out / robot / "failures", split=split, robot=robot,
                                               episodes=10 * args.blocks, **common))
-        rows.append((robot, split, clean, pert, dt))
+        rows.append((robot, split, clean, pert))
     print("| robot | split | expert clean-demo success (fresh scenes) | perturbed episodes | perturbed success |")
     print("|---|---|---|---|---|")
-    for robot, split, clean, pert, _ in rows:
+    for robot, split, clean, pert in rows:
         p = "- | -" if pert is None else f"{pert['perturbed']} | {pert['success_ratio_perturbed']:.2f}"
         print(f"| {robot} | {split} | {clean['success_ratio']:.2f} ({clean['success']}/{clean['episodes']}) | {p} |")
-    print("\nseconds per clean episode (incl. start-up, reused episodes make it 0):",
-          {f"{r}/{s}": round(dt / max(c["episodes"], 1), 1) for r, s, c, _, dt in rows})
 
 
 if __name__ == "__main__":

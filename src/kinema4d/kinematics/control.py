@@ -86,8 +86,9 @@ def load_robot(spec: str, ee_link: str | None = None, gripper_joints: list[str] 
     path = Path(spec)
     if path.suffix.lower() != ".urdf":
         if path.suffix.lower() == ".sdf":
-            raise ValueError(f"--robot {spec!r} is an SDF file; kinema4d's kinematics read URDF only (convert it "
-                             "to URDF, e.g. with sdformat_urdf or by hand)")
+            raise ValueError(f"--robot {spec!r} is an SDF file; kinema4d's kinematics read URDF only: convert it "
+                             "with kinema4d.kinematics.sdf.sdf_to_urdf (one tree-shaped SDF 1.5+ model) and pass "
+                             "the .urdf")
         raise ValueError(f"--robot {spec!r} is neither a builtin robot {sorted(BUILTIN_ROBOTS)} nor a .urdf file")
     if not path.is_file():
         raise FileNotFoundError(f"--robot: URDF file not found: {path}")
