@@ -23,7 +23,7 @@ class ControlConfig:
     """Run the kinematic control stage on an action file, or on the built-in demo (``--demo``)."""
 
     robot: str = "panda"
-    """Builtin robot name (panda, kuka_iiwa, xarm6) or a path to a URDF file."""
+    """Builtin robot name (panda, kuka_iiwa, kuka_iiwa_wsg50, xarm6) or a path to a URDF file."""
     actions: Path | None = None
     """Action array (.npy), shape (T, D); see docs/CONVENTIONS.md for the layout of each mode."""
     mode: str = "ee_pose"
