@@ -1114,7 +1114,7 @@ def compute_latent_stats(codec, batches, max_samples: int = 5000) -> torch.Tenso
         z = codec.encode(torch.cat([b["rgb"], b["world_pointmap"]], dim=-1).transpose(1, 2)).double()
         w = z.shape[-1] // 2
         for i, half in enumerate((z[..., :w], z[..., w:])):
-            acc[i] += torch.stack([torch.tensor(half.numel(), dtype=torch.float64), half.sum(), (half**2).sum()])
+            acc[i] += torch.stack([half.new_tensor(half.numel()), half.sum(), (half**2).sum()]).cpu()
         n += z.shape[0]
         if n >= max_samples:
             break

@@ -558,7 +558,7 @@ class CachedCodec:
             for j, i in enumerate(miss):
                 if len(self.cache) >= self.max_items:
                     self.cache.pop(next(iter(self.cache)))
-                self.cache[keys[i]] = z[j].clone()
+                self.cache[keys[i]] = z[j].to("cpu", copy=True)  # host RAM, never GPU memory
         self.hits += len(keys) - len(miss)
         self.misses += len(miss)
         return torch.stack([self.cache[k] for k in keys]).to(video.device)
