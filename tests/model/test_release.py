@@ -134,3 +134,21 @@ def test_release_mask_downsampling_matches_interpolate_and_temporal_max():
     near = F.interpolate(mask, size=(4, 6), mode="nearest")  # (B, T, 4, 6): frames as channels
     ref = torch.cat([near[:, :1], near[:, 1:].reshape(2, 2, 4, 4, 6).amax(2)], dim=1)[:, None]
     assert ours.shape == (2, 1, 3, 4, 6) and torch.equal(ours, ref)
+
+
+def test_finetune_from_release(release, tmp_path):
+    """TrainConfig.init_release: one training step starting from the released weights (LoRA + added modules)."""
+    from kinema4d.model.release import release_config
+    from kinema4d.model.train import TrainConfig, train_main
+
+    ck, bb = release
+    cfg = TrainConfig(model=release_config(ck, bb), init_release=str(ck), size=(H, W), frames=T, batch_size=1,
+                      steps=1, lr=1e-4, synthetic_episodes=1, out_dir=str(tmp_path / "ft"), progress=False,
+                      val_steps=1, cache_latents=False)
+    s = train_main(cfg)
+    assert s["step"] == 1 and all(torch.isfinite(torch.tensor(s["losses"])))
+    saved = load_file(str(tmp_path / "ft" / "ckpt" / "step_0000001" / "ema.safetensors"))  # EMA of step 1
+    added = load_file(str(ck / ADDED_FILE))
+    # EMA decay 0.999: the released values, moved by at most 0.1 % of one step
+    assert torch.allclose(saved["robot_tokens.pos"], added["arm_pos_emb"], atol=1e-5)
+    assert torch.allclose(saved["latent_stats"], torch.tensor([[0.0, 1.0], [-0.17, 1.36]]))

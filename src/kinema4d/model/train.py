@@ -114,6 +114,10 @@ class TrainConfig:
     # a corrupt episode stops the run (the error names it); True: skip it (the next readable episode takes its
     # place) and report the count at the end (summary "skipped_corrupt")
     skip_corrupt: bool = False
+    # fine-tune from the released Kinema4D weights: a dir with pytorch_lora_weights.safetensors +
+    # added_weights.safetensors (kinema4d.model.release), loaded into the model before step 0 (the model config
+    # must have the release's shapes, e.g. the `release` preset) together with its pointmap-latent normalization
+    init_release: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
@@ -801,7 +805,13 @@ def train_main(cfg: TrainConfig) -> dict:
             codec.requires_grad_(True)
             train_codec(cfg, codec, dataset, rank, world)
             codec.requires_grad_(False)
-        if cfg.stats_samples > 0:
+        if cfg.init_release is not None:
+            from kinema4d.model.release import POINTMAP_LATENT_MEAN, POINTMAP_LATENT_STD, load_release_weights
+
+            load_release_weights(model, cfg.init_release)
+            model.latent_stats.copy_(torch.tensor([[0.0, 1.0], [POINTMAP_LATENT_MEAN, POINTMAP_LATENT_STD]]))
+            ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        if cfg.stats_samples > 0 and cfg.init_release is None:
             it = (_to_device(model_inputs(cfg.model, _collate([dataset[i]])), dev)
                   for i in range(min(len(dataset), cfg.stats_samples)))
             model.latent_stats.copy_(compute_latent_stats(codec, it, cfg.stats_samples))
