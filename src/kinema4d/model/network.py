@@ -929,7 +929,8 @@ class WorldModel(nn.Module):
             sel = drop.view(-1, 1, 1, 1, 1)
             cond = torch.where(sel, cond_null.to(cond.dtype), cond)
             robot = torch.where(sel, robot_null.to(robot.dtype), robot)
-        return self.velocity(x_t, t, self.condition(cond, robot), ctx, image)
+        # a fresh tensor, not a view of the backbone's output: FSDP2 hooks the root module's output for backward
+        return self.velocity(x_t, t, self.condition(cond, robot), ctx, image).clone()
 
     def condition(self, cond: torch.Tensor, robot: torch.Tensor) -> torch.Tensor:
         """``cond`` (B,4+C,t,h,2w) with, for ``robot_latent_proj`` models, the zero-init projection of the robot-only
