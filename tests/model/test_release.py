@@ -78,6 +78,11 @@ def test_release_files_land_in_their_modules_and_route_768_robot_tokens(release)
     # the release layout: Wan's first-frame mask on the RGB half, the robot mask on the XYZ half
     m, w = p["cond"][:, :4], p["cond"].shape[-1] // 2
     assert (m[:, :, 0, :, :w] == 1).all() and (m[:, :, 1:, :, :w] == 0).all() and m[..., w:].sum() > 0
+    # the pointmap-latent normalization applies to the robot latents, not to the input latents
+    with torch.no_grad():
+        model.latent_stats[1] = torch.tensor([0.0, 1.0])
+    p2 = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"])
+    assert torch.equal(p2["cond"], p["cond"]) and not torch.allclose(p2["robot"], p["robot"])
 
 
 def test_release_errors_name_the_file_or_tensor(release, tmp_path):

@@ -106,8 +106,9 @@ class ModelConfig:
     # "release": the released Kinema4D input layout: input latents = [I0 | the canonical frame-0 pointmap
     # (``canonical_pointmap``)] in frame 0, zeros after (Wan2.1-I2V padding); mask channels = Wan's first-frame
     # mask on the RGB half and the robot mask on the XYZ half; the robot pointmap reaches the model only through
-    # the robot tokens and ``robot_latent_proj``. "kinema4d": the layout described above (robot pointmap in the
-    # XYZ half of the input latents, robot mask on both halves)
+    # the robot tokens and ``robot_latent_proj``; ``latent_stats`` normalize the target and robot latents but not
+    # the input latents. "kinema4d": the layout described above (robot pointmap in the XYZ half of the input
+    # latents, robot mask on both halves)
     input_layout: Literal["kinema4d", "release"] = "kinema4d"
     # Beyond the paper: also give the frame-0 WORLD pointmap (what an RGB-D camera sees at t=0). The XYZ half of the
     # input latents then holds the robot pointmap on robot pixels and the frame-0 world pointmap elsewhere, in every
@@ -822,7 +823,9 @@ class WorldModel(nn.Module):
             first[:, :, 0] = rgb0
             right = torch.full((B, 3, T, H, W), 0.5, device=dev)
             right[:, :, 0] = canonical_pointmap(H, W).to(dev)
-        inp = self.normalize(codec.encode(torch.cat([first, right], dim=-1)))
+        inp = codec.encode(torch.cat([first, right], dim=-1))
+        if cfg.input_layout != "release":  # the release normalizes target / robot pointmap latents, not the input's
+            inp = self.normalize(inp)
         w = inp.shape[-1] // 2
         if cfg.mask == "none":
             m = torch.zeros(B, MASK_CHANNELS, *inp.shape[2:], device=dev)
