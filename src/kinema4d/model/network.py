@@ -128,6 +128,10 @@ class ModelConfig:
     # cannot output high-dimensional noise, it can output the clean image.
     prediction: Literal["velocity", "x0", "x0_residual"] = "velocity"
     x0_t_min: float = 0.05
+    # sampling: the flow-matching schedule's timestep shift (diffusers' FlowMatchEulerDiscreteScheduler); 1 = none,
+    # 3 = the flow_shift diffusers recommends for Wan2.1 at 480p (the release samples with the Wan checkpoint's own
+    # scheduler, a multistep UniPC; kinema4d keeps its Euler steps)
+    sample_shift: float = 1.0
     shared_rope: bool = True
     domain_embedding: bool = True
     text_tokens: int = 4  # context="text": number of learned context tokens
@@ -212,7 +216,7 @@ PAPER_MODEL = ModelConfig(
 RELEASE_MODEL = dataclasses.replace(
     PAPER_MODEL, context="robot_tokens", robot_latent_proj=True, robot_token_patch=15, robot_token_dim=128,
     robot_token_pos="dense", robot_token_grid=(13, 4, 6), robot_token_space="inner", input_layout="release",
-    lora_rank=64, lora_alpha=32.0, max_frames=13,
+    lora_rank=64, lora_alpha=32.0, max_frames=13, sample_shift=3.0,
 )
 
 
@@ -1016,7 +1020,7 @@ def sample_timesteps(n: int, mode: str, generator: torch.Generator | None = None
 @torch.no_grad()
 def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: torch.Tensor,
            robot_mask: torch.Tensor, steps: int = 20, cfg_scale: float = 1.0, seed: int = 0,
-           action: torch.Tensor | None = None, shift: float = 1.0, world0: torch.Tensor | None = None,
+           action: torch.Tensor | None = None, shift: float | None = None, world0: torch.Tensor | None = None,
            robot_rgb: torch.Tensor | None = None, held: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Generate one rollout. image0 (3,H,W) in [0,1], robot_pointmap01 (T,3,H,W) in [0,1] (sequence min-max, or
     the anchor stats for world_anchor models), robot_mask (T,H,W), action (T,A) for condition='action_embedding',
@@ -1026,8 +1030,8 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
 
     Returns rgb (T,3,H,W) in [0,1] and world_pointmap01 (T,3,H,W) in [0,1] (None for output='rgb_only'). Euler
     steps of diffusers' ``FlowMatchEulerDiscreteScheduler`` (x0-prediction models stop at ``x0_t_min`` and return
-    their x0 prediction); ``cfg_scale`` != 1 adds classifier-free guidance
-    against the null condition (no robot in the input channels, the null context). The soft mask is never
+    their x0 prediction; ``shift`` None = the model's ``sample_shift``); ``cfg_scale`` != 1 adds classifier-free
+    guidance against the null condition (no robot in the input channels, the null context). The soft mask is never
     applied. Runs on the model's device (inputs are moved there); returns float32 CPU tensors. The same seed gives
     the same output.
     """
@@ -1055,6 +1059,7 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     if cfg_scale != 1.0:  # the null condition: no robot in the input channels and the null context
         cond_null = model.condition(prep["cond_null"], prep["robot_null"])
         ctx_null = model.context(prep["robot"], prep["action"], drop=torch.ones(1, dtype=torch.bool, device=dev))
+    shift = model.cfg.sample_shift if shift is None else shift
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     sched.set_timesteps(steps, device=dev)
     x0_model = model.cfg.prediction != "velocity"
