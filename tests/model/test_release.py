@@ -157,3 +157,25 @@ def test_finetune_from_release(release, tmp_path):
     # EMA decay 0.999: the released values, moved by at most 0.1 % of one step
     assert torch.allclose(saved["robot_tokens.pos"], added["arm_pos_emb"], atol=1e-5)
     assert torch.allclose(saved["latent_stats"], torch.tensor([[0.0, 1.0], [-0.17, 1.36]]))
+
+
+def test_release_shapes_at_full_scale_on_meta():
+    """RELEASE_MODEL at 480x720 x 49 (built on the meta device, no memory): every released tensor's shape fits the
+    module it maps to, 312 robot tokens at the transformer width, 35,100 backbone tokens."""
+    import dataclasses
+
+    from kinema4d.model.network import RELEASE_MODEL, WorldModel, latent_shapes
+
+    release_shapes = {"learnable_domain_embeddings": (2, 5120), "patch_embedding_arm.weight": (128, 20, 1, 15, 15),
+                      "patch_embedding_arm.bias": (128,), "arm_ln.weight": (128,), "arm_ln.bias": (128,),
+                      "arm_pos_emb": (1, 128, 13, 4, 6), "arm_patch_proj.weight": (5120, 128),
+                      "arm_patch_proj.bias": (5120,), "arm_cond_proj.weight": (16, 16), "arm_cond_proj.bias": (16,)}
+    with torch.device("meta"):
+        model = WorldModel(dataclasses.replace(RELEASE_MODEL, num_layers=1))  # one block: shapes are per block
+        params = dict(model.named_parameters())
+        for k, shape in release_shapes.items():
+            name, fn = ADDED_MAP[k]
+            v = torch.empty(shape)
+            assert (fn(v) if fn else v).shape == params[name].shape, k
+    s = latent_shapes(RELEASE_MODEL, 49, 480, 720)
+    assert s["tokens"] == (1, 35100) and s["context"] == (1, 312, 5120) and s["backbone_input"][1] == 36
