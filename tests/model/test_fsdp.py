@@ -57,10 +57,11 @@ def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
     a = load_file(str(tmp_path / "fsdp" / "ckpt" / "step_0000003" / "model.safetensors"))  # gathered shards
     b = load_file(str(tmp_path / "one" / "ckpt" / "step_0000003" / "model.safetensors"))
     assert a.keys() == b.keys()
-    # Adam turns float noise in near-zero gradients (attention key biases, which softmax ignores; the LoRA factors'
-    # first steps) into lr-sized steps, so a few weights differ by ~1e-4 while a step moves them by up to lr = 1e-3
-    worst = max((a[k] - b[k]).abs().max().item() for k in a)
-    assert worst < 3e-4, worst
+    # cross-attention queries (attn2.to_q) get no true gradient yet: every context token of the zero-initialized
+    # robot context is the same, so attention ignores q; Adam turns their float-noise gradients into lr-sized
+    # random steps, different in every run. Every other weight agrees to float accuracy.
+    worst = max((a[k] - b[k]).abs().max().item() for k in a if "attn2.to_q" not in k)
+    assert worst < 5e-5, worst
     assert (tmp_path / "fsdp" / "val" / "step_0000003.mp4").is_file()
     # the Adam moments survived the resume: the gathered state equals the single process's (its ids number the
     # trainable parameters in named_parameters order)
@@ -71,3 +72,24 @@ def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
                                                                                    if k.endswith(".exp_avg_sq")])
     for pid, n in enumerate(names):
         assert torch.allclose(oa[f"{n}|exp_avg_sq"], ob[f"{pid}.exp_avg_sq"], rtol=1e-3, atol=1e-12), n
+
+
+def test_fsdp2_bf16_gathers_bf16_and_matches_autocast(tmp_path):
+    """precision=bf16 under FSDP2: fp32 shards gathered in bf16 (MixedPrecisionPolicy) give the losses of one
+    process with fp32 weights under bf16 autocast, to bf16 rounding."""
+    tiny = PRESETS["tiny"][1]
+    model_cfg = dataclasses.replace(tiny.model, image_dim=32, added_kv_proj_dim=128, mask="binary", lora_rank=4)
+    make_backbone(model_cfg).save_pretrained(tmp_path / "backbone")
+    args = [a for a in ARGS if a not in ("--steps", "3")] + ["--steps", "2", "--precision", "bf16",
+                                                              "--model.backbone-path", str(tmp_path / "backbone")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), "-m", "kinema4d.model.train", "tiny", "--out-dir",
+           str(tmp_path / "fsdp"), *args]
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    losses = json.loads((tmp_path / "fsdp" / "summary_rank0.json").read_text())["losses"]
+    one = dataclasses.replace(tiny, out_dir=str(tmp_path / "one"), steps=2, batch_size=4, progress=False,
+                              val_steps=1, sharding="fsdp2", p_uncond=0.5, gradient_checkpointing=True,
+                              precision="bf16",
+                              model=dataclasses.replace(model_cfg, backbone_path=str(tmp_path / "backbone")))
+    assert losses == pytest.approx(train_main(one)["losses"], rel=2e-3)
