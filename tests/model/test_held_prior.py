@@ -84,7 +84,7 @@ def brute_force(rgb0, pm0, T_cam_world, actions, robot_mask0, radius=0.05, margi
     zbuf = np.full((N, H, W), np.inf)
     for f in range(g, N):
         D = pose(actions[min(f, r - 1)]) @ np.linalg.inv(pose(actions[g]))
-        for v0, u0, pw in src:
+        for _, _, pw in src:
             pc = T_cam_world @ D @ np.r_[pw, 1.0]
             u, v = int(np.round(pc[0] * K[0, 0] / pc[2] + K[0, 2])), int(np.round(pc[1] * K[1, 1] / pc[2] + K[1, 2]))
             if 0 <= u < W and 0 <= v < H and pc[2] < zbuf[f, v, u]:
