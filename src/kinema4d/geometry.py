@@ -93,6 +93,17 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise
 
 
+def publish_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Rename the finished temp directory ``tmp`` to ``out``; if another process published ``out`` first, drop
+    ``tmp`` and keep theirs (content-addressed caches: both copies are equal)."""
+    import shutil
+
+    try:
+        os.rename(tmp, out)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def save_atomic_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode()))
 

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kinema4d.geometry import invert_rigid
+from kinema4d.geometry import invert_rigid, publish_dir
 from kinema4d.kinematics.camera import T_GLCAM_CAM, Camera
 
 BACKENDS = ("auto", "gl", "embree")
@@ -128,7 +128,6 @@ def simplified_urdf(robot, max_faces_per_link: int = 1000, cache_dir=None) -> Pa
     kinematic robot pointmap. Cached under ``cache_dir`` (default ``~/.cache/kinema4d/urdf``); returns its path.
     """
     import hashlib
-    import os
     import shutil
     import tempfile
     import xml.etree.ElementTree as ET
@@ -171,10 +170,7 @@ def simplified_urdf(robot, max_faces_per_link: int = 1000, cache_dir=None) -> Pa
             mat = ET.SubElement(vis, "material", name=f"k4d_{link.get('name')}")
             ET.SubElement(mat, "color", rgba=" ".join(f"{v:.4f}" for v in rgba))
         ET.ElementTree(xml).write(tmp / "robot.urdf")
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_dir(tmp, out)  # another process finished first: use its copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,7 +10,6 @@ relative to the SDF's folder, as pybullet does). Used for pybullet_data's ``kuka
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import tempfile
 import xml.etree.ElementTree as ET
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 from scipy.spatial.transform import Rotation
+
+from kinema4d.geometry import publish_dir
 
 
 def _pose(elem) -> np.ndarray:
@@ -149,10 +150,7 @@ def sdf_to_urdf(sdf_path, name: str, fixed_joints=(), mimic: dict | None = None,
     tmp = Path(tempfile.mkdtemp(dir=root_dir, prefix=".tmp-"))
     try:
         ET.ElementTree(tree).write(tmp / f"{name}.urdf")
-        try:
-            os.rename(tmp, out)
-        except OSError:  # another process finished first: use its copy
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_dir(tmp, out)  # another process finished first: use its copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
