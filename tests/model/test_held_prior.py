@@ -133,6 +133,32 @@ def test_matches_brute_force(scene):
     assert prior.vacated[-1].sum() > 10  # where the box stood
 
 
+def test_vacated_pixels_show_the_table(scene):
+    """Vacated pixels carry the uncovered support: their points lie on the analytic table plane z = 0 (world) on
+    the pixel's own ray, and their colour is the median colour of the table ring 5-10 cm around the grasp point."""
+    rgb0, pm0, T_cam_world, robot_mask0 = scene
+    a = ee_actions()
+    prior = held_object_prior(rgb0, pm0, robot_mask0, a, T_cam_world, K)
+    T_world_cam = np.linalg.inv(T_cam_world)
+    v, u = np.nonzero(prior.vacated[-1])
+    p_cam = prior.xyz[-1][:, v, u].T
+    p_world = p_cam @ T_world_cam[:3, :3].T + T_world_cam[:3, 3]
+    np.testing.assert_allclose(p_world[:, 2], 0.0, atol=1e-6)  # float32 storage
+    ray = np.stack([u, v, np.ones_like(u)], 1) @ np.linalg.inv(K).T
+    np.testing.assert_allclose(p_cam / p_cam[:, 2:], ray, atol=1e-6)  # on the pixel's ray
+    ring = []
+    for r in range(H):
+        for c in range(W):
+            pw = T_world_cam[:3, :3] @ pm0[r, c] + T_world_cam[:3, 3]
+            if pm0[r, c, 2] > 0 and not robot_mask0[r, c] and abs(pw[2]) < 1e-6 \
+                    and 0.05 <= np.hypot(pw[0] - a[2, 0], pw[1] - a[2, 1]) < 0.10:
+                ring.append(rgb0[r, c])
+    assert len(ring) > 20
+    np.testing.assert_allclose(prior.rgb[-1][:, v, u].T, np.median(ring, axis=0)[None].repeat(len(v), 0), atol=1e-6)
+    off = ~(prior.mask | prior.vacated)
+    assert not prior.rgb.transpose(0, 2, 3, 1)[off].any() and not prior.xyz.transpose(0, 2, 3, 1)[off].any()
+
+
 def test_frames_subset_and_empty_cases(scene):
     rgb0, pm0, T_cam_world, robot_mask0 = scene
     a = ee_actions()
@@ -187,3 +213,36 @@ def test_model_input_channels():
     v = wm.velocity(x_t, t, prep["cond"], wm.context(prep["robot"]))
     x0_pred = x_t - t.view(-1, 1, 1, 1, 1) * v
     torch.testing.assert_close(x0_pred, prep["cond"][:, 4:4 + C], atol=1e-5, rtol=1e-5)
+
+
+def test_prior_written_into_the_input():
+    """held_prior_input: the input latents show the prior on landing / vacated pixels off the robot, I0 and the
+    anchored pointmap elsewhere, so that an untrained x0_residual model predicts the carried object."""
+    from kinema4d.model.network import ModelConfig, WorldModel, make_codec
+
+    with pytest.raises(ValueError, match="held_prior_input"):
+        ModelConfig(world_anchor=True, held_prior_input=True)
+    B, T, h, w = 1, 5, 16, 16
+    g = torch.Generator().manual_seed(1)
+    rgb0, world0 = torch.rand(B, 3, h, w, generator=g), torch.rand(B, 3, h, w, generator=g)
+    robot_pm, robot_mask = torch.rand(B, T, 3, h, w, generator=g), torch.zeros(B, T, h, w)
+    robot_mask[:, :, :3] = 1.0
+    held = {"rgb": torch.rand(B, T, 3, h, w, generator=g), "xyz01": torch.rand(B, T, 3, h, w, generator=g),
+            "mask": torch.zeros(B, T, h, w), "vacated": torch.zeros(B, T, h, w)}
+    held["mask"][:, 2:, 1:6, 4:8] = 1.0  # rows 1-2 are under the robot: the robot stays in front there
+    held["vacated"][:, 3:, 8:12, 8:12] = 1.0
+    out = {}
+    for flag in (False, True):
+        cfg = ModelConfig(world_anchor=True, held_prior=True, held_prior_input=flag, prediction="x0_residual",
+                          pixel_factor=1)  # the identity codec: latents are pixels (normalized)
+        wm, codec = WorldModel(cfg), make_codec(cfg)
+        lat = wm.prepare(codec, rgb0, robot_pm, robot_mask, world0=world0, held=held)["cond"][:, 4:4 + cfg.latent_channels]
+        out[flag] = codec.decode(wm.denormalize(lat))  # back to pixels in [0, 1]
+    base, comp = out[False], out[True]  # (B, 3, T, h, 2w): [RGB | XYZ]
+    sel = ((held["mask"] + held["vacated"]) > 0.5) & (robot_mask < 0.5)
+    assert sel.sum() > 30
+    want_rgb = torch.where(sel[:, None], held["rgb"].transpose(1, 2), base[..., :w])
+    want_xyz = torch.where(sel[:, None], held["xyz01"].transpose(1, 2), base[..., w:])
+    torch.testing.assert_close(comp[..., :w], want_rgb, atol=1e-5, rtol=0)
+    torch.testing.assert_close(comp[..., w:], want_xyz, atol=1e-5, rtol=0)
+    assert not torch.allclose(comp, base)

@@ -663,11 +663,11 @@ def held_inputs(item: dict, anchor: torch.Tensor) -> dict:
 
 def held_tensors(prior, anchor: torch.Tensor) -> dict:
     """A ``HeldPrior`` -> ``WorldModel.prepare``'s ``held`` dict of float32 tensors ((T,3,H,W) / (T,H,W)), XYZ
-    normalized by ``anchor`` (2, 3) [min; max] metres (0 off the prior)."""
-    mask = torch.from_numpy(prior.mask)
-    return {"rgb": torch.from_numpy(prior.rgb), "xyz01": normalize_with_stats(torch.from_numpy(prior.xyz), mask,
-                                                                              anchor.float()),
-            "mask": mask.float(), "vacated": torch.from_numpy(prior.vacated).float()}
+    normalized by ``anchor`` (2, 3) [min; max] metres (0 off the landing and vacated pixels)."""
+    mask, vacated = torch.from_numpy(prior.mask), torch.from_numpy(prior.vacated)
+    return {"rgb": torch.from_numpy(prior.rgb),
+            "xyz01": normalize_with_stats(torch.from_numpy(prior.xyz), mask | vacated, anchor.float()),
+            "mask": mask.float(), "vacated": vacated.float()}
 
 
 _ANCHOR_KEYS = ("world_pointmap", "world_stats", "world_valid", "robot_pointmap", "robot_stats", "robot_mask")

@@ -32,10 +32,12 @@ SUPPORT_MARGIN = 0.01  # metres: only points this far above the lowest point of 
 
 @dataclass(frozen=True)
 class HeldPrior:
-    """The hypothesis for T output frames (H x W): ``rgb`` float32 (T, 3, H, W) in [0, 1] (0 off the prior),
-    ``xyz`` float32 (T, 3, H, W) camera metres (0 off the prior), ``mask`` bool (T, H, W) pixels the carried points
-    land on, ``vacated`` bool (T, H, W) frame-0 pixels of the carried points that no carried point covers now (where
-    the object stood), ``grasp_frame`` / ``release_frame`` (indices into the action sequence, -1 = none)."""
+    """The hypothesis for T output frames (H x W): ``mask`` bool (T, H, W) pixels the carried points land on,
+    ``vacated`` bool (T, H, W) frame-0 pixels of the carried points that no carried point covers now (where the
+    object stood), ``rgb`` float32 (T, 3, H, W) in [0, 1] and ``xyz`` float32 (T, 3, H, W) camera metres: on
+    ``mask`` the carried points, on ``vacated`` the uncovered support (the support's colour around the grasp and
+    the pixel ray's intersection with the support plane), 0 elsewhere; ``grasp_frame`` / ``release_frame``
+    (indices into the action sequence, -1 = none)."""
 
     rgb: np.ndarray
     xyz: np.ndarray
@@ -97,11 +99,14 @@ def held_object_prior(rgb0: np.ndarray, pointmap0: np.ndarray, robot_mask0: np.n
     near = np.linalg.norm(p_world - actions[g, :3], axis=1) < radius
     if not near.any():
         return out
-    near &= p_world[:, 2] > p_world[near, 2].min() + support_margin
+    support_z = p_world[near, 2].min()  # the lowest point of the ball around the grasp point: the support
+    near &= p_world[:, 2] > support_z + support_margin
     if not near.any():
         return out
+    bg_rgb = _support_colour(rgb0[rows, cols], p_world, near, actions[g, :3], support_z, radius, support_margin)
     rows, cols, p_world = rows[near], cols[near], p_world[near]
     colours = rgb0[rows, cols]  # (M, 3)
+    bg_xyz = _support_points(rows, cols, pm0[rows, cols], support_z, T_world_cam, K)  # (M, 3) camera metres
 
     T_world_ee = pose_to_matrix(actions[:, :3], actions[:, 3:7])  # (N, 4, 4)
     T_ee_world_grasp = invert_rigid(T_world_ee[g])
@@ -129,4 +134,34 @@ def held_object_prior(rgb0: np.ndarray, pointmap0: np.ndarray, robot_mask0: np.n
             out.mask[k][v[order], u[order]] = True
         out.vacated[k][rows, cols] = True
         out.vacated[k] &= ~out.mask[k]
+        vac = out.vacated[k][rows, cols]
+        out.rgb[k][:, rows[vac], cols[vac]] = bg_rgb[:, None]
+        out.xyz[k][:, rows[vac], cols[vac]] = bg_xyz[vac].T
     return out
+
+
+def _support_colour(colours: np.ndarray, p_world: np.ndarray, carried: np.ndarray, grasp: np.ndarray,
+                    support_z: float, radius: float, margin: float) -> np.ndarray:
+    """(3,) the colour an uncovered support shows: the median colour of the support points (z within ``margin`` of
+    ``support_z``) at horizontal distance [radius, 2 radius) from the grasp point; falls back to every support
+    point within 2 radius, then to every point that is not carried. colours (P, 3), p_world (P, 3) metres,
+    carried (P,) bool."""
+    d_xy = np.linalg.norm(p_world[:, :2] - grasp[:2], axis=1)
+    low = (p_world[:, 2] <= support_z + margin) & ~carried
+    for sel in (low & (d_xy >= radius) & (d_xy < 2 * radius), low & (d_xy < 2 * radius), ~carried):
+        if sel.any():
+            return np.median(colours[sel], axis=0).astype(np.float32)
+    return np.zeros(3, np.float32)
+
+
+def _support_points(rows: np.ndarray, cols: np.ndarray, p_cam: np.ndarray, support_z: float,
+                    T_world_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """(M, 3) camera metres: where the rays of pixels (rows, cols) meet the horizontal plane z = ``support_z``
+    (world), i.e. what they see once the object above the support is gone; a ray that does not meet the plane in
+    front of the camera keeps its frame-0 point ``p_cam`` (M, 3)."""
+    d_cam = np.stack([cols, rows, np.ones_like(rows)], axis=1).astype(np.float64) @ np.linalg.inv(K).T  # z = 1
+    d_world_z = d_cam @ T_world_cam[2, :3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        depth = (support_z - T_world_cam[2, 3]) / d_world_z  # z-depth: d_cam has z = 1
+    ok = np.isfinite(depth) & (depth > 0)
+    return np.where(ok[:, None], d_cam * np.where(ok, depth, 0.0)[:, None], p_cam)

@@ -120,6 +120,10 @@ class ModelConfig:
     # pointmap of "the frame-0 points at the grasp move rigidly with the end effector while the gripper is closed"
     # (from the actions and frame 0 only) plus where those points land and where they left. Needs world_anchor.
     held_prior: bool = False
+    # ... and write the hypothesis into the input latents themselves: landing pixels show the carried points' colour
+    # and pointmap, vacated pixels the uncovered support (robot pixels keep the robot). With x0_residual the
+    # untrained model then already predicts the carried object; training learns where physics disagrees.
+    held_prior_input: bool = False
     # What the backbone outputs: "velocity" (eps - x0, Wan / the paper), "x0" (the clean latents; the velocity is
     # (x_t - x0) / max(t, x0_t_min)) or "x0_residual" (x0 = the input latents + the output: an untrained model
     # predicts I0 and the input pointmap, i.e. at least the static baseline, and learns what changes).
@@ -151,6 +155,8 @@ class ModelConfig:
         if self.held_prior and not (self.world_anchor and self.condition == "pointmap"):
             raise ValueError("held_prior=True needs world_anchor=True and condition='pointmap' (the prior is built "
                              "from the frame-0 world pointmap and lives in the anchor's normalization)")
+        if self.held_prior_input and not (self.held_prior and self.input_layout == "kinema4d"):
+            raise ValueError("held_prior_input=True needs held_prior=True and input_layout='kinema4d'")
         if self.robot_latent_proj and self.context != "robot_tokens":
             raise ValueError("robot_latent_proj=True needs context='robot_tokens' (both read the robot-only latents)")
         if self.robot_token_patch < 1 or self.robot_token_dim < 1:
@@ -822,6 +828,13 @@ class WorldModel(nn.Module):
                 right = anchor.clone()
             else:
                 right = torch.where(robot_mask[:, None] > 0.5, right, anchor)
+        if cfg.held_prior:
+            self._check_held(held, (B, T, H, W))
+        if cfg.held_prior_input:  # landing + vacated pixels show the hypothesis; the robot stays in front
+            sel = ((held["mask"] > 0.5) | (held["vacated"] > 0.5)) & (robot_mask <= 0.5)
+            sel = sel[:, None]  # (B, 1, T, H, W) against the channel-first (B, 3, T, H, W) halves
+            first = torch.where(sel, held["rgb"].transpose(1, 2).to(first.dtype), first)
+            right = torch.where(sel, held["xyz01"].transpose(1, 2).to(right.dtype), right)
         if cfg.input_layout == "release":  # [I0 | canonical pointmap] in frame 0, zeros ([-1, 1] space) after
             first = torch.full((B, 3, T, H, W), 0.5, device=dev)
             first[:, :, 0] = rgb0
@@ -854,7 +867,7 @@ class WorldModel(nn.Module):
             robot_in = torch.cat(parts, dim=1)
         parts = [m.to(inp.dtype), inp]
         if cfg.held_prior:
-            parts += self._held_channels(codec, held, (B, T, H, W))
+            parts += self._held_channels(codec, held)
         out = {"cond": torch.cat(parts, dim=1), "robot": robot_in, "action": action,
                "image": None if self.image_encoder is None else self.image_encoder(rgb0)}
         if with_null:  # the same scene without the robot: what the dropped (null) condition feeds the backbone
@@ -870,15 +883,19 @@ class WorldModel(nn.Module):
             out["x0"] = x0
         return out
 
-    def _held_channels(self, codec, held: dict | None, shape: tuple[int, int, int, int]) -> list[torch.Tensor]:
-        """The held-object prior as input channels: [landing mask (4, both halves) | vacated mask (4, both halves) |
-        normalized latents of [prior RGB | prior XYZ] (C)]."""
+    @staticmethod
+    def _check_held(held: dict | None, shape: tuple[int, int, int, int]) -> None:
+        """A clear error unless ``held`` has the keys and shapes of the held-object prior for (B, T, H, W)."""
         B, T, H, W = shape
         want = {"rgb": (B, T, 3, H, W), "xyz01": (B, T, 3, H, W), "mask": (B, T, H, W), "vacated": (B, T, H, W)}
         if held is None or any(k not in held or tuple(held[k].shape) != v for k, v in want.items()):
             got = None if held is None else {k: tuple(v.shape) for k, v in held.items()}
             raise ValueError(f"this model has held_prior=True: it needs held = {want} "
                              f"(kinema4d.model.held_prior), got {got}")
+
+    def _held_channels(self, codec, held: dict) -> list[torch.Tensor]:
+        """The held-object prior as input channels: [landing mask (4, both halves) | vacated mask (4, both halves) |
+        normalized latents of [prior RGB | prior XYZ] (C)]; ``held`` checked by ``_check_held``."""
         masks = []
         for k in ("mask", "vacated"):
             mk = downsample_mask(held[k].float(), codec.temporal_factor, codec.spatial_factor)

@@ -168,6 +168,13 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
         dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True),
                             out_dir="runs/held_prior"),
     ),
+    "held_input": (
+        "the held_prior preset with the hypothesis also written into the input latents (held_prior_input): the "
+        "x0-residual base starts from the carried object and the uncovered support",
+        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
+                                                                held_prior_input=True),
+                            out_dir="runs/held_input"),
+    ),
     "baseline_binary_mask": (
         "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
         dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="binary_mask"),
