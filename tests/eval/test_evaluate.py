@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -111,17 +112,40 @@ def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
         assert len(rep["per_episode"][m]["object_endpoint_mm"]) == 2
         assert all(isinstance(f, bool) for f in rep["per_episode"][m]["object_found"])
     pe = rep["per_episode"]  # per-episode values behind the summary, for paired statistics
-    for m in ("kinema4d", "static"):
-        assert len(pe[m]["psnr"]) == 2 and np.mean(pe[m]["psnr"]) == pytest.approx(rep["summary"][m]["psnr"])
-        assert np.mean(pe[m]["chamfer_l1"]) == pytest.approx(rep["summary"][m]["chamfer_l1"])
-    wins = int(np.sum(np.asarray(pe["kinema4d"]["chamfer_l1"]) < np.asarray(pe["static"]["chamfer_l1"])))
-    assert f"kinema4d: PSNR higher in {int(np.sum(np.greater(pe['kinema4d']['psnr'], pe['static']['psnr'])))}/2, " \
-           f"CD-L1 lower in {wins}/2" in (out / "report.md").read_text()
+    assert all(len(pe[m]["psnr"]) == 2 and len(pe[m]["chamfer_l1"]) == 2 for m in ("kinema4d", "static"))
+    # static's PSNR computed here from the episodes alone (frame 0 repeated vs frames 1:, 8-bit, mean over frames,
+    # then over episodes), not from the report's own per-episode values
+    from kinema4d.data.episodes import TorchEpisodes
+
+    want = []
+    for i in range(2):
+        rgb = np.round(np.clip(TorchEpisodes(data_dir, split="test", size=(H, W), frames=T)[i]["rgb"].numpy(), 0, 1)
+                       .transpose(0, 2, 3, 1) * 255).astype(np.float64)
+        mse = ((rgb[1:] - rgb[:1]) ** 2).reshape(T - 1, -1).mean(1)
+        want.append(float(np.mean(10 * np.log10(255.0 ** 2 / mse))))
+    assert pe["static"]["psnr"] == pytest.approx(want, rel=1e-9)
+    assert rep["summary"]["static"]["psnr"] == pytest.approx((want[0] + want[1]) / 2, rel=1e-9)
+    assert re.search(r"kinema4d: PSNR higher in [0-2]/2, CD-L1 lower in [0-2]/2", (out / "report.md").read_text())
     assert main(["eval", "compare", str(out), str(out)]) == 0
     rep["summary"]["static"]["chamfer_l1"] = float("nan")  # e.g. an RGB-only model has no geometry to score
     md = render_markdown(rep)
     assert "| static |" in md and "nan |" not in md and "| n/a |" in md
     assert main(["eval", "--checkpoint", str(tmp_path / "nope"), "--data", str(data_dir), "--out", str(out)]) == 2
+
+
+def test_wins_vs_static_by_hand():
+    """The paired win counts of report.md against counts worked out by hand; None / NaN / inf episodes are left out
+    of the pair count."""
+    from kinema4d.eval.evaluate import _wins_vs_static
+
+    report = {"per_episode": {
+        "kinema4d": {"psnr": [20.0, 25.0, float("inf"), None], "chamfer_l1": [0.01, 0.02, 0.03, 0.04]},
+        "static": {"psnr": [22.0, 24.0, 30.0, 21.0], "chamfer_l1": [0.02, 0.01, 0.05, float("nan")]}}}
+    # PSNR: (20, 22) no, (25, 24) yes, inf and None dropped -> 1/2; CD-L1: (0.01, 0.02) yes, (0.02, 0.01) no,
+    # (0.03, 0.05) yes, NaN dropped -> 2/3
+    assert _wins_vs_static(report, "kinema4d") == "PSNR higher in 1/2, CD-L1 lower in 2/3"
+    report["per_episode"]["kinema4d"]["chamfer_l1"] = [None] * 4  # an RGB-only model: no CD-L1 pairs at all
+    assert _wins_vs_static(report, "kinema4d") == "PSNR higher in 1/2"
 
 
 def test_eval_baselines_same_harness(data_dir, run_dir, tmp_path):

@@ -57,16 +57,96 @@ def test_policy_eval_cli(tmp_path):
     assert main(args) == 0
     rep = json.loads((out / "policy.json").read_text())
     assert list(rep["setups"]) == ["canonical", "cluttered"]
-    for s in rep["setups"].values():
-        assert s["episodes"] == 2 and len(s["per_episode"]["gt"]) == 2
-        assert set(s["methods"]) == {"judge on GT", "kinema4d"}
-        gt = np.array(s["per_episode"]["gt"], float)
-        assert s["gt_sr"] == pytest.approx(gt.mean())
-        for m, v in s["methods"].items():
-            sim_sr = np.mean(s["per_episode"][m])
-            assert v["sim_sr"] == pytest.approx(sim_sr) and v["abs_diff"] == pytest.approx(abs(sim_sr - gt.mean()))
+    from kinema4d.data.episodes import Dataset4D
+
+    for name, s in rep["setups"].items():
+        assert s["episodes"] == 2 and set(s["methods"]) == {"judge on GT", "kinema4d"}
+        # GT = the physics outcome the data engine recorded, read from the episodes (not from the report)
+        physics = [bool(Dataset4D(tmp_path / "data" / name / "test").attrs(i)["success"]) for i in range(2)]
+        assert s["per_episode"]["gt"] == physics
+    # the aggregation (SR, |diff|, agreement) is checked against hand-computed values below
     assert "| cluttered |" in (out / "policy.md").read_text() and (out / "success_rates.png").stat().st_size > 0
     assert main([*args[:-1], "--setups", "messy"]) == 2
+
+
+def _scripted_policy_eval(tmp_path, monkeypatch, roots, outcomes, episodes: int):
+    """policy_eval / policy_ranking with the data engine, the models and the judge replaced by scripted outcomes:
+    ``roots`` what generate_setups / generate_policy_episodes return, ``outcomes[(root name, i)]`` = (physics
+    success, {method: judged success})."""
+    from types import SimpleNamespace
+
+    from kinema4d.data import episodes as kepisodes
+    from kinema4d.eval import evaluate as kevaluate
+    from kinema4d.eval import policy as kpolicy
+
+    ck = SimpleNamespace(dir=tmp_path, weights="model.safetensors")
+    monkeypatch.setattr(kevaluate, "load_methods", lambda *a, **k: ({"kinema4d": (ck, None, None)}, (16, 16), 5))
+    monkeypatch.setattr(kpolicy, "generate_setups", lambda cfg: roots)
+    monkeypatch.setattr(kpolicy, "generate_policy_episodes", lambda cfg: roots)
+
+    class Episodes:
+        def __init__(self, root, split, size, frames):
+            self.root = root
+
+        def __len__(self):
+            return episodes
+
+    def outcomes_of(cfg, ds, i, loaded, static=False):
+        g, sim = outcomes[(ds.root.name, i)]
+        return g, {m: v for m, v in sim.items() if static or m != "static"}
+
+    monkeypatch.setattr(kepisodes, "TorchEpisodes", Episodes)
+    monkeypatch.setattr(kpolicy, "_outcomes", outcomes_of)
+
+
+def test_policy_eval_numbers_by_hand(tmp_path, monkeypatch):
+    """SR, |SR - GT SR| and per-episode agreement against values worked out by hand on 4 scripted episodes."""
+    from kinema4d.eval.policy import PolicyEvalConfig, policy_eval
+
+    gt = [True, True, False, False]
+    judge = [True, False, False, False]
+    model = [False, True, True, False]
+    outcomes = {("canonical", i): (gt[i], {"judge on GT": judge[i], "kinema4d": model[i]}) for i in range(4)}
+    _scripted_policy_eval(tmp_path, monkeypatch, {"canonical": tmp_path / "canonical"}, outcomes, 4)
+    rep = policy_eval(PolicyEvalConfig(out=tmp_path / "rep", episodes=4, setups=("canonical",), progress=False))
+    s = rep["setups"]["canonical"]
+    # GT SR 2/4. judge: SR 1/4, |diff| 1/4, agrees on episodes 0, 2, 3 -> 3/4.
+    # model: SR 2/4, |diff| 0, agrees on episodes 1 and 3 -> 2/4 (same SR, different episodes).
+    assert s["gt_sr"] == 0.5
+    assert s["methods"]["judge on GT"] == {"sim_sr": 0.25, "abs_diff": 0.25, "agreement": 0.75}
+    assert s["methods"]["kinema4d"] == {"sim_sr": 0.5, "abs_diff": 0.0, "agreement": 0.5}
+    assert "| canonical | 4 | 0.50 | 0.25 (0.25, 0.75) | 0.50 (0.00, 0.50) |" in \
+        (tmp_path / "rep" / "policy.md").read_text()
+
+
+def test_policy_ranking_numbers_by_hand(tmp_path, monkeypatch):
+    """Per-policy SRs, Pearson r, MMRV and pooled agreement against values worked out by hand: 3 policies x 4
+    scripted episodes."""
+    from kinema4d.eval.policy import PolicyEvalConfig, policy_ranking
+
+    T, F = True, False
+    gt = {"expert": [T, T, T, T], "p1": [T, T, F, F], "p4": [T, F, F, F]}  # GT SR 1, 0.5, 0.25
+    model = {"expert": [T, T, F, F], "p1": [T, T, T, F], "p4": [F, F, F, F]}  # SR 0.5, 0.75, 0
+    outcomes = {(p, i): (gt[p][i], {"judge on GT": gt[p][i], "kinema4d": model[p][i], "static": False})
+                for p in gt for i in range(4)}
+    _scripted_policy_eval(tmp_path, monkeypatch, {"canonical": {p: tmp_path / p for p in gt}}, outcomes, 4)
+    rep = policy_ranking(PolicyEvalConfig(out=tmp_path / "rep", episodes=4, ranking=True,
+                                          policies=("expert", "p1", "p4"), progress=False))
+    s = rep["setups"]["canonical"]
+    assert s["gt_srs"] == [1.0, 0.5, 0.25]
+    assert [s["policies"][p]["methods"]["kinema4d"]["sim_sr"] for p in gt] == [0.5, 0.75, 0.0]
+    assert [s["policies"][p]["methods"]["kinema4d"]["agreement"] for p in gt] == [0.5, 0.75, 0.75]
+    k, st, j = (s["ranking"][m] for m in ("kinema4d", "static", "judge on GT"))
+    # Pearson: GT [12, 6, 3]/12 centred [5, -1, -4]/12, sim [6, 9, 0]/12 centred [1, 4, -5]/12:
+    # (5 - 4 + 20) / sqrt(42 * 42) = 0.5.
+    assert k["pearson_r"] == pytest.approx(0.5)
+    # MMRV: only expert vs p1 is out of order (sim 0.5 < 0.75, GT 1 > 0.5), cost 0.5 for both -> [0.5, 0.5, 0].
+    assert k["mmrv"] == pytest.approx(1 / 3)
+    assert k["agreement"] == pytest.approx(8 / 12)  # 2 + 3 + 3 of 12 episodes
+    # static (never succeeds): r undefined; sim ties cost the better policy: expert max(0.5, 0.75), p1 0.25, p4 0;
+    # agreement = the 5 GT failures of 12.
+    assert st["pearson_r"] is None and st["mmrv"] == pytest.approx(1 / 3) and st["agreement"] == pytest.approx(5 / 12)
+    assert j["pearson_r"] == pytest.approx(1.0) and j["mmrv"] == 0.0 and j["agreement"] == 1.0
 
 
 # ---------------------------------------------------------------------- policy ranking (SimplerEnv-style)
