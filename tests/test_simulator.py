@@ -220,7 +220,8 @@ def test_cli_debug_reraises(tmp_path, capsys, monkeypatch):
     args = ["simulate", "--checkpoint", str(tmp_path / "nope"), "--image", "x.png", "--actions", "a.npy"]
     monkeypatch.delenv("KINEMA4D_DEBUG", raising=False)
     assert cli.main(args) == 2
-    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith("(kinema4d --debug simulate ... shows the traceback)")
     with pytest.raises(FileNotFoundError, match="nope"):
         cli.main(["--debug", *args])
     monkeypatch.setenv("KINEMA4D_DEBUG", "1")

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         if debug or not (isinstance(e, (ValueError, FileNotFoundError, KeyError))
                          or type(e).__module__.startswith("kinema4d")):
             raise
-        print(f"kinema4d {name}: error: {e}", file=sys.stderr)
+        print(f"kinema4d {name}: error: {e} (kinema4d --debug {name} ... shows the traceback)", file=sys.stderr)
         return 2
     return 0
 
