@@ -10,9 +10,9 @@
 #                           already the CPU build. torch runs on the CPU whether or not the machine has a GPU.
 #   KINEMA4D_TORCH=cuda     PyPI's `torch===2.13.0` (that exact version string, so a local +cpu wheel is not
 #                           taken): on Linux x86_64 the CUDA build (multi-GB with its nvidia-* libraries). Without an
-#                           NVIDIA GPU it runs on the CPU like the cpu build. kinema4d keeps its tensors on the CPU
-#                           either way (it is CPU-first); with a GPU present, the trainer's multi-process backend
-#                           switches to nccl, which is untested here.
+#                           NVIDIA GPU it runs on the CPU like the cpu build. With a GPU, `--device auto` (the
+#                           default of train / simulate / eval / eval policy) runs on it, and torchrun training
+#                           uses nccl (README "GPUs and many GPUs"; not run on a GPU here yet).
 #   KINEMA4D_TORCH=default  `pip install torch==2.13.0` with your pip configuration as it is (the behaviour before
 #                           this option existed): the CPU build only where a local wheel cache carries it.
 #   KINEMA4D_TORCH_INDEX=URL  install `torch==2.13.0` from this index (PyPI stays available for its dependencies),
