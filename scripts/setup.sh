@@ -55,6 +55,18 @@ else  # default, or cpu on macOS (PyPI's wheel is the CPU build there)
 fi
 .venv/bin/python -c "import torch; print('setup.sh: torch', torch.__version__, '| CUDA available:', torch.cuda.is_available())"
 "${PIP[@]}" -e ".[dev]"
+# A real LeRobot implementation for tests/data/test_lerobot.py: lerobot-dataset (LeRobotDataset) in its own --target
+# dir, run by the tests in a subprocess. It cannot go into .venv itself: it pins huggingface-hub < 0.36, which
+# diffusers 0.42 excludes. It requires no torch (the subprocess uses .venv's); torchvision (imported by it) without
+# its dependencies, so torch is never touched. KINEMA4D_SKIP_LEROBOT_WRITER=1 skips it (the LeRobot tests then fail
+# saying so).
+if [ "${KINEMA4D_SKIP_LEROBOT_WRITER:-0}" != 1 ] && [ ! -d .venv/lerobot-writer/ledataset ]; then
+  rm -rf .venv/lerobot-writer.tmp
+  "${PIP[@]}" --target .venv/lerobot-writer.tmp "lerobot-dataset==0.4.4"
+  "${PIP[@]}" --target .venv/lerobot-writer.tmp --no-deps "torchvision==0.28.0"
+  rm -rf .venv/lerobot-writer && mv .venv/lerobot-writer.tmp .venv/lerobot-writer
+  echo "setup.sh: lerobot-dataset 0.4.4 (test writer) in .venv/lerobot-writer"
+fi
 if [ "${1:-}" != "--no-demo" ]; then
   .venv/bin/kinema4d control --demo --out out/control_demo
   .venv/bin/kinema4d simulate --demo --out out/simulate_demo

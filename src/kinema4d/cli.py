@@ -39,6 +39,9 @@ def _dataset(args):
 
     from kinema4d.data.datagen import dataset_info, dataset_preview
 
+    if args[:1] in (["import"], ["export"]):
+        return _dataset_io(args)
+
     ap = argparse.ArgumentParser(prog="kinema4d dataset")
     sub = ap.add_subparsers(dest="action", required=True)
     info = sub.add_parser("info", help="counts, success ratio and size on disk")
@@ -65,6 +68,37 @@ def _dataset(args):
     else:
         out = a.out or f"{a.path.rstrip('/')}/preview_{a.episode:06d}.mp4"
         print(f"wrote {dataset_preview(a.path, a.episode, out)}")
+
+
+IMPORT_FORMATS = ("lerobot", "plain")
+
+
+def _dataset_io(args):
+    """`dataset import lerobot|plain ...` and `dataset export lerobot ...` (tyro configs)."""
+    import json
+
+    import tyro
+
+    action, fmt, rest = args[0], (args[1:2] or [""])[0], args[2:]
+    if action == "import" and fmt == "lerobot":
+        from kinema4d.data.lerobot import ImportLeRobotConfig, import_lerobot
+
+        cfg = tyro.cli(ImportLeRobotConfig, args=rest, prog="kinema4d dataset import lerobot")
+        print(json.dumps(import_lerobot(cfg), indent=2))
+    elif action == "import" and fmt == "plain":
+        from kinema4d.data.recordings import ImportPlainConfig, import_plain
+
+        cfg = tyro.cli(ImportPlainConfig, args=rest, prog="kinema4d dataset import plain")
+        print(json.dumps(import_plain(cfg), indent=2))
+    elif action == "export" and fmt == "lerobot":
+        from kinema4d.data.lerobot import ExportLeRobotConfig, export_lerobot
+
+        cfg = tyro.cli(ExportLeRobotConfig, args=rest, prog="kinema4d dataset export lerobot")
+        print(json.dumps(export_lerobot(cfg), indent=2))
+    else:
+        formats = IMPORT_FORMATS if action == "import" else ("lerobot",)
+        raise ValueError(f"usage: kinema4d dataset {action} {{{'|'.join(formats)}}} ... (--help for the flags); "
+                         f"got format {fmt!r}")
 
 
 def _view(args):
@@ -132,7 +166,8 @@ def _eval(args):
 COMMANDS = {
     "control": (_control, "actions -> joints (FK / IK) -> robot pointmap sequence (+ mp4)"),
     "datagen": (_datagen, "generate synthetic 4D episodes (pybullet) into a zarr dataset"),
-    "dataset": (_dataset, "`dataset info DIR` | `dataset preview DIR --episode I` | `dataset convert OLD NEW`"),
+    "dataset": (_dataset, "`dataset info DIR` | `dataset preview DIR --episode I` | `dataset convert OLD NEW` | "
+                "`dataset import lerobot|plain SRC --out DIR` | `dataset export lerobot SRC... --out DIR`"),
     "train": (_train, "train the world model: `train PRESET [--field value ...]` (tiny | default | ...)"),
     "simulate": (_simulate, "image + actions -> 4D rollout (rgb.mp4, pointmap.mp4, rollout.npz); `simulate --demo`"),
     "eval": (_eval, "score a checkpoint vs baselines on a split -> report.md/html; `eval compare A B`; "
