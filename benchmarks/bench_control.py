@@ -31,7 +31,8 @@ import numpy as np
 import pybullet as p
 
 from kinema4d.kinematics.camera import Camera
-from kinema4d.kinematics.render import DEFAULT_MAX_FACES_PER_LINK, RobotRenderer
+from kinema4d.kinematics.meshes import DEFAULT_MAX_FACES_PER_LINK
+from kinema4d.kinematics.render import RobotRenderer
 from kinema4d.kinematics.robot import Robot
 
 NEAR, FAR = 0.01, 20.0

@@ -73,6 +73,22 @@ def rotation_angle(R_a: np.ndarray, R_b: np.ndarray) -> np.ndarray:
     return np.arccos(np.clip(c, -1.0, 1.0))
 
 
+def check_pointmap_mask(pm, mask, name: str = "pm"):
+    """(pm as an array, mask) after checking pm (..., H, W, 3) and mask (..., H, W) bool; mask None = the pixels
+    where pm != 0. Raises ValueError naming ``name``."""
+    pm = np.asarray(pm)
+    if pm.ndim < 3 or pm.shape[-1] != 3:
+        raise ValueError(f"{name} must have shape (..., H, W, 3), got {pm.shape}")
+    if mask is None:
+        mask = np.any(pm != 0, axis=-1)
+    mask = np.asarray(mask)
+    if mask.shape != pm.shape[:-1]:
+        raise ValueError(f"mask must have shape {pm.shape[:-1]} to match {name} {pm.shape}, got {mask.shape}")
+    if mask.dtype != bool:
+        raise ValueError(f"mask must be a bool array, got {mask.dtype}")
+    return pm, mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Write through a temp file in the same directory, then rename: readers never see a half-written file."""
     path = Path(path)

@@ -36,7 +36,7 @@ def test_kinematic_robot_matches_pybullet(episode):
 
     Bounds from measurement (4 episodes: seeds 7, 8 at 160x120, 9 at 96x64, 7 at 320x240): per-frame IoU 0.978 ..
     1.0, median over frames >= 0.997; median |dz| on pixels both call robot <= 0.001 mm, 90th percentile < 0.01 mm
-    (the scene draws the decimated meshes the kinematic renderer uses, render.simplified_urdf). The IoU loss is the
+    (the scene draws the decimated meshes the kinematic renderer uses, meshes.simplified_urdf). The IoU loss is the
     right finger during the grasp: the recorded q has one finger joint (the second mimics it kinematically) while
     pybullet simulates both fingers, and contact moves them apart by a few pixels."""
     seg, ren = episode.robot_mask, episode.robot_render_mask

@@ -11,19 +11,14 @@ from trimesh.triangles import closest_point
 from kinema4d.geometry import invert_rigid, transform_points
 from kinema4d.kinematics import render as render_mod
 from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.meshes import DEFAULT_MAX_FACES_PER_LINK
+from kinema4d.kinematics.perturb import drop_points, gaussian_noise, rotate, rotate_image, shift_image, translate
 from kinema4d.kinematics.render import (
-    DEFAULT_MAX_FACES_PER_LINK,
     PointmapStats,
     RobotRenderer,
     denormalize_pointmap,
-    drop_points,
-    gaussian_noise,
     normalize_pointmap,
     render_robot,
-    rotate,
-    rotate_image,
-    shift_image,
-    translate,
 )
 from kinema4d.kinematics.robot import Robot
 
@@ -487,7 +482,7 @@ def test_rotate():
 
 def test_simplified_urdf_matches_renderer_in_pybullet(tmp_path):
     """pybullet drawing the simplified URDF agrees with our renderer at the same face limit (data engine path)."""
-    from kinema4d.kinematics.render import simplified_urdf
+    from kinema4d.kinematics.meshes import simplified_urdf
 
     robot = Robot.builtin("panda")
     urdf = simplified_urdf(robot, 1000, cache_dir=tmp_path)

@@ -52,7 +52,7 @@ from scipy.spatial.transform import Rotation, Slerp
 
 from kinema4d.geometry import matrix_to_pose, pose_to_matrix
 from kinema4d.kinematics.camera import Camera
-from kinema4d.kinematics.render import DEFAULT_MAX_FACES_PER_LINK, simplified_urdf
+from kinema4d.kinematics.meshes import DEFAULT_MAX_FACES_PER_LINK, simplified_urdf
 from kinema4d.kinematics.robot import BUILTIN_ROBOTS, Robot
 
 SPLITS = ("train", "val", "test", "ood", "ood_embodiment")
@@ -464,7 +464,7 @@ class Scene:
             p.setTimeStep(1.0 / physics_hz, physicsClientId=c)
             self.table = p.loadURDF("table/table.urdf", [0, 0, 0], useFixedBase=True, physicsClientId=c)
             pos, quat = matrix_to_pose(robot.T_world_base)
-            # the robot is drawn with the decimated link meshes the kinematic renderer uses (render.simplified_urdf):
+            # the robot is drawn with the decimated link meshes the kinematic renderer uses (meshes.simplified_urdf):
             # ~6x cheaper in TinyRenderer and pixel-consistent with the robot pointmap; None = original meshes
             urdf = robot.urdf_path if visual_max_faces is None else simplified_urdf(robot, visual_max_faces)
             self.body = p.loadURDF(str(urdf), pos.tolist(), quat.tolist(), useFixedBase=True,
