@@ -193,9 +193,19 @@ def test_image_size_mismatch(sim, actions):
         sim.rollout(np.zeros((16, 24, 3), np.uint8), actions)
 
 
-def test_camera_size_mismatch(run_dir, robot):
-    with pytest.raises(ValueError, match=r"camera is 24x16 .* trained at 16x16"):
-        Simulator(run_dir, robot=robot, camera=demo_camera(width=24, height=16))
+def test_native_size_inputs_are_resampled(run_dir, robot, image, actions, rollout):
+    """A camera and image at another size than the model's are resampled to it (K scaled) and the rollout says so;
+    an image 2x the size (each pixel repeated) gives exactly the model-size rollout."""
+    big = Simulator(run_dir, robot=robot, camera=demo_camera(width=2 * W, height=2 * H), steps=3)
+    assert big.resampled == {"from_wh": [2 * W, 2 * H], "to_wh": [W, H], "aspect_changed": False}
+    np.testing.assert_allclose(big.camera.K, demo_camera(width=W, height=H).K)
+    ro = big.rollout(image.repeat(2, 0).repeat(2, 1), actions)
+    assert ro.info["resampled"] == {"image": [2 * W, 2 * H], "to_wh": [W, H], "K_scaled": True}
+    assert ro.rgb.shape == rollout.rgb.shape and ro.camera.width == W
+    np.testing.assert_array_equal(ro.rgb, rollout.rgb)
+    assert rollout.info["resampled"] is None
+    with pytest.raises(ValueError, match=r"image is 24x16 .*camera is 32x32 and the model runs at 16x16"):
+        big.rollout(np.zeros((16, 24, 3), np.uint8), actions)
 
 
 def test_wrong_action_dim(sim, image, actions):

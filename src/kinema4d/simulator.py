@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ import kinema4d
 from kinema4d.geometry import matrix_to_pose
 from kinema4d.interactive.media import video_to_uint8
 from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.control import RobotArgs, resolve_robot_args
 from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim
 
+_log = logging.getLogger("kinema4d.simulator")
 ASSETS = Path(kinema4d.__file__).parent / "assets"
 DEFAULT_CHECKPOINT = ASSETS / "default_model"
 """Bundled model: model_config.json, train_config.json, model.safetensors (EMA weights)."""
@@ -115,7 +118,9 @@ class Rollout:
     - ``robot_stats``: (2, 3) float64 [min; max] metres of the robot pointmap's normalization (the anchor stats
       for ``world_anchor`` models).
     - ``world_fit``: (2, 3) float64 [scale; offset] per channel, metres = scale * world01 + offset (or None).
-    - ``info``: timings (seconds) and sampling settings.
+    - ``info``: timings (seconds) and sampling settings; ``info["resampled"]``: what was resampled to the model's
+      size (None: the inputs had it).
+    - ``T_world_base``: (4, 4) the robot's base pose in the world (None: identity).
     """
 
     rgb: np.ndarray
@@ -130,6 +135,7 @@ class Rollout:
     robot_stats: np.ndarray | None = None
     world_fit: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    T_world_base: np.ndarray | None = None
 
     @property
     def T(self) -> int:
@@ -141,7 +147,7 @@ class Rollout:
 
         return Sequence4D(camera=self.camera, rgb=self.rgb, world_pointmap=self.world_pointmap,
                           robot_pointmap=self.robot_pointmap, robot_mask=self.robot_mask, q=self.q,
-                          robot_name=self.robot_name, fps=self.fps)
+                          robot_name=self.robot_name, fps=self.fps, T_world_base=self.T_world_base)
 
     def pointmap_video(self) -> np.ndarray:
         """uint8 (T, H, W', 3): pseudo-coloured world pointmap | robot pointmap, one colour scale (the world's)."""
@@ -205,6 +211,38 @@ def load_pointmap0(pointmap0, camera: Camera) -> np.ndarray:
     return np.where(ok[..., None], a, 0.0).astype(np.float32)
 
 
+def load_npy(path) -> np.ndarray:
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"pointmap0 file {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path} is not a plain .npy array: {e}") from None
+
+
+def resize_image(img: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (h, w, 3) -> (height, width, 3): area average when shrinking, bilinear when enlarging (as
+    ``TorchEpisodes`` resizes training data)."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float()
+    down = height <= img.shape[0] and width <= img.shape[1]
+    x = F.interpolate(x, size=(height, width), mode="area") if down else \
+        F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
+
+
+def resize_pointmap(pm: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(h, w, 3) camera-frame metres (0 = empty) -> (height, width, 3), nearest (centre-aligned), as
+    ``TorchEpisodes`` resizes pointmaps: no point is blended across a depth edge."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(pm, dtype=np.float32)).permute(2, 0, 1)[None]
+    return F.interpolate(x, size=(height, width), mode="nearest-exact")[0].permute(1, 2, 0).numpy()
+
+
 def load_image(image) -> np.ndarray:
     """Path (png / jpg, ...) or array -> uint8 (H, W, 3) RGB (alpha dropped, grey replicated)."""
     if isinstance(image, str | os.PathLike):
@@ -257,7 +295,9 @@ class Simulator:
                  camera: Camera | str | os.PathLike | None = None, mode: str = "ee_pose", steps: int = 20,
                  cfg_scale: float = 1.0, seed: int = 0, dt: float = 0.1, fps: float = 10.0,
                  action_rate: str = "episode", device: str = "auto", dtype: str | None = None,
-                 backbone: str | os.PathLike | None = None):
+                 backbone: str | os.PathLike | None = None, ee_link: str | None = None, gripper_joints=None,
+                 package_dirs=None, base_pose=None, gripper_open: float | None = None,
+                 gripper_closed: float | None = None):
         from kinema4d.model.device import resolve_device
         from kinema4d.model.network import load_model
         from kinema4d.model.release import is_release_checkpoint, load_release
@@ -309,7 +349,10 @@ class Simulator:
         else:
             from kinema4d.kinematics.control import load_robot
 
-            self.robot, self.robot_name = load_robot(str(robot)), str(robot)
+            opts = {"ee_link": ee_link, "gripper_joints": gripper_joints, "package_dirs": package_dirs,
+                    "base_pose": base_pose, "gripper_open": gripper_open, "gripper_closed": gripper_closed}
+            self.robot = load_robot(str(robot), **{k: v for k, v in opts.items() if v is not None})
+            self.robot_name = str(robot)
         if camera is None:
             if self.size is None:
                 raise ValueError(f"checkpoint {self.ckpt.dir} has no train_config.json to take the image size "
@@ -319,10 +362,16 @@ class Simulator:
             camera = demo_camera(width=self.size[1], height=self.size[0])
         elif not isinstance(camera, Camera):
             camera = Camera.load(camera)
-        self.camera = camera
+        self.native_camera = camera  # the camera of the user's images (any size)
+        self.camera = camera  # the camera at the model's size: what the model sees and the rollout is in
+        self.resampled: dict | None = None
         if self.size is not None and (camera.height, camera.width) != self.size:
-            raise ValueError(f"camera is {camera.width}x{camera.height} (W x H) but the model was trained at "
-                             f"{self.size[1]}x{self.size[0]} (checkpoint {self.ckpt.dir}): use Camera.resized")
+            self.camera = camera.resized(width=self.size[1], height=self.size[0])
+            w, h, W, H = camera.width, camera.height, self.size[1], self.size[0]
+            self.resampled = {"from_wh": [w, h], "to_wh": [W, H], "aspect_changed": abs(w / h - W / H) > 0.01 * W / H}
+            _log.info("the camera is %dx%d (W x H); the model runs at %dx%d: images, depth and K are resampled to it%s",
+                      w, h, W, H, " (another aspect ratio: the image is stretched)" if self.resampled[
+                          "aspect_changed"] else "")
         self.mode, self.steps, self.cfg_scale, self.seed, self.dt, self.fps = mode, steps, cfg_scale, seed, dt, fps
 
     def __repr__(self) -> str:
@@ -397,10 +446,50 @@ class Simulator:
                                   self.camera.T_cam_world, self.camera.K, frames)
         return held_tensors(prior, anchor) | {"grasp_frame": prior.grasp_frame, "release_frame": prior.release_frame}
 
+    def model_inputs(self, image, pointmap0=None) -> tuple[np.ndarray, np.ndarray | None, dict | None]:
+        """The initial image and frame-0 geometry at the model's size: (image (H, W, 3) uint8, pointmap0 (H, W, 3)
+        metres or None, what was resampled or None).
+
+        ``image`` may be at the size of :attr:`native_camera` (the camera the user gave, any size) or of
+        :attr:`camera` (the model's size). A native image is resampled as the training data was (area average when
+        shrinking, bilinear when enlarging); a native ``pointmap0`` (depth (h, w) or pointmap (h, w, 3)) is
+        unprojected with the native K and resampled nearest (camera-frame points do not depend on K); K is scaled
+        by ``Camera.resized``. The returned dict says so (``Rollout.info["resampled"]``)."""
+        img = load_image(image)
+        h, w = img.shape[:2]
+        native, cam = self.native_camera, self.camera
+        sizes = {(cam.height, cam.width), (native.height, native.width)}
+        if (h, w) not in sizes:
+            raise ValueError(f"image is {w}x{h} (W x H) but the camera is {native.width}x{native.height}" + (
+                f" and the model runs at {cam.width}x{cam.height}" if native is not cam else "") +
+                ": give an image of the camera's size (pass the camera of your image: K and size)")
+        done = None
+        if (h, w) != (cam.height, cam.width):
+            img = resize_image(img, cam.height, cam.width)
+            done = {"image": [w, h]}
+        pm = None
+        if pointmap0 is not None:
+            src = pointmap0
+            if isinstance(src, (str, os.PathLike)):
+                src = load_npy(src)
+            shape = np.shape(src)[:2]
+            if shape == (native.height, native.width) and native is not cam:
+                pm = resize_pointmap(load_pointmap0(src, native), cam.height, cam.width)
+                done = (done or {}) | {"pointmap0": [native.width, native.height]}
+            else:
+                pm = load_pointmap0(src, cam)
+        if done is not None:
+            done |= {"to_wh": [cam.width, cam.height], "K_scaled": native is not cam}
+            _log.info("resampled %s to the model's %dx%d", ", ".join(f"{k} {v[0]}x{v[1]}" for k, v in done.items()
+                                                                  if k in ("image", "pointmap0")),
+                      cam.width, cam.height)
+        return img, pm, done
+
     def rollout(self, image, actions, q0=None, seed: int | None = None, pointmap0=None) -> Rollout:
         """Generate a rollout from the initial image and an action sequence.
 
-        ``image``: path or (H, W, 3) uint8, the size of the camera and of the training data. ``actions``:
+        ``image``: path or (H, W, 3) uint8, of the camera's size (any: a camera and image at another size than
+        the model's are resampled to it, see :meth:`model_inputs`; ``info["resampled"]`` says so). ``actions``:
         (T, action_dim) in ``self.mode``, at ``self.action_rate`` (see the class docstring: frame spacing; the
         rollout has ``len(self.frame_indices(T))`` frames, ``info["frame_indices"]`` names their actions).
         ``q0``: (dof,) IK / integration seed (default ``robot.home``). ``seed``: sampling noise (default ``self.seed``).
@@ -415,13 +504,8 @@ class Simulator:
         from kinema4d.model.device import peak_memory_gb
         from kinema4d.model.network import check_video_size, denormalize_world_pointmap, sample
 
-        img = load_image(image)
+        img, pointmap0, resampled = self.model_inputs(image, pointmap0)
         H, W = img.shape[:2]
-        if (H, W) != (self.camera.height, self.camera.width):
-            raise ValueError(f"image is {W}x{H} (W x H) but the camera is {self.camera.width}x{self.camera.height}")
-        if self.size is not None and (H, W) != self.size:
-            raise ValueError(f"image is {W}x{H} (W x H) but the model was trained at {self.size[1]}x{self.size[0]} "
-                             f"(checkpoint {self.ckpt.dir}): resize the image (and the camera, Camera.resized)")
         a = np.asarray(actions)
         if a.ndim != 2 or a.shape[1] != self.action_dim:
             raise ValueError(f"actions must have shape (T, {self.action_dim}) for mode {self.mode!r} on "
@@ -432,7 +516,7 @@ class Simulator:
         if cfg.world_anchor and pointmap0 is None:
             raise ValueError(f"checkpoint {self.ckpt.dir} is a world_anchor model: pass pointmap0, the frame-0 "
                              "world pointmap (H, W, 3) or depth (H, W) in metres (e.g. the RGB-D frame of the image)")
-        pm0 = load_pointmap0(pointmap0, self.camera) if cfg.world_anchor else None
+        pm0 = pointmap0 if cfg.world_anchor else None
         action_t = None
         if cfg.condition == "action_embedding":
             if a.shape[1] != cfg.action_dim or len(idx) > cfg.max_frames:
@@ -486,37 +570,40 @@ class Simulator:
                 "ik_max_pos_err_m": None if traj.ik is None else float(traj.ik.pos_err.max()),
                 "robot_pixels_per_frame": float(r.mask.reshape(len(r.mask), -1).sum(1).mean()),
                 "device": str(self.device), "peak_memory_gb": peak_memory_gb(self.device),
-                "held_prior": held_info}
+                "held_prior": held_info, "resampled": resampled}
         return Rollout(rgb=np.ascontiguousarray(rgb8), world_pointmap=world, world_pointmap01=world01,
                        robot_pointmap=r.pointmap.astype(np.float32), robot_mask=r.mask.astype(bool),
                        q=traj.q[idx], camera=self.camera, robot_name=self.robot_name, fps=self.fps,
-                       robot_stats=stats_np, world_fit=fit, info=info)
+                       robot_stats=stats_np, world_fit=fit, info=info, T_world_base=self.robot.T_world_base.copy())
 
 
 # ---------------------------------------------------------------------- command line
 @dataclass(frozen=True)
-class SimulateConfig:
+class SimulateConfig(RobotArgs):
     """Generate a 4D rollout (rgb.mp4, pointmap.mp4, rollout.npz, simulate.json) from an initial image + actions,
-    or run the bundled demo (``--demo``)."""
+    or run the bundled demo (``--demo``). Images, camera and depth of another size than the model's are resampled
+    to it (K scaled), and the output says so."""
 
     checkpoint: Path | None = None
     """Checkpoint dir (trainer ckpt/step_XXXXXXX or run dir, or a released Kinema4D dir with
     pytorch_lora_weights.safetensors + added_weights.safetensors). Default: the bundled model."""
     backbone: Path | None = None
     """For a released Kinema4D checkpoint: the LOCAL diffusers Wan2.1-I2V dir (transformer/, vae/, image_encoder/)."""
-    robot: str = "panda"
-    """Builtin robot name (panda, kuka_iiwa, xarm6) or a path to a URDF file."""
+    robot: str | None = None
+    """Builtin robot name (panda, kuka_iiwa, xarm6, kuka_iiwa_wsg50) or a path to a URDF file. Default: the camera
+    JSON's "robot", else panda."""
     camera: Path | None = None
-    """Camera JSON (kinema4d Camera.save format). Default: the demo camera at the model's training size."""
+    """Camera JSON (kinema4d Camera.save format; may also name the robot and its options under "robot"), at the
+    image's size (any: resampled to the model's). Default: the demo camera at the model's training size."""
     image: Path | None = None
-    """Initial image (png / jpg), of the camera's and the model's size."""
+    """Initial image (png / jpg), of the camera's size."""
     actions: Path | None = None
     """Action array (.npy), shape (T, D); see docs/CONVENTIONS.md for the layout of each mode."""
     mode: str = "ee_pose"
     """joint_pos | joint_vel | ee_pose."""
     pointmap0: Path | None = None
-    """Frame-0 scene geometry (.npy): (H, W, 3) camera-space metres or (H, W) depth metres. Needed by world_anchor
-    checkpoints (the bundled one)."""
+    """Frame-0 scene geometry (.npy): (H, W, 3) camera-space metres or (H, W) depth metres, at the image's size.
+    Needed by world_anchor checkpoints (the bundled one)."""
     out: Path | None = None
     """Output directory. Default: out/simulate (out/simulate_demo with --demo)."""
     ply: bool = False
@@ -572,27 +659,37 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
         demo = demo_inputs()
         robot, mode, image, camera, actions = demo["robot"], demo["mode"], demo["image"], demo["camera"], \
             demo["actions"]
+        robot_opts = cfg.robot_options()
         q0 = demo["q0"]  # the recorded start configuration: IK is seeded from it
         pointmap0 = demo["pointmap0"]
     else:
         if cfg.image is None or cfg.actions is None:
             raise ValueError("give --image INIT.png and --actions ACTIONS.npy (or --demo)")
-        robot, mode, image, camera, actions = cfg.robot, cfg.mode, cfg.image, cfg.camera, load_actions(cfg.actions)
+        mode, image, camera, actions = cfg.mode, cfg.image, cfg.camera, load_actions(cfg.actions)
+        robot, robot_opts = resolve_robot_args(cfg.robot, camera, cfg)
         q0, pointmap0 = None, cfg.pointmap0
     out = cfg.out if cfg.out is not None else Path("out/simulate_demo" if cfg.demo else "out/simulate")
     t0 = time.perf_counter()
     sim = Simulator(checkpoint, robot=robot,
                     camera=camera, mode=mode, steps=cfg.steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed, fps=cfg.fps,
-                    action_rate=cfg.action_rate, device=cfg.device, dtype=cfg.dtype, backbone=cfg.backbone)
+                    action_rate=cfg.action_rate, device=cfg.device, dtype=cfg.dtype, backbone=cfg.backbone,
+                    **robot_opts)
     t1 = time.perf_counter()
     if sim.needs_pointmap0 and pointmap0 is None:
         raise ValueError(f"checkpoint {sim.checkpoint} is a world_anchor model: give --pointmap0 FRAME0.npy "
                          "((H, W, 3) camera-space metres or (H, W) depth metres of the initial image)")
     ro = sim.rollout(image, actions, q0=q0, pointmap0=pointmap0)
+    rs = ro.info.get("resampled")
+    if rs:
+        what = ", ".join(f"the {k} ({v[0]}x{v[1]})" for k, v in rs.items() if k in ("image", "pointmap0"))
+        print(f"simulate: resampled {what} to the model's {rs['to_wh'][0]}x{rs['to_wh'][1]}"
+              + (" and scaled K" if rs["K_scaled"] else ""))
     written = ro.save(out, ply=cfg.ply)
     summary = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
         "inputs": {"image": str(image), "camera": None if camera is None else str(camera), "robot": robot,
+                   "robot_options": {k: ([str(d) for d in v] if k == "package_dirs" else v)
+                                     for k, v in robot_opts.items()},
                    "pointmap0": None if pointmap0 is None else str(pointmap0),
                    "mode": mode, "actions_shape": list(np.shape(actions))},
         "simulator": {k: v for k, v in sim.describe().items() if k != "model"},

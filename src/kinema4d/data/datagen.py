@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+from tyro.conf import UseAppendAction
 
 from kinema4d.data import episodes as kdata
 from kinema4d.data import scene as sim
@@ -69,6 +70,11 @@ class DatagenConfig:
     """URDF robots: first gripper joint's value when open (default: its upper limit)."""
     gripper_closed: float | None = None
     """URDF robots: first gripper joint's value when closed (default: its lower limit)."""
+    package_dir: UseAppendAction[tuple[Path, ...]] = ()
+    """URDF robots: a directory searched for package:// mesh paths (repeatable: --package-dir A --package-dir B)."""
+    base_pose: tuple[float, float, float, float, float, float, float] | None = None
+    """Robot base pose in the world, x y z qx qy qz qw, instead of the default stand on the table (the scene, its
+    object ranges and cameras stay where they are: a base far from the default leaves the objects out of reach)."""
     seed: int = 0
     """Base seed; the split and block index are mixed in (disjoint streams per split)."""
     resolution: str = DEFAULT_RESOLUTION
@@ -104,7 +110,7 @@ class DatagenConfig:
 # fields that define the content of an episode: a rerun into the same directory must match them
 CONTENT_FIELDS = ("split", "seed", "resolution", "frames", "failures_per_success", "control_hz", "physics_hz",
                   "max_attempts", "distractors", "policy", "robot", "ee_link", "gripper_joints", "gripper_open",
-                  "gripper_closed")
+                  "gripper_closed", "package_dir", "base_pose")
 TRAINED_ROBOT = "panda"  # the robot of the training data and of the bundled default model
 OOD_EMBODIMENT_ROBOT = "xarm6"
 
@@ -122,7 +128,8 @@ def resolve_robot(cfg: DatagenConfig) -> str:
 def robot_options(cfg: DatagenConfig) -> dict:
     """The URDF options of ``cfg`` for :func:`kinema4d.data.scene.make_robot` (only those given)."""
     opts = {"ee_link": cfg.ee_link, "gripper_joints": cfg.gripper_joints, "gripper_open": cfg.gripper_open,
-            "gripper_closed": cfg.gripper_closed}
+            "gripper_closed": cfg.gripper_closed, "package_dirs": tuple(cfg.package_dir) or None,
+            "base_pose": cfg.base_pose}
     return {k: v for k, v in opts.items() if v is not None}
 
 
@@ -167,7 +174,8 @@ _ROBOT = {}
 
 def _robot(cfg: DatagenConfig):
     """The robot of ``cfg`` on the table (cached per process)."""
-    key = (resolve_robot(cfg), cfg.ee_link, cfg.gripper_joints, cfg.gripper_open, cfg.gripper_closed)
+    key = (resolve_robot(cfg), cfg.ee_link, cfg.gripper_joints, cfg.gripper_open, cfg.gripper_closed,
+           cfg.package_dir, cfg.base_pose)
     if key not in _ROBOT:
         _ROBOT[key] = sim.make_robot(key[0], **robot_options(cfg))
     return _ROBOT[key]
@@ -311,10 +319,12 @@ def plan(cfg: DatagenConfig, done: set[int]) -> list[tuple[int, list[int]]]:
 
 def _save_config(cfg: DatagenConfig, root: Path) -> None:
     path = root / "datagen_config.json"
-    d = json.loads(json.dumps({k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()}))
+    d = json.loads(json.dumps(asdict(cfg), default=str))  # Paths (also in tuples) as strings
     if path.is_file():
         old = json.loads(path.read_text())
         old.setdefault("robot", TRAINED_ROBOT)  # written before robots were selectable: the Panda
+        old.setdefault("package_dir", [])  # written before these options existed: none given
+        old.setdefault("base_pose", None)
         diff = {k: (old.get(k), d[k]) for k in CONTENT_FIELDS if old.get(k) != d[k]}
         if diff:
             raise ValueError(f"{root} was generated with a different config {diff} (old, new); use another --out")

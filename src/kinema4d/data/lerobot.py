@@ -526,6 +526,8 @@ def _export_sources(cfg: ExportLeRobotConfig):
             raise ValueError(f"{path}: a rollout needs rgb, world_pointmap, q and robot to be exported; it lacks "
                              f"{missing}")
         robot = load_robot(seq.robot_name)
+        if seq.T_world_base is not None:
+            robot.T_world_base = np.asarray(seq.T_world_base, np.float64)
         wp = seq.world_pointmap
         yield _ExportEpisode(
             rgb=seq.rgb, depth=np.where(wp[..., 2] > 0, wp[..., 2], 0).astype(np.float32),

@@ -734,13 +734,18 @@ def execute(scene: Scene, actions: np.ndarray) -> dict:
 def make_robot(robot: str = "panda", **options) -> Robot:
     """The robot standing on the table top at ``BASE_XYZ`` (x shifted by ``BASE_SHIFT_X``): a builtin name (panda,
     xarm6, kuka_iiwa_wsg50; the plain kuka_iiwa has no gripper) or a URDF path with ``options`` of
-    :func:`kinema4d.kinematics.control.load_robot` (ee_link, gripper_joints, gripper_open, gripper_closed). The
-    pick-and-place needs a gripper (checked here)."""
+    :func:`kinema4d.kinematics.control.load_robot` (ee_link, gripper_joints, gripper_open, gripper_closed,
+    package_dirs; base_pose replaces the stand). The pick-and-place needs a gripper (checked here)."""
     from kinema4d.kinematics.control import load_robot
 
     T_world_base = np.eye(4)
     T_world_base[:3, 3] = BASE_XYZ
     T_world_base[0, 3] += BASE_SHIFT_X.get(robot, 0.0)
+    if options.get("base_pose") is not None:  # the user's stand instead of the default one (--base-pose)
+        from kinema4d.kinematics.control import base_pose_matrix
+
+        T_world_base = base_pose_matrix(options.pop("base_pose"))
+    options.pop("base_pose", None)
     if robot == "kuka_iiwa":
         raise ValueError("kuka_iiwa (pybullet_data's kuka_iiwa/model.urdf) has no gripper; use --robot "
                          "kuka_iiwa_wsg50, the KUKA iiwa with the WSG50-style gripper of "

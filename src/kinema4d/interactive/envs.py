@@ -90,7 +90,8 @@ class Kinema4DEnv(gymnasium.Env):
                  robot: str | Robot = "panda", chunk: int | None = None, max_chunks: int | None = 3, steps: int = 20,
                  cfg_scale: float = 1.0, seed: int = 0, q0=None, workspace=None,
                  reward_fn: Callable[[Kinema4DEnv, Any, dict], float] | None = None,
-                 render_mode: str | None = None, keep_history: bool = True, pointmap0=None):
+                 render_mode: str | None = None, keep_history: bool = True, pointmap0=None,
+                 ee_link: str | None = None, gripper_joints=None, package_dirs=None, base_pose=None):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         use_demo = simulator is None and checkpoint is None and camera is None
@@ -107,7 +108,12 @@ class Kinema4DEnv(gymnasium.Env):
                 if size is not None and (cam.height, cam.width) != tuple(size):
                     cam = cam.resized(width=int(size[1]), height=int(size[0]))
             simulator = simmod.Simulator(ckpt, robot=robot, camera=cam, mode="ee_pose", steps=steps,
-                                         cfg_scale=cfg_scale, seed=seed, action_rate="model")
+                                         cfg_scale=cfg_scale, seed=seed, action_rate="model", ee_link=ee_link,
+                                         gripper_joints=gripper_joints, package_dirs=package_dirs,
+                                         base_pose=base_pose)
+        elif any(v is not None for v in (ee_link, gripper_joints, package_dirs, base_pose)):
+            raise ValueError("ee_link / gripper_joints / package_dirs / base_pose build the simulator's robot: pass "
+                             "them to the Simulator you give, or give no simulator")
         mode = getattr(simulator, "mode", "ee_pose")
         if mode != "ee_pose":
             raise ValueError(f"Kinema4DEnv needs a Simulator with mode='ee_pose', got mode={mode!r}")
@@ -141,6 +147,7 @@ class Kinema4DEnv(gymnasium.Env):
             use_demo = use_demo or q0 is None
             if pointmap0 is None and (demo_img.parent / "pointmap0.npy").is_file():
                 pointmap0 = demo_img.parent / "pointmap0.npy"
+        self.resampled: dict = {}  # inputs given at the native camera's size, resampled to the model's (K scaled)
         self._image0 = self._load_image(image)
         self._pointmap0 = self._load_pointmap0(pointmap0)
         if q0 is None and use_demo:
@@ -185,9 +192,16 @@ class Kinema4DEnv(gymnasium.Env):
         if pointmap0 is None:
             raise ValueError("the checkpoint is a world_anchor model: pass pointmap0= (the frame-0 world pointmap "
                              "(H, W, 3) or depth (H, W) in metres of the initial image)")
-        from kinema4d.simulator import load_pointmap0
+        from kinema4d.simulator import load_npy, load_pointmap0, resize_pointmap
 
-        return load_pointmap0(pointmap0, self.camera)
+        native = getattr(self.simulator, "native_camera", self.camera)
+        src = load_npy(pointmap0) if isinstance(pointmap0, str | Path) else pointmap0
+        if native is not self.camera and np.shape(src)[:2] == (native.height, native.width):
+            self.resampled["pointmap0"] = [native.width, native.height]
+            warnings.warn(f"pointmap0 is {native.width}x{native.height} (the camera's size): resampled to the "
+                          f"model's {self.W}x{self.H}", stacklevel=3)
+            return resize_pointmap(load_pointmap0(src, native), self.H, self.W)
+        return load_pointmap0(src, self.camera)
 
     def _load_image(self, image) -> np.ndarray:
         if isinstance(image, str | Path):
@@ -207,6 +221,14 @@ class Kinema4DEnv(gymnasium.Env):
             if np.issubdtype(img.dtype, np.floating) and np.nanmax(img) <= 1.0:
                 img = img * 255.0
             img = np.clip(np.nan_to_num(img), 0, 255).round().astype(np.uint8)
+        native = getattr(self.simulator, "native_camera", self.camera)
+        if img.shape[:2] != (self.H, self.W) and img.shape[:2] == (native.height, native.width):
+            from kinema4d.simulator import resize_image
+
+            self.resampled["image"] = [native.width, native.height]
+            warnings.warn(f"image is {native.width}x{native.height} (the camera's size): resampled to the model's "
+                          f"{self.W}x{self.H}, K scaled", stacklevel=3)
+            img = resize_image(img, self.H, self.W)
         if img.shape[:2] != (self.H, self.W):
             from PIL import Image
 
@@ -289,7 +311,7 @@ class Kinema4DEnv(gymnasium.Env):
         self._chunk_index = 0
         self._needs_reset = False
         self.history = []
-        return self._obs(), {}
+        return self._obs(), {"resampled": dict(self.resampled)}
 
     def step(self, action):
         if self._needs_reset:

@@ -20,6 +20,7 @@ key                 shape / dtype                   meaning
 ``robot_mask``      (T, H, W) bool                  robot pixels (optional)
 ``q``               (T, dof) float32                joints in ``robot.joint_names`` order (optional)
 ``robot``           0-d str                         builtin robot name (or URDF path) (optional)
+``T_world_base``    (4, 4) float64                  the robot base pose in the world (optional, default identity)
 ==================  ==============================  ==========================================================
 
 ``camera`` is the only required key; optional keys are absent when the field is None, and at least one of ``rgb``,
@@ -56,6 +57,7 @@ import tyro
 
 from kinema4d.geometry import atomic_write, check_rigid, save_atomic_npz, transform_points
 from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.control import RobotArgs
 
 ROLLOUT_FILE = "rollout.npz"
 CONTROL_FILE = "robot_pointmap.npz"
@@ -161,6 +163,8 @@ def save_rollout_npz(path: str | os.PathLike, seq: Sequence4D) -> Path:
         arrays["q"] = seq.q.astype(np.float32)
     if seq.robot_name is not None:
         arrays["robot"] = np.array(seq.robot_name)
+    if seq.T_world_base is not None:
+        arrays["T_world_base"] = np.asarray(seq.T_world_base, np.float64)
     save_atomic_npz(path, **arrays)
     return Path(path)
 
@@ -191,7 +195,7 @@ def load_rollout_npz(path: str | os.PathLike) -> Sequence4D:
         robot = str(z["robot"]) if "robot" in z.files else None
         return _with_source(path, lambda: Sequence4D(
             camera=camera, rgb=get("rgb"), world_pointmap=get("world_pointmap"), robot_pointmap=get("robot_pointmap"),
-            robot_mask=get("robot_mask"), q=get("q"), robot_name=robot,
+            robot_mask=get("robot_mask"), q=get("q"), robot_name=robot, T_world_base=get("T_world_base"),
             fps=float(z["fps"]) if "fps" in z.files else 10.0))
 
 
@@ -201,11 +205,12 @@ def load_control_npz(path: str | os.PathLike) -> Sequence4D:
     The control stage saves no RGB and no world pointmap: the sequence holds the robot pointmap, mask and q.
     """
     path = Path(path)
-    robot, fps = None, 10.0
+    robot, fps, T_world_base = None, 10.0, None
     summary_path = path.with_name("control.json")
     if summary_path.is_file():
         summary = json.loads(summary_path.read_text())
         robot = summary.get("robot")
+        T_world_base = None if summary.get("T_world_base") is None else np.asarray(summary["T_world_base"])
         config = summary.get("config", {})
         # config.robot is the spec as given (builtin name or URDF path); "robot" is only a name
         if isinstance(config.get("robot"), str):
@@ -217,7 +222,8 @@ def load_control_npz(path: str | os.PathLike) -> Sequence4D:
             raise ValueError(f"control output {path} is missing keys {missing} (has {sorted(z.files)})")
         camera = _camera_from_npz(z, path)
         return _with_source(path, lambda: Sequence4D(
-            camera=camera, robot_pointmap=z["pointmap"], robot_mask=z["mask"], q=z["q"], robot_name=robot, fps=fps))
+            camera=camera, robot_pointmap=z["pointmap"], robot_mask=z["mask"], q=z["q"], robot_name=robot, fps=fps,
+            T_world_base=T_world_base))
 
 
 def resolve_input(path: str | os.PathLike) -> Path:
@@ -244,8 +250,17 @@ def load_episode(path: str | os.PathLike, episode: int) -> Sequence4D:
     a = e["attrs"]
     return Sequence4D(camera=e["camera"], rgb=e["rgb"], world_pointmap=e["world_pointmap"],
                       robot_pointmap=e["robot_pointmap"], robot_mask=e["robot_render_mask"], q=e["q"],
-                      robot_name=a.get("robot"), T_world_base=np.asarray(a["T_world_base"]),
-                      fps=float(a.get("control_hz", 20.0)) * (len(e["q"]) - 1) / max(a["record_steps"][-1], 1))
+                      robot_name=a.get("robot_urdf") or a.get("robot"), T_world_base=np.asarray(a["T_world_base"]),
+                      fps=_episode_fps(a, len(e["q"])))
+
+
+def _episode_fps(a: dict, T: int) -> float:
+    """Frames per second of a stored episode: datagen's recorded steps at its control rate, an imported episode's
+    own rate (``control_hz``), else 10."""
+    hz = a.get("control_hz")
+    if a.get("record_steps"):
+        return float(hz or 20.0) * (T - 1) / max(a["record_steps"][-1], 1)
+    return float(hz) if hz else 10.0
 
 
 def load_sequence(path: str | os.PathLike, episode: int | None = None) -> Sequence4D:
@@ -271,10 +286,10 @@ def load_sequence(path: str | os.PathLike, episode: int | None = None) -> Sequen
 
 
 # ---------------------------------------------------------------------- rerun
-def _load_robot(name: str):
+def _load_robot(name: str, robot_options: dict | None = None):
     from kinema4d.kinematics.control import load_robot
 
-    return load_robot(name)
+    return load_robot(name, **(robot_options or {}))
 
 
 def has_display() -> bool:
@@ -282,11 +297,14 @@ def has_display() -> bool:
     return sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def write_rerun(seq: Sequence4D, out_rrd: str | os.PathLike, spawn: bool = False, stride: int = 1) -> Path:
+def write_rerun(seq: Sequence4D, out_rrd: str | os.PathLike, spawn: bool = False, stride: int = 1,
+                robot_options: dict | None = None) -> Path:
     """Write ``seq`` as a rerun recording (layout in the module docstring), atomically. Returns the path.
 
     ``stride`` keeps every stride-th pixel row and column of the point clouds (images stay full size).
     ``spawn=True`` then opens the file in the rerun viewer if a display exists; otherwise prints why not.
+    ``robot_options``: :func:`kinema4d.kinematics.control.load_robot` keywords for ``seq.robot_name`` (a URDF's
+    ee link, package dirs, base pose; a given ``base_pose`` wins over ``seq.T_world_base``).
     """
     import rerun as rr
 
@@ -296,8 +314,8 @@ def write_rerun(seq: Sequence4D, out_rrd: str | os.PathLike, spawn: bool = False
     out_rrd.parent.mkdir(parents=True, exist_ok=True)
     robot = meshes = poses = None
     if seq.q is not None and seq.robot_name is not None:
-        robot = _load_robot(seq.robot_name)
-        if seq.T_world_base is not None:
+        robot = _load_robot(seq.robot_name, robot_options)
+        if seq.T_world_base is not None and not (robot_options or {}).get("base_pose"):
             robot.T_world_base = check_rigid(seq.T_world_base, "Sequence4D.T_world_base")
         q = robot.check_q(seq.q, "Sequence4D.q")
         meshes = robot.link_meshes
@@ -442,8 +460,10 @@ def export_ply(seq: Sequence4D, out_dir: str | os.PathLike, frames=None, source:
 
 # ---------------------------------------------------------------------- entry point
 @dataclass(frozen=True)
-class ViewConfig:
-    """Turn a rollout / control-stage output into a rerun recording (+ optional mp4, gif, PLY)."""
+class ViewConfig(RobotArgs):
+    """Turn a rollout / control-stage output into a rerun recording (+ optional mp4, gif, PLY). The robot options
+    (--ee-link, --package-dir, --base-pose, ...) rebuild a URDF robot whose meshes the recording draws; --base-pose
+    replaces the base pose stored with the input."""
 
     path: Annotated[Path, tyro.conf.Positional]
     """rollout.npz, robot_pointmap.npz, a directory holding one, or a dataset split directory."""
@@ -468,7 +488,7 @@ class ViewConfig:
 
 def view_sequence(seq: Sequence4D, out_dir: str | os.PathLike, stem: str = "sequence", spawn: bool = False,
                   mp4: bool = False, gif: bool = False, ply: bool = False, ply_frames=None,
-                  stride: int = 1) -> dict[str, Path]:
+                  stride: int = 1, robot_options: dict | None = None) -> dict[str, Path]:
     """Write ``out_dir/<stem>_view.rrd`` (+ ``_view.mp4``, ``_view.gif``, ``_ply/``) for any :class:`Sequence4D`.
 
     This is the entry for every source: dataset episodes etc. build a Sequence4D and call this.
@@ -476,7 +496,8 @@ def view_sequence(seq: Sequence4D, out_dir: str | os.PathLike, stem: str = "sequ
     """
     out_dir = Path(out_dir)
     written = {}
-    written["rrd"] = write_rerun(seq, out_dir / f"{stem}_view.rrd", spawn=spawn, stride=stride)
+    written["rrd"] = write_rerun(seq, out_dir / f"{stem}_view.rrd", spawn=spawn, stride=stride,
+                                 robot_options=robot_options)
     if mp4:
         written["mp4"] = export_mp4(seq, out_dir / f"{stem}_view.mp4")
     if gif:
@@ -497,4 +518,4 @@ def view_main(cfg: ViewConfig) -> dict[str, Path]:
     else:
         out, stem = (cfg.out if cfg.out is not None else src.parent), src.stem
     return view_sequence(seq, out, stem=stem, spawn=cfg.spawn, mp4=cfg.mp4, gif=cfg.gif, ply=cfg.ply,
-                         ply_frames=cfg.ply_frames, stride=cfg.stride)
+                         ply_frames=cfg.ply_frames, stride=cfg.stride, robot_options=cfg.robot_options())
