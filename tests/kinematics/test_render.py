@@ -169,7 +169,10 @@ def test_output_contract(panda_renders, panda_cam, key):
 
 @pytest.mark.parametrize("backend", ["gl", "embree"])
 def test_link_id_consistent_with_fk(panda, panda_renders, panda_q, panda_cam, backend):
-    """Points labelled link k, moved into link k's frame by FK, lie on link k's mesh."""
+    """Points labelled link k, moved into link k's frame by FK, lie on link k's mesh: all within 1 mm (a wrong
+    label is centimetres off), 99 % within 0.1 mm. With back faces culled a few pixels per thousand see link6
+    through a crack of its mesh at 0.1-0.14 mm from its nearest triangle (the embree backend agrees on those
+    depths to 1e-7 m)."""
     r = panda_renders[(backend, None)]
     rng = np.random.default_rng(0)
     T_world_link = panda.fk(panda_q)
@@ -178,13 +181,16 @@ def test_link_id_consistent_with_fk(panda, panda_renders, panda_q, panda_cam, ba
     idx = idx[rng.choice(len(idx), 200, replace=False)]
     p_cam = r.pointmap[t][idx[:, 0], idx[:, 1]].astype(np.float64)
     links = r.link_id[t][idx[:, 0], idx[:, 1]]
+    dist = []
     for k in np.unique(links):
         name = panda.link_names[k]
         T_link_cam = invert_rigid(panda_cam.T_cam_world @ T_world_link[name][t])
         p_link = transform_points(T_link_cam, p_cam[links == k])
         tris = panda.link_meshes[name].triangles
-        dist = [np.linalg.norm(closest_point(tris, np.tile(x, (len(tris), 1))) - x, axis=1).min() for x in p_link]
-        assert max(dist) < 1e-4, f"{name}: {max(dist) * 1000:.3f} mm off the mesh"
+        d = [np.linalg.norm(closest_point(tris, np.tile(x, (len(tris), 1))) - x, axis=1).min() for x in p_link]
+        assert max(d) < 1e-3, f"{name}: {max(d) * 1000:.3f} mm off the mesh"
+        dist += d
+    assert np.quantile(dist, 0.99) < 1e-4, f"{np.quantile(dist, 0.99) * 1000:.3f} mm"
 
 
 def test_gl_and_embree_agree(panda_renders):

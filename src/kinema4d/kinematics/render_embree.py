@@ -53,7 +53,7 @@ class EmbreeBackend:
                 T_lc = invert_rigid(T_cl)
                 d_link = d_cam @ T_lc[:3, :3].T  # rays with unit camera z: ray parameter == depth z
                 o_link = np.broadcast_to(T_lc[:3, 3], d_link.shape)
-                tri = self.intersectors[s].intersects_first(o_link, d_link)
+                tri = self._front_hits(s, o_link, d_link, self.intersectors[s].intersects_first(o_link, d_link))
                 hit = tri >= 0
                 if not hit.any():
                     continue
@@ -78,6 +78,24 @@ class EmbreeBackend:
             out["mask"][t] = link >= 0
             if rgb:
                 out["rgb"][t] = np.clip(np.round(color * 255), 0, 255).astype(np.uint8)
+
+    def _front_hits(self, s: int, origins: np.ndarray, d_link: np.ndarray, tri: np.ndarray) -> np.ndarray:
+        """The first front-facing hit of each ray on link slot ``s`` (-1: none). Back faces are culled, as by the GL
+        backend and pybullet's TinyRenderer: a ray whose first hit is a back face (its winding normal points away
+        from the camera) is cast again from just behind it."""
+        lm, normals = self.links[s], self.normals[s]
+        tri, o = tri.copy(), np.array(origins, np.float64)
+        for _ in range(16):
+            idx = np.flatnonzero(tri >= 0)
+            back = idx[np.einsum("ij,ij->i", normals[tri[idx]], d_link[idx]) > 0]
+            if len(back) == 0:
+                return tri
+            n, v0 = normals[tri[back]], lm.vertices[lm.faces[tri[back], 0]]
+            lam = np.einsum("ij,ij->i", n, v0 - o[back]) / np.einsum("ij,ij->i", n, d_link[back])
+            o[back] += (lam + 1e-6)[:, None] * d_link[back]
+            tri[back] = self.intersectors[s].intersects_first(o[back], d_link[back])
+        tri[back] = -1  # still behind back faces after 16 surfaces: call it empty
+        return tri
 
     @staticmethod
     def _shade(lm: LinkMesh, tri, p_link, d_link, n):
