@@ -444,6 +444,9 @@ def object_context(ds, raw: dict, world0_m: np.ndarray) -> dict:
     camera = _camera_at(e["camera"], H, W)
     robot_mask = raw["robot_mask"].numpy() > 0.5
     poses = np.asarray(e["object_poses"], np.float64)
+    if poses.ndim != 3 or poses.shape[1] == 0:  # no tracked object (imported recordings): nothing to locate
+        return {"camera": camera, "ref": None, "robot_mask": robot_mask, "xy0": np.full(2, np.nan),
+                "xy_end": np.full(2, np.nan), "gt_moved": False}
     xy0, xy_end = poses[0, 0, :2], poses[-1, 0, :2]
     ref = object_reference(video_to_uint8(raw["rgb"][:1])[0], world0_m, camera, e["attrs"], robot_mask[0])
     return {"camera": camera, "ref": ref, "robot_mask": robot_mask, "xy0": xy0, "xy_end": xy_end,
