@@ -171,12 +171,16 @@ def test_export_then_import_round_trip_read_by_lerobot(recorded, tmp_path):
 
 
 def test_export_rollout_npz_and_resize(recorded, tmp_path):
+    """A rollout.npz (robot base moved) -> export -> import at half size: the base pose travels in
+    meta/kinema4d.json, so the re-rendered robot is where the rollout's was."""
     from kinema4d.interactive.viewer import Sequence4D, save_rollout_npz
+    from kinema4d.kinematics.control import base_pose_matrix
 
     robot, cam, eps, _, _ = recorded
     e = eps[0]
+    base = base_pose_matrix([0.05, -0.1, 0.02, 0, 0, 0.0871557, 0.9961947])
     seq = Sequence4D(camera=cam, rgb=e["rgb"], world_pointmap=cam.depth_to_pointmap(e["depth"]), q=e["q"],
-                     robot_name="panda", fps=FPS)
+                     robot_name="panda", fps=FPS, T_world_base=base)
     save_rollout_npz(tmp_path / "rollout.npz", seq)
     export_lerobot(ExportLeRobotConfig(src=(tmp_path,), out=tmp_path / "lr", progress=False))
     out = import_lerobot(ImportLeRobotConfig(src=tmp_path / "lr", out=tmp_path / "k", resolution="12x16",
@@ -186,6 +190,10 @@ def test_export_rollout_npz_and_resize(recorded, tmp_path):
     assert got["rgb"].shape == (T, 12, 16, 3) and got["camera"].width == 16
     np.testing.assert_allclose(got["camera"].K[0, 0], cam.K[0, 0] / 2)
     assert got["q"].shape == (T, robot.dof) and got["robot_render_mask"].any()
+    np.testing.assert_allclose(got["attrs"]["T_world_base"], base, atol=1e-12)
+    moved = load_robot("panda", base_pose=[0.05, -0.1, 0.02, 0, 0, 0.0871557, 0.9961947])
+    r = render_robot(moved, e["q"], got["camera"])
+    assert (got["robot_render_mask"] == r.mask).all()
     with pytest.raises(ValueError, match="exists"):
         export_lerobot(ExportLeRobotConfig(src=(tmp_path,), out=tmp_path / "lr", progress=False))
 

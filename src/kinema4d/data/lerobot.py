@@ -39,11 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tyro.conf import Positional, UseAppendAction
+from tyro.conf import Positional
 
 from kinema4d.data.recordings import Recording, write_recordings
 from kinema4d.geometry import save_atomic_text
 from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.control import RobotArgs
 
 CODEBASE_VERSION = "v3.0"
 KINEMA4D_META = "meta/kinema4d.json"
@@ -277,7 +278,7 @@ class LeRobotReader:
 
 # ---------------------------------------------------------------------- import
 @dataclass(frozen=True)
-class ImportLeRobotConfig:
+class ImportLeRobotConfig(RobotArgs):
     """Import a LeRobot v3.0 dataset (parquet + mp4 + meta/) as kinema4d episodes."""
 
     src: Positional[Path]
@@ -302,14 +303,6 @@ class ImportLeRobotConfig:
     must have exactly the robot's dof columns, in its joint order."""
     state_degrees: bool = False
     """The joint states are in degrees (revolute joints); default radians."""
-    ee_link: str | None = None
-    """URDF robots: the end-effector link."""
-    gripper_joints: tuple[str, ...] | None = None
-    """URDF robots: the gripper joints (the first drives, the others follow it 1:1)."""
-    package_dir: UseAppendAction[tuple[Path, ...]] = ()
-    """URDF robots: directories searched for package:// mesh paths (repeatable)."""
-    base_pose: tuple[float, float, float, float, float, float, float] | None = None
-    """Robot base pose in the world: x y z qx qy qz qw (default identity)."""
     episodes: tuple[int, ...] | None = None
     """Import only these episode indices (default all)."""
     split: str = "train"
@@ -350,8 +343,7 @@ def import_lerobot(cfg: ImportLeRobotConfig) -> dict:
     from kinema4d.kinematics.control import load_robot
 
     r = LeRobotReader(cfg.src)
-    robot = load_robot(cfg.robot, ee_link=cfg.ee_link, gripper_joints=cfg.gripper_joints,
-                       package_dirs=cfg.package_dir, base_pose=cfg.base_pose)
+    robot = load_robot(cfg.robot, **cfg.robot_options())
     km = r.kinema4d or {}
     cams = _camera_keys(r)
     camera_key = cfg.camera_key or km.get("camera_key") or (cams[0] if len(cams) == 1 else None)
@@ -426,8 +418,11 @@ def import_lerobot(cfg: ImportLeRobotConfig) -> dict:
         src = {"format": "lerobot", "path": str(r.root.resolve()), "codebase_version": r.info["codebase_version"],
                "episode_index": int(ep), "camera_key": camera_key, "depth_key": depth_key,
                "state_key": cfg.state_key, "camera": camera_source}
+        base = None  # a kinema4d export records each episode's base pose; --base-pose overrides it
+        if cfg.base_pose is None and km_eps.get(ep, {}).get("attrs", {}).get("T_world_base") is not None:
+            base = np.asarray(km_eps[ep]["attrs"]["T_world_base"], np.float64)
         return Recording(rgb=rgb, depth=depth, q=q, camera=camera, instruction=r.task(t), success=success,
-                         fps=r.fps, source=src)
+                         fps=r.fps, source=src, T_world_base=base)
 
     size = parse_resolution(cfg.resolution) if cfg.resolution else None
     items = [(ep, f"{r.root} episode {ep}", (lambda e=ep: load(e))) for ep in ids]
@@ -533,7 +528,8 @@ def _export_sources(cfg: ExportLeRobotConfig):
             rgb=seq.rgb, depth=np.where(wp[..., 2] > 0, wp[..., 2], 0).astype(np.float32),
             q=seq.q.astype(np.float32), actions=joints_to_ee_actions(robot, seq.q).astype(np.float32),
             camera=seq.camera, robot=seq.robot_name, joint_names=list(robot.joint_names), task="", success=None,
-            fps=float(seq.fps), source={"kind": "rollout", "path": str(path.resolve())}, attrs={})
+            fps=float(seq.fps), source={"kind": "rollout", "path": str(path.resolve())},
+            attrs={"T_world_base": robot.T_world_base.tolist()})
 
 
 class _VideoWriter:

@@ -28,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tyro.conf import Positional, UseAppendAction
+from tyro.conf import Positional
 
 from kinema4d.data import episodes as kdata
-from kinema4d.geometry import save_atomic_text
+from kinema4d.geometry import check_rigid, save_atomic_text
 from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.control import RobotArgs
 
 RECORDING_KEYS = ("rgb", "depth", "q", "K", "T_cam_world")
 """Keys of one episode in the plain HDF5 / npz layout (docs/IMPORT.md); optional: instruction, success, fps."""
@@ -69,6 +70,7 @@ class Recording:
     success: bool | None = None
     fps: float | None = None
     source: dict = field(default_factory=dict)
+    T_world_base: np.ndarray | None = None  # this episode's robot base pose (None: the robot's own)
 
     def check(self, name: str, robot) -> None:
         """Raise ValueError naming ``name`` (the episode) and the bad field."""
@@ -101,16 +103,23 @@ def recording_to_episode(robot, rec: Recording, size: tuple[int, int] | None = N
         rgb, depth, camera = resize_recording(rgb, depth, camera, size)
     q = np.asarray(rec.q, dtype=np.float64)
     world = camera.depth_to_pointmap(depth)
-    r = render_robot(robot, q, camera, rgb=True, backend=backend)
+    base = robot.T_world_base
+    if rec.T_world_base is not None:
+        robot.T_world_base = check_rigid(np.asarray(rec.T_world_base, np.float64), "T_world_base")
+    try:
+        r = render_robot(robot, q, camera, rgb=True, backend=backend)
+        actions = joints_to_ee_actions(robot, q).astype(np.float32)
+        T_world_base = robot.T_world_base.tolist()
+    finally:
+        robot.T_world_base = base
     T = rgb.shape[0]
     arrays = {"rgb": rgb, "world_pointmap": world, "robot_pointmap": r.pointmap, "robot_mask": r.mask,
-              "robot_render_mask": r.mask, "robot_rgb": r.rgb, "q": q.astype(np.float32),
-              "actions": joints_to_ee_actions(robot, q).astype(np.float32),
+              "robot_render_mask": r.mask, "robot_rgb": r.rgb, "q": q.astype(np.float32), "actions": actions,
               "object_poses": np.zeros((T, 0, 7), np.float32)}
     attrs = {
         "format": kdata.FORMAT, "version": kdata.VERSION, "success": rec.success,
         "instruction": rec.instruction, "camera": camera.to_dict(), "robot": robot.name,
-        "joint_names": list(robot.joint_names), "ee_link": robot.ee_link, "T_world_base": robot.T_world_base.tolist(),
+        "joint_names": list(robot.joint_names), "ee_link": robot.ee_link, "T_world_base": T_world_base,
         "action_layout": "ee_pose: x y z qx qy qz qw (ee_link in world) + gripper opening [0, 1], 1 = open; "
                          "computed from the recorded joints by FK",
         "objects": [], "goal_xy": None, "variant": {"kind": "imported"}, "frames": int(T),
@@ -243,7 +252,7 @@ def load_plain_episode(name: str, src, camera: Camera | None = None) -> Recordin
 
 
 @dataclass(frozen=True)
-class ImportPlainConfig:
+class ImportPlainConfig(RobotArgs):
     """Import episodes of the plain layout (rgb, depth, q, K, T_cam_world per episode; .npz or HDF5; docs/IMPORT.md)
     into a kinema4d dataset dir."""
 
@@ -253,14 +262,6 @@ class ImportPlainConfig:
     """kinema4d dataset dir to write (created; a rerun resumes)."""
     robot: str = "panda"
     """Builtin robot name or a URDF path: q drives its kinematics."""
-    ee_link: str | None = None
-    """URDF robots: the end-effector link (the ee_pose actions are its pose)."""
-    gripper_joints: tuple[str, ...] | None = None
-    """URDF robots: the gripper joints (the first drives, the others follow it 1:1)."""
-    package_dir: UseAppendAction[tuple[Path, ...]] = ()
-    """URDF robots: directories searched for package:// mesh paths (repeatable)."""
-    base_pose: tuple[float, float, float, float, float, float, float] | None = None
-    """Robot base pose in the world: x y z qx qy qz qw (default identity)."""
     camera_json: Path | None = None
     """Camera JSON (Camera.save format) for files that carry no K / T_cam_world."""
     split: str = "train"
@@ -277,8 +278,7 @@ def import_plain(cfg: ImportPlainConfig) -> dict:
     from kinema4d.data.datagen import parse_resolution
     from kinema4d.kinematics.control import load_robot
 
-    robot = load_robot(cfg.robot, ee_link=cfg.ee_link, gripper_joints=cfg.gripper_joints,
-                       package_dirs=cfg.package_dir, base_pose=cfg.base_pose)
+    robot = load_robot(cfg.robot, **cfg.robot_options())
     camera = Camera.load(cfg.camera_json) if cfg.camera_json is not None else None
     sources = _episode_sources(Path(cfg.src))
     items = [(i, name, (lambda n=name, s=src: load_plain_episode(n, s, camera))) for i, (name, src) in
