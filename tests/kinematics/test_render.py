@@ -518,3 +518,20 @@ def test_simplified_urdf_matches_renderer_in_pybullet(tmp_path):
             assert np.median(np.abs(z[both] - ours.depth[t][both])) < 1e-3
     finally:
         p.disconnect(cid)
+
+
+def test_pixel_boxes_equal_pixel_box(panda):
+    """The frame-vectorized boxes equal the per-frame ones: in view, partly out of the image, crossing the near
+    plane, behind the camera."""
+    from kinema4d.kinematics.meshes import aabb_corners, link_meshes, pixel_box, pixel_boxes
+
+    links = link_meshes(panda, 200)
+    names = [panda.link_names[lm.link_index] for lm in links]
+    corners = np.stack([aabb_corners(lm.vertices) for lm in links])
+    q = panda.random_q(6, np.random.default_rng(0))
+    T_world = panda.fk(q, names)
+    for eye, target in (([1.35, 0.35, 0.95], [0.35, 0.0, 0.3]), ([0.3, 0.1, 0.5], [0.3, 0.0, 0.0]),
+                        ([0.05, 0.0, 0.3], [1.0, 0.0, 0.3]), ([-1.0, 0.0, 0.5], [-2.0, 0.0, 0.5])):
+        cam = Camera.look_at(eye=eye, target=target, width=96, height=64, fov_y_deg=50.0)
+        T = np.stack([cam.T_cam_world @ T_world[n] for n in names], axis=1)
+        assert pixel_boxes(corners, T, cam, NEAR) == [pixel_box(corners, T[t], cam, NEAR) for t in range(len(q))]

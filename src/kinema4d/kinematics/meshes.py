@@ -162,3 +162,29 @@ def pixel_box(corners_link: np.ndarray, T_cam_link: np.ndarray, camera: Camera, 
     c1, r1 = np.ceil(uv.max(0)).astype(int) + 1
     c0, c1, r0, r1 = max(c0, 0), min(c1, W), max(r0, 0), min(r1, H)
     return None if c0 >= c1 or r0 >= r1 else (int(c0), int(c1), int(r0), int(r1))
+
+
+def pixel_boxes(corners_link: np.ndarray, T_cam_link: np.ndarray, camera: Camera, near: float) -> list:
+    """:func:`pixel_box` of every frame of ``T_cam_link`` (T, N, 4, 4) at once (the projections vectorized over
+    frames): a list of T boxes (c0, c1, r0, r1) or None."""
+    R, t = T_cam_link[..., :3, :3], T_cam_link[..., :3, 3]
+    p = np.einsum("tnij,nkj->tnki", R, corners_link) + t[:, :, None, :]  # (T, N, 8, 3)
+    z = p[..., 2]
+    front = np.any(z > near, axis=2)  # (T, N) boxes not entirely behind the near plane
+    corner = np.broadcast_to(front[..., None], z.shape)  # corners of those boxes
+    crosses = np.any(corner & (z <= near), axis=(1, 2))
+    uv = (p[..., :2] / np.where(corner & (z > near), z, 1.0)[..., None]) @ camera.K[:2, :2].T + camera.K[:2, 2]
+    lo = np.floor(np.where(corner[..., None], uv, np.inf).min(axis=(1, 2)))
+    hi = np.ceil(np.where(corner[..., None], uv, -np.inf).max(axis=(1, 2)))
+    W, H = camera.width, camera.height
+    boxes = []
+    for k in range(len(T_cam_link)):
+        if not front[k].any():
+            boxes.append(None)
+        elif crosses[k]:
+            boxes.append((0, W, 0, H))
+        else:
+            c0, r0 = max(int(lo[k, 0]), 0), max(int(lo[k, 1]), 0)
+            c1, r1 = min(int(hi[k, 0]) + 1, W), min(int(hi[k, 1]) + 1, H)
+            boxes.append(None if c0 >= c1 or r0 >= r1 else (c0, c1, r0, r1))
+    return boxes

@@ -9,10 +9,12 @@ centre) and the link id to a float32 target; x and y follow from z along the pix
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 
 from kinema4d.kinematics.camera import T_GLCAM_CAM, Camera
-from kinema4d.kinematics.meshes import LinkMesh, aabb_corners, pixel_box
+from kinema4d.kinematics.meshes import LinkMesh, aabb_corners, pixel_boxes
 
 # The value of an empty pixel in each output array.
 _EMPTY = {"pointmap": 0, "depth": 0, "link_id": -1, "mask": False, "rgb": 0}
@@ -250,22 +252,34 @@ class GLBackend:
         P = np.diag([1.0, -1.0, 1.0, 1.0]) @ camera.opengl_projection(near, far) @ T_GLCAM_CAM
         prog["P_clip_cam"].write(P.T.astype(np.float32).tobytes())  # GLSL is column-major
         self._set_state()
-        T_link_cols = np.ascontiguousarray(T_cam_link.transpose(0, 1, 3, 2), np.float32)  # column-major per link
         rays = _ray_factors(camera)
+        # Only the robot's projected bounding box is cleared, drawn and read back (scissor); the pixels outside it
+        # are set to "empty" without any GL work.
+        boxes = pixel_boxes(self.corners, T_cam_link, camera, near)
+        gc_enabled = gc.isenabled()
+        gc.disable()  # the loop makes no reference cycles; a collection would only scan the caller's heap
+        try:
+            self._render_frames(T_cam_link, boxes, out, fresh, rays, fbo, prog, vao, W, H, rgb)
+        finally:
+            if gc_enabled:
+                gc.enable()
+            fbo.scissor = None
+
+    def _render_frames(self, T_cam_link, boxes, out, fresh, rays, fbo, prog, vao, W, H, rgb) -> None:
+        """The per-frame loop of :meth:`render` (``boxes`` from :func:`pixel_boxes`)."""
+        T_link_cols = np.ascontiguousarray(T_cam_link.transpose(0, 1, 3, 2), np.float32)  # column-major per link
         pending = None  # (t, box, z_id1 (h, w, 2), rgb (h, w, 3) or None) read back, not yet copied out
-        for t in range(T_cam_link.shape[0]):
-            # Only the robot's projected bounding box is cleared, drawn and read back (scissor); the pixels outside
-            # it are set to "empty" without any GL work.
-            box = pixel_box(self.corners, T_cam_link[t], camera, near)
+        poses, triangles = prog["T_cam_link"], self._mgl.TRIANGLES
+        for t, box in enumerate(boxes):
             if box is not None:
                 c0, c1, r0, r1 = box
                 w, h = c1 - c0, r1 - r0
                 vp = (c0, r0, w, h)  # window row == image row thanks to the flip above
                 fbo.viewport, fbo.scissor = (0, 0, W, H), vp
                 fbo.use()
-                prog["T_cam_link"].write(T_link_cols[t])
+                poses.write(T_link_cols[t])
                 fbo.clear(0.0, 0.0, 0.0, 0.0, depth=1.0, viewport=vp)  # empty: z 0, id + 1 = 0, black
-                vao.render(self._mgl.TRIANGLES)
+                vao.render(triangles)
                 self._flush()
             _clear_outside(out, t, box, fresh)
             if pending is not None:
@@ -283,7 +297,6 @@ class GLBackend:
             pending = (t, box, buf, cbuf)
         if pending is not None:
             _copy_box(out, rays, *pending)
-        fbo.scissor = None
 
     def release(self) -> None:
         for fbo in self._fbos.values():
