@@ -686,7 +686,7 @@ def simulate_main(cfg: SimulateConfig) -> dict[str, Path]:
               + (" and scaled K" if rs["K_scaled"] else ""))
     written = ro.save(out, ply=cfg.ply)
     summary = {
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),  # Paths (also in tuples) as str
         "inputs": {"image": str(image), "camera": None if camera is None else str(camera), "robot": robot,
                    "robot_options": {k: ([str(d) for d in v] if k == "package_dirs" else v)
                                      for k, v in robot_opts.items()},
