@@ -226,3 +226,33 @@ def test_import_plain_npz_and_hdf5(recorded, tmp_path):
     assert out["episodes"] == EPISODES
     np.testing.assert_array_equal(kdata.Dataset4D(tmp_path / "k3").read_episode(0)["q"],
                                   eps[0]["q"].astype(np.float32))
+
+
+def test_depth_as_16bit_png_image_feature(recorded, tmp_path):
+    """Depth stored as a LeRobot ``image`` feature of 16-bit PNGs (millimetres) imports with --depth-scale 0.001."""
+    import io
+    import shutil
+
+    import imageio.v3 as iio
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    _, cam, eps, src, cam_json = recorded
+    lr = tmp_path / "lr"
+    shutil.copytree(src, lr)
+    data = lr / "data/chunk-000/file-000.parquet"
+    t = pq.read_table(data)
+    depth = np.concatenate([e["depth"] for e in eps])
+    mm = np.round(depth * 1000).astype(np.uint16)
+    png = [{"bytes": iio.imwrite("<bytes>", d, extension=".png"), "path": None} for d in mm]
+    assert iio.imread(io.BytesIO(png[0]["bytes"])).dtype == np.uint16
+    col = pa.array(png, pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+    t = t.set_column(t.column_names.index("observation.depth"), "observation.depth", col)
+    pq.write_table(t.replace_schema_metadata(None), data)
+    info = json.loads((lr / "meta/info.json").read_text())
+    info["features"]["observation.depth"] |= {"dtype": "image", "shape": [H, W, 1]}
+    (lr / "meta/info.json").write_text(json.dumps(info))
+    import_lerobot(ImportLeRobotConfig(src=lr, out=tmp_path / "k", depth_key="observation.depth", depth_scale=0.001,
+                                       camera_json=cam_json, progress=False))
+    got = kdata.Dataset4D(tmp_path / "k").read_episode(1)
+    np.testing.assert_allclose(got["world_pointmap"][..., 2], mm[T:2 * T] / 1000.0, rtol=1e-3)
