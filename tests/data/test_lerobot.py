@@ -256,3 +256,22 @@ def test_depth_as_16bit_png_image_feature(recorded, tmp_path):
                                        camera_json=cam_json, progress=False))
     got = kdata.Dataset4D(tmp_path / "k").read_episode(1)
     np.testing.assert_allclose(got["world_pointmap"][..., 2], mm[T:2 * T] / 1000.0, rtol=1e-3)
+
+
+def test_stride_and_clips(recorded, tmp_path):
+    """--stride keeps every k-th frame, --clip-frames cuts episodes of one length (ids episode * 1000 + clip)."""
+    _, _, eps, src, cam_json = recorded
+    base = dict(src=src, depth_key="observation.depth", camera_json=cam_json, progress=False)
+    out = import_lerobot(ImportLeRobotConfig(**base, out=tmp_path / "k", stride=2, clip_frames=2))
+    assert out["episodes"] == EPISODES and out["too_short"] == 0  # frames 0, 2 (4 is a shorter tail)
+    ds = kdata.Dataset4D(tmp_path / "k")
+    assert ds.episode_ids == [0, 1000]
+    e = ds.read_episode(1)
+    np.testing.assert_allclose(e["q"], eps[1]["q"][[0, 2]], atol=1e-6)
+    assert e["attrs"]["control_hz"] == FPS / 2 and e["attrs"]["source"]["clip"] == 0
+    again = import_lerobot(ImportLeRobotConfig(**base, out=tmp_path / "k", stride=2, clip_frames=2))
+    assert again["written"] == 0
+    with pytest.raises(ValueError, match="different settings"):
+        import_lerobot(ImportLeRobotConfig(**base, out=tmp_path / "k", stride=1, clip_frames=2))
+    short = import_lerobot(ImportLeRobotConfig(**base, out=tmp_path / "s", clip_frames=10))
+    assert short["episodes"] == 0 and short["too_short"] == EPISODES

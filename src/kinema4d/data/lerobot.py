@@ -309,6 +309,12 @@ class ImportLeRobotConfig(RobotArgs):
     """Split name written into the dataset."""
     resolution: str | None = None
     """Resize to HxW (e.g. 64x96, a model's training size; K is scaled); default: as recorded."""
+    stride: int = 1
+    """Keep every stride-th recorded frame (e.g. 3: a 30 fps dataset at 10 fps)."""
+    clip_frames: int | None = None
+    """Cut each LeRobot episode into non-overlapping episodes of this many (strided) frames (ids episode * 1000 +
+    clip), so that all share one length and frame spacing, as training and Simulator's frame-spacing contract
+    assume (e.g. 49 for the default recipe's 9 frames at stride 6); default: one episode per LeRobot episode."""
     backend: str = "auto"
     """Robot renderer: auto | gl | embree."""
     progress: bool = True
@@ -430,7 +436,7 @@ def import_lerobot(cfg: ImportLeRobotConfig) -> dict:
               "size": None if size is None else list(size), "camera_key": camera_key, "depth_key": depth_key,
               "state_key": cfg.state_key, "depth_scale": cfg.depth_scale, "camera_json": cfg.camera_json}
     out = write_recordings(cfg.out, cfg.split, robot, items, size=size, backend=cfg.backend, config=config,
-                           progress=cfg.progress, total=len(items))
+                           progress=cfg.progress, total=len(items), stride=cfg.stride, clip_frames=cfg.clip_frames)
     return out | {"state_columns": matched, "camera_source": camera_source, "camera_key": camera_key,
                   "depth_key": depth_key}
 

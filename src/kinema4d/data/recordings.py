@@ -139,40 +139,83 @@ def robot_attrs(robot) -> dict:
             "gripper_open": robot.gripper_open, "gripper_closed": robot.gripper_closed}
 
 
+CLIPS_PER_RECORDING = 1000  # clip k of recording e gets episode id e * 1000 + k
+
+
+def clip_starts(T: int, clip_frames: int | None, stride: int) -> list[np.ndarray]:
+    """Frame indices of the episodes cut from a T-frame recording: every ``stride``-th frame, then (with
+    ``clip_frames``) consecutive non-overlapping windows of that many frames; a shorter tail is dropped."""
+    idx = np.arange(0, T, stride)
+    if clip_frames is None:
+        return [idx]
+    return [idx[k:k + clip_frames] for k in range(0, len(idx) - clip_frames + 1, clip_frames)]
+
+
+def _take(rec: Recording, idx: np.ndarray, stride: int, k: int | None) -> Recording:
+    src = rec.source | {"frames": [int(idx[0]), int(idx[-1]) + 1, int(stride)]} | ({} if k is None else {"clip": k})
+    return Recording(rgb=rec.rgb[idx], depth=rec.depth[idx], q=rec.q[idx], camera=rec.camera,
+                     instruction=rec.instruction, success=rec.success if k is None else None,
+                     fps=None if rec.fps is None else rec.fps / stride, source=src, T_world_base=rec.T_world_base)
+
+
 def write_recordings(out: str | os.PathLike, split: str, robot, items, size: tuple[int, int] | None = None,
                      backend: str = "auto", config: dict | None = None, progress: bool = True,
-                     total: int | None = None) -> dict:
-    """Write ``items`` (an iterable of (episode id, name, loader) with ``loader()`` -> :class:`Recording`) into
-    kinema4d dataset dir ``out`` (split ``split``; created, or resumed: complete episodes are skipped without
-    loading them). Every episode file is written atomically. Returns {"path", "split", "episodes", "written",
-    "skipped_existing"}."""
+                     total: int | None = None, stride: int = 1, clip_frames: int | None = None) -> dict:
+    """Write ``items`` (an iterable of (recording id, name, loader) with ``loader()`` -> :class:`Recording`) into
+    kinema4d dataset dir ``out`` (split ``split``; created, or resumed: complete episodes are skipped). Every
+    episode file is written atomically.
+
+    ``stride`` keeps every stride-th recorded frame (e.g. 3 for a 30 fps recording at 10 fps); ``clip_frames`` cuts
+    each recording into non-overlapping episodes of that many (strided) frames (:func:`clip_starts`; episode id
+    ``recording id * 1000 + clip``, success unknown), so that every episode has one length and one frame spacing,
+    as the model's frame-spacing contract wants (``Simulator``: the stride is read from the training episodes'
+    length). Without it a recording is one episode (id = recording id), loaded only if not yet written.
+    Returns {"path", "split", "episodes", "written", "skipped_existing", "too_short"}."""
     from tqdm import tqdm
 
+    if stride < 1 or (clip_frames is not None and clip_frames < 2):
+        raise ValueError(f"need stride >= 1 and clip_frames >= 2 (or None), got stride={stride}, "
+                         f"clip_frames={clip_frames}")
     root = kdata.init_dataset(out, split)
     kdata.clean_stale(root)
     if config is not None:
         path = root / "import_config.json"
+        config = config | {"stride": stride, "clip_frames": clip_frames}
         if path.is_file():
             old = json.loads(path.read_text())
-            keep = ("source", "robot", "size", "camera_key", "depth_key", "state_key")
+            keep = ("source", "robot", "size", "camera_key", "depth_key", "state_key", "stride", "clip_frames")
             diff = {k: (old.get(k), config.get(k)) for k in keep if old.get(k) != config.get(k)}
             if diff:
                 raise ValueError(f"{root} was imported with different settings {diff} (old, new); use another --out")
         save_atomic_text(path, json.dumps(config, indent=2, default=str))
     entries = kdata.write_index(root, split)
-    written = skipped = 0
-    for ep, name, load in tqdm(items, desc=f"import {split}", unit="ep", total=total, disable=not progress):
-        if kdata.is_complete(root, ep):
+    written = skipped = too_short = 0
+    for ep, name, load in tqdm(items, desc=f"import {split}", unit="rec", total=total, disable=not progress):
+        if clip_frames is None and kdata.is_complete(root, ep):
             skipped += 1
             continue
         rec = load()
         rec.check(name, robot)
-        arrays, attrs = recording_to_episode(robot, rec, size=size, backend=backend)
-        entries[ep] = kdata.write_episode(root, ep, arrays, attrs | {"split": split})
-        written += 1
+        clips = clip_starts(len(rec.rgb), clip_frames, stride)
+        if clip_frames is not None and not clips:
+            too_short += 1
+            continue
+        if len(clips) > CLIPS_PER_RECORDING:
+            raise ValueError(f"{name}: {len(clips)} clips of {clip_frames} frames; at most {CLIPS_PER_RECORDING} per "
+                             "recording (use a larger --clip-frames or --stride)")
+        for k, idx in enumerate(clips):
+            eid = ep if clip_frames is None else ep * CLIPS_PER_RECORDING + k
+            if kdata.is_complete(root, eid):
+                skipped += 1
+                continue
+            part = rec if (clip_frames is None and stride == 1) else _take(rec, idx, stride,
+                                                                            None if clip_frames is None else k)
+            arrays, attrs = recording_to_episode(robot, part, size=size, backend=backend)
+            entries[eid] = kdata.write_episode(root, eid, arrays, attrs | {"split": split})
+            written += 1
     kdata.write_index(root, split, entries)
     return {"path": str(root), "split": split, "episodes": len(kdata.complete_episodes(root)), "written": written,
-            "skipped_existing": skipped}
+            "skipped_existing": skipped, "too_short": too_short}
 
 
 # ---------------------------------------------------------------------- plain HDF5 / npz layout
@@ -268,6 +311,12 @@ class ImportPlainConfig(RobotArgs):
     """Split name written into the dataset."""
     resolution: str | None = None
     """Resize to HxW (e.g. 64x96, a model's training size); default: as recorded."""
+    stride: int = 1
+    """Keep every stride-th recorded frame (e.g. 3: a 30 fps recording at 10 fps)."""
+    clip_frames: int | None = None
+    """Cut each recording into non-overlapping episodes of this many (strided) frames, so that all episodes share
+    one length and frame spacing (what training and Simulator's frame-spacing contract assume); default: one
+    episode per recording."""
     backend: str = "auto"
     """Robot renderer: auto | gl | embree."""
     progress: bool = True
@@ -287,4 +336,4 @@ def import_plain(cfg: ImportPlainConfig) -> dict:
     config = {"source": str(Path(cfg.src).resolve()), "format": "plain", "robot": cfg.robot,
               "size": None if size is None else list(size)}
     return write_recordings(cfg.out, cfg.split, robot, items, size=size, backend=cfg.backend, config=config,
-                            progress=cfg.progress, total=len(items))
+                            progress=cfg.progress, total=len(items), stride=cfg.stride, clip_frames=cfg.clip_frames)
