@@ -133,8 +133,11 @@ def test_export_then_import_round_trip_read_by_lerobot(recorded, tmp_path):
     k1 = tmp_path / "k4d"
     import_lerobot(ImportLeRobotConfig(src=src, out=k1, depth_key="observation.depth", camera_json=cam_json,
                                        progress=False))
-    summary = export_lerobot(ExportLeRobotConfig(src=(k1,), out=tmp_path / "exported", progress=False))
+    # file_mb below one episode: one data parquet + mp4 pair per episode (LeRobot's multi-file layout)
+    summary = export_lerobot(ExportLeRobotConfig(src=(k1,), out=tmp_path / "exported", file_mb=0.001,
+                                                 progress=False))
     assert summary["episodes"] == EPISODES and summary["frames"] == EPISODES * T and summary["fps"] == FPS
+    assert summary["files"] == EPISODES and (tmp_path / "exported/data/chunk-000/file-001.parquet").is_file()
     # the real LeRobot library loads it
     _run_writer("read", str(tmp_path / "exported"), str(tmp_path / "read.npz"))
     z = np.load(tmp_path / "read.npz")

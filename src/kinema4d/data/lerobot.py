@@ -463,6 +463,9 @@ class ExportLeRobotConfig:
     """Video pixel format: yuv444p keeps the colour of small objects; yuv420p is what most players expect."""
     episodes: int | None = None
     """Export at most this many episodes per dataset dir (default all)."""
+    file_mb: float = 100.0
+    """Start a new data parquet + mp4 file pair after this many MB of raw frames (RGB + depth; LeRobot writes data
+    files of <= 100 MB). Episodes never straddle two files."""
     progress: bool = True
 
 
@@ -583,20 +586,6 @@ def _hf_features(features: dict) -> dict:
     return out
 
 
-def _stats(a: np.ndarray, image: bool = False) -> dict:
-    """LeRobot's per-feature stats (min, max, mean, std, count); images per channel in [0, 1] as (3, 1, 1)."""
-    if image:
-        x = a.reshape(-1, 3).astype(np.float64) / 255.0
-        f = lambda v: v.reshape(3, 1, 1).tolist()  # noqa: E731
-        return {"min": f(x.min(0)), "max": f(x.max(0)), "mean": f(x.mean(0)), "std": f(x.std(0)),
-                "count": [int(a.shape[0])]}
-    x = a.reshape(a.shape[0], -1).astype(np.float64) if a.ndim > 1 else a.astype(np.float64)[:, None]
-    shape = a.shape[1:] if a.ndim > 1 else (1,)
-    g = lambda v: v.reshape(shape).tolist()  # noqa: E731
-    return {"min": g(x.min(0)), "max": g(x.max(0)), "mean": g(x.mean(0)), "std": g(x.std(0)),
-            "count": [int(a.shape[0])]}
-
-
 def _pandas_meta(index_name: str, cols: list[tuple[str, str]]) -> bytes:
     """The ``pandas`` schema metadata that makes pandas read column ``index_name`` back as the (string) index."""
     import pyarrow
@@ -640,16 +629,62 @@ def export_lerobot(cfg: ExportLeRobotConfig) -> dict:
     return summary | {"path": str(out)}
 
 
+class _Stats:
+    """Running LeRobot stats of one feature (min, max, mean, std, count over frames; images per channel in [0, 1]
+    as (3, 1, 1)), without keeping the frames."""
+
+    def __init__(self, image: bool = False):
+        self.image, self.n, self.rows, self.shape = image, 0, 0, (1,)  # n frames; rows of x (pixels for images)
+        self.sum, self.sq, self.min, self.max = 0.0, 0.0, None, None
+
+    def add(self, a: np.ndarray) -> None:
+        a = np.asarray(a)
+        x = a.reshape(-1, 3).astype(np.float64) / 255.0 if self.image else \
+            a.reshape(a.shape[0], -1).astype(np.float64) if a.ndim > 1 else a.astype(np.float64)[:, None]
+        self.shape = (3, 1, 1) if self.image else (a.shape[1:] if a.ndim > 1 else (1,))
+        self.n += a.shape[0]
+        self.sum = self.sum + x.sum(0)
+        self.sq = self.sq + (x * x).sum(0)
+        lo, hi = x.min(0), x.max(0)
+        self.min = lo if self.min is None else np.minimum(self.min, lo)
+        self.max = hi if self.max is None else np.maximum(self.max, hi)
+        self.rows += x.shape[0]
+
+    def to_dict(self) -> dict:
+        mean = self.sum / self.rows
+        std = np.sqrt(np.maximum(self.sq / self.rows - mean * mean, 0.0))
+        g = lambda v: np.asarray(v).reshape(self.shape).tolist()  # noqa: E731
+        return {"min": g(self.min), "max": g(self.max), "mean": g(mean), "std": g(std), "count": [int(self.n)]}
+
+
 def _export(cfg: ExportLeRobotConfig, root: Path, pa, pq, tqdm) -> dict:
+    """Stream the episodes into data / video file pairs of at most ``cfg.file_mb`` MB of raw frames each (LeRobot's
+    own limit is 100 MB of parquet and 200 MB of video per file): file f is chunk-{f // 1000}/file-{f % 1000}, its
+    mp4 restarts at t = 0. Nothing but the current file's frames is held in memory."""
     first = None
-    video = None
-    cols: dict[str, list] = {k: [] for k in ("observation.depth", "observation.state", "action", "next.success",
-                                             *DEFAULT_FEATURES)}
-    ep_rows, km_eps, tasks = [], [], {}
-    stat_parts: dict[str, list[np.ndarray]] = {k: [] for k in ("observation.depth", "observation.state", "action",
-                                                               EXPORT_CAMERA_KEY)}
-    frame0 = 0
     fps = cfg.fps
+    ep_rows, km_eps, tasks = [], [], {}
+    stats = {k: _Stats(image=k == EXPORT_CAMERA_KEY) for k in (EXPORT_CAMERA_KEY, "observation.depth",
+                                                                "observation.state", "action")}
+    idx_stats = {k: _Stats() for k in DEFAULT_FEATURES}
+    state = {"file": 0, "video": None, "frames_in_file": 0, "bytes": 0, "cols": None}
+    frame0 = 0
+
+    def new_cols():
+        return {k: [] for k in ("observation.depth", "observation.state", "action", "next.success", *DEFAULT_FEATURES)}
+
+    def rel(kind: str, f: int) -> str:
+        return f"{kind}/chunk-{f // CHUNKS_SIZE:03d}/file-{f % CHUNKS_SIZE:03d}"
+
+    def open_file(W: int, H: int) -> None:
+        state["video"] = _VideoWriter(root / f"{rel(f'videos/{EXPORT_CAMERA_KEY}', state['file'])}.mp4", fps, W, H,
+                                      cfg.crf, cfg.pix_fmt)
+        state["frames_in_file"], state["bytes"], state["cols"] = 0, 0, new_cols()
+
+    def flush(H: int, W: int, A: int, D: int) -> None:
+        state["video"].close()
+        _write_data_file(root / f"{rel('data', state['file'])}.parquet", state["cols"], H, W, A, D, pa, pq)
+
     for ep_i, e in enumerate(tqdm(_export_sources(cfg), desc="export lerobot", unit="ep", disable=not cfg.progress)):
         T, H, W = e.rgb.shape[:3]
         where = f"{e.source['path']}" + (f" episode {e.source['episode']}" if "episode" in e.source else "")
@@ -659,8 +694,7 @@ def _export(cfg: ExportLeRobotConfig, root: Path, pa, pq, tqdm) -> dict:
                 fps = round(e.fps) if e.fps else 10
             if fps < 1:
                 raise ValueError(f"fps must be >= 1, got {fps}")
-            video = _VideoWriter(root / f"videos/{EXPORT_CAMERA_KEY}/chunk-000/file-000.mp4", fps, W, H, cfg.crf,
-                                 cfg.pix_fmt)
+            open_file(W, H)
         f0 = first
         if (H, W) != f0.rgb.shape[1:3] or e.q.shape[1] != f0.q.shape[1] or e.actions.shape[1] != f0.actions.shape[1]:
             raise ValueError(f"{where}: {W}x{H} images, {e.q.shape[1]} joints and {e.actions.shape[1]} action columns "
@@ -670,46 +704,85 @@ def _export(cfg: ExportLeRobotConfig, root: Path, pa, pq, tqdm) -> dict:
             raise ValueError(f"{where}: joints {e.joint_names} differ from the first episode's {f0.joint_names}")
         if e.fps and abs(e.fps - fps) > 0.05 * fps and cfg.fps is None:
             raise ValueError(f"{where}: recorded at {e.fps:.2f} fps, the export runs at {fps}: pass --fps")
+        ep_bytes = e.rgb.nbytes + e.depth.astype(np.float32).nbytes
+        if state["frames_in_file"] and state["bytes"] + ep_bytes > cfg.file_mb * 1e6:
+            flush(H, W, f0.actions.shape[1], f0.q.shape[1])
+            state["file"] += 1
+            open_file(W, H)
         task = e.task or cfg.task or "kinema4d rollout"
         ti = tasks.setdefault(task, len(tasks))
-        video.write(e.rgb)
+        start = state["frames_in_file"]
+        state["video"].write(e.rgb)
+        cols = state["cols"]
         ts = (np.arange(T) / fps).astype(np.float32)
         cols["observation.depth"] += list(e.depth.astype(np.float32))
         cols["observation.state"] += list(e.q.astype(np.float32))
         cols["action"] += list(e.actions.astype(np.float32))
         cols["next.success"] += [bool(e.success) and t == T - 1 for t in range(T)]
-        cols["timestamp"] += ts.tolist()
-        cols["frame_index"] += list(range(T))
-        cols["episode_index"] += [ep_i] * T
-        cols["index"] += list(range(frame0, frame0 + T))
-        cols["task_index"] += [ti] * T
-        for k, a in (("observation.depth", e.depth), ("observation.state", e.q), ("action", e.actions),
-                     (EXPORT_CAMERA_KEY, e.rgb)):
-            stat_parts[k].append(np.asarray(a))
-        ep_rows.append({"episode_index": ep_i, "tasks": [task], "length": T, "data/chunk_index": 0,
-                        "data/file_index": 0, "dataset_from_index": frame0, "dataset_to_index": frame0 + T,
-                        f"videos/{EXPORT_CAMERA_KEY}/chunk_index": 0, f"videos/{EXPORT_CAMERA_KEY}/file_index": 0,
-                        f"videos/{EXPORT_CAMERA_KEY}/from_timestamp": frame0 / fps,
-                        f"videos/{EXPORT_CAMERA_KEY}/to_timestamp": (frame0 + T) / fps,
+        new = {"timestamp": ts, "frame_index": np.arange(T), "episode_index": np.full(T, ep_i),
+               "index": np.arange(frame0, frame0 + T), "task_index": np.full(T, ti)}
+        for k, v in new.items():
+            cols[k] += v.tolist()
+            idx_stats[k].add(np.asarray(v, np.float64))
+        for k, a in ((EXPORT_CAMERA_KEY, e.rgb), ("observation.depth", e.depth), ("observation.state", e.q),
+                     ("action", e.actions)):
+            stats[k].add(a)
+        f = state["file"]
+        ep_rows.append({"episode_index": ep_i, "tasks": [task], "length": T,
+                        "data/chunk_index": f // CHUNKS_SIZE, "data/file_index": f % CHUNKS_SIZE,
+                        "dataset_from_index": frame0, "dataset_to_index": frame0 + T,
+                        f"videos/{EXPORT_CAMERA_KEY}/chunk_index": f // CHUNKS_SIZE,
+                        f"videos/{EXPORT_CAMERA_KEY}/file_index": f % CHUNKS_SIZE,
+                        f"videos/{EXPORT_CAMERA_KEY}/from_timestamp": start / fps,
+                        f"videos/{EXPORT_CAMERA_KEY}/to_timestamp": (start + T) / fps,
                         "meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
         km_eps.append({"episode_index": ep_i, "camera": e.camera.to_dict(), "robot": e.robot,
                        "joint_names": e.joint_names, "success": e.success, "source": e.source, "attrs": e.attrs})
+        state["frames_in_file"] += T
+        state["bytes"] += ep_bytes
         frame0 += T
     if first is None:
         raise ValueError(f"no episodes in {[str(s) for s in cfg.src]}")
-    video.close()
     H, W = first.rgb.shape[1:3]
     A = first.actions.shape[1]
+    flush(H, W, A, first.q.shape[1])
     joint_names = first.joint_names or [f"joint_{i}" for i in range(first.q.shape[1])]
-    action_names = ["x", "y", "z", "qx", "qy", "qz", "qw", "gripper"][:A]
-    features = {
+    features = _export_features(H, W, A, joint_names, fps, cfg.pix_fmt)
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(ep_rows), root / "meta/episodes/chunk-000/file-000.parquet")
+    names = list(tasks)
+    tschema = pa.schema([pa.field("task_index", pa.int64()), pa.field("__index_level_0__", pa.string())],
+                        metadata={b"pandas": _pandas_meta("__index_level_0__", [("task_index", "int64")])})
+    pq.write_table(pa.Table.from_arrays([pa.array([tasks[t] for t in names], pa.int64()), pa.array(names)],
+                                        schema=tschema), root / "meta/tasks.parquet")
+    stats_json = {k: v.to_dict() for k, v in (stats | idx_stats).items()}
+    info = {"codebase_version": CODEBASE_VERSION, "robot_type": first.robot, "total_episodes": len(ep_rows),
+            "total_frames": frame0, "total_tasks": len(tasks), "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": 100, "video_files_size_in_mb": 200, "fps": int(fps),
+            "splits": {"train": f"0:{len(ep_rows)}"},
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
+            "features": features}
+    save_atomic_text(root / "meta/info.json", json.dumps(info, indent=4))
+    save_atomic_text(root / "meta/stats.json", json.dumps(stats_json))
+    save_atomic_text(root / KINEMA4D_META, json.dumps({
+        "format": "kinema4d-lerobot-export", "version": 1, "camera_key": EXPORT_CAMERA_KEY,
+        "depth_key": EXPORT_DEPTH_KEY, "state_key": EXPORT_STATE_KEY, "depth_unit": "metres (z, OpenCV camera)",
+        "action_layout": "ee_pose: x y z qx qy qz qw (ee_link in world) + gripper opening [0, 1], 1 = open",
+        "episodes": km_eps}, indent=1))
+    return {"episodes": len(ep_rows), "frames": frame0, "fps": int(fps), "files": state["file"] + 1,
+            "features": list(features)}
+
+
+def _export_features(H: int, W: int, A: int, joint_names: list[str], fps: int, pix_fmt: str) -> dict:
+    return {
         EXPORT_CAMERA_KEY: {"dtype": "video", "shape": [H, W, 3], "names": ["height", "width", "channels"],
                             "info": {"video.height": H, "video.width": W, "video.codec": "h264",
-                                     "video.pix_fmt": cfg.pix_fmt, "video.is_depth_map": False, "video.fps": fps,
+                                     "video.pix_fmt": pix_fmt, "video.is_depth_map": False, "video.fps": fps,
                                      "video.channels": 3, "has_audio": False}},
         "observation.depth": {"dtype": "float32", "shape": [H, W], "names": ["height", "width"]},
         "observation.state": {"dtype": "float32", "shape": [len(joint_names)], "names": joint_names},
-        "action": {"dtype": "float32", "shape": [A], "names": action_names},
+        "action": {"dtype": "float32", "shape": [A], "names": ["x", "y", "z", "qx", "qy", "qz", "qw", "gripper"][:A]},
         "next.success": {"dtype": "bool", "shape": [1], "names": None},
         "timestamp": {"dtype": "float32", "shape": [1], "names": None},
         "frame_index": {"dtype": "int64", "shape": [1], "names": None},
@@ -717,17 +790,20 @@ def _export(cfg: ExportLeRobotConfig, root: Path, pa, pq, tqdm) -> dict:
         "index": {"dtype": "int64", "shape": [1], "names": None},
         "task_index": {"dtype": "int64", "shape": [1], "names": None},
     }
-    n = frame0
+
+
+def _write_data_file(path: Path, cols: dict, H: int, W: int, A: int, D: int, pa, pq) -> None:
+    """One data parquet file as HF datasets writes it (schema metadata ``huggingface``; depth an Array2D)."""
+    n = len(cols["timestamp"])
     if n * H * W >= 2**31:
-        raise ValueError(f"{n} frames of {W}x{H} depth exceed one parquet list column (2^31 values): export the "
-                         "episodes in several runs")
+        raise ValueError(f"{n} frames of {W}x{H} depth exceed one parquet list column (2^31 values): lower --file-mb")
     depth_rows = pa.ListArray.from_arrays(pa.array(np.arange(0, n * H * W + 1, W, dtype=np.int32)),
                                           pa.array(np.stack(cols["observation.depth"]).reshape(-1), pa.float32()))
     arrays = {
         "observation.depth": pa.ListArray.from_arrays(pa.array(np.arange(0, n * H + 1, H, dtype=np.int32)),
                                                       depth_rows),
         "observation.state": pa.FixedSizeListArray.from_arrays(
-            pa.array(np.stack(cols["observation.state"]).reshape(-1), pa.float32()), len(joint_names)),
+            pa.array(np.stack(cols["observation.state"]).reshape(-1), pa.float32()), D),
         "action": pa.FixedSizeListArray.from_arrays(pa.array(np.stack(cols["action"]).reshape(-1), pa.float32()), A),
         "next.success": pa.array(cols["next.success"], pa.bool_()),
         "timestamp": pa.array(cols["timestamp"], pa.float32()),
@@ -736,31 +812,8 @@ def _export(cfg: ExportLeRobotConfig, root: Path, pa, pq, tqdm) -> dict:
     ext = {b"ARROW:extension:name": b"datasets.features.features.Array2DExtensionType",
            b"ARROW:extension:metadata": json.dumps([[H, W], "float32"]).encode()}
     fields = [pa.field(k, a.type, metadata=ext if k == "observation.depth" else None) for k, a in arrays.items()]
+    feats = _export_features(H, W, A, ["j"] * D, 1, "yuv444p")
     schema = pa.schema(fields, metadata={b"huggingface": json.dumps({"info": {"features": _hf_features(
-        {k: v for k, v in features.items() if k != EXPORT_CAMERA_KEY})}}).encode()})
-    (root / "data/chunk-000").mkdir(parents=True)
-    pq.write_table(pa.Table.from_arrays(list(arrays.values()), schema=schema), root / "data/chunk-000/file-000.parquet")
-    (root / "meta/episodes/chunk-000").mkdir(parents=True)
-    pq.write_table(pa.Table.from_pylist(ep_rows), root / "meta/episodes/chunk-000/file-000.parquet")
-    names = list(tasks)
-    tschema = pa.schema([pa.field("task_index", pa.int64()), pa.field("__index_level_0__", pa.string())],
-                        metadata={b"pandas": _pandas_meta("__index_level_0__", [("task_index", "int64")])})
-    pq.write_table(pa.Table.from_arrays([pa.array([tasks[t] for t in names], pa.int64()), pa.array(names)],
-                                        schema=tschema), root / "meta/tasks.parquet")
-    stats = {k: _stats(np.concatenate(v), image=k == EXPORT_CAMERA_KEY) for k, v in stat_parts.items()}
-    for k in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
-        stats[k] = _stats(np.asarray(cols[k], np.float64))
-    info = {"codebase_version": CODEBASE_VERSION, "robot_type": first.robot, "total_episodes": len(ep_rows),
-            "total_frames": n, "total_tasks": len(tasks), "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100,
-            "video_files_size_in_mb": 200, "fps": int(fps), "splits": {"train": f"0:{len(ep_rows)}"},
-            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
-            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4",
-            "features": features}
-    save_atomic_text(root / "meta/info.json", json.dumps(info, indent=4))
-    save_atomic_text(root / "meta/stats.json", json.dumps(stats))
-    save_atomic_text(root / KINEMA4D_META, json.dumps({
-        "format": "kinema4d-lerobot-export", "version": 1, "camera_key": EXPORT_CAMERA_KEY,
-        "depth_key": EXPORT_DEPTH_KEY, "state_key": EXPORT_STATE_KEY, "depth_unit": "metres (z, OpenCV camera)",
-        "action_layout": "ee_pose: x y z qx qy qz qw (ee_link in world) + gripper opening [0, 1], 1 = open",
-        "episodes": km_eps}, indent=1))
-    return {"episodes": len(ep_rows), "frames": n, "fps": int(fps), "features": list(features)}
+        {k: v for k, v in feats.items() if k != EXPORT_CAMERA_KEY})}}).encode()})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays(list(arrays.values()), schema=schema), path)
