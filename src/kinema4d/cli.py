@@ -57,6 +57,11 @@ def _dataset(args):
     conv.add_argument("--skip-corrupt", action="store_true", help="leave corrupt episodes out (counted) instead of "
                       "stopping at the first")
     conv.add_argument("--no-progress", action="store_true")
+    # listed for --help only: `import` / `export` are parsed by their tyro configs (_dataset_io)
+    sub.add_parser("import", help="`import lerobot DIR --out OUT ...` (LeRobot v3.0) | `import plain SRC --out OUT` "
+                   "(npz / HDF5: rgb, depth, q, K, T_cam_world); `import lerobot --help` for the flags")
+    sub.add_parser("export", help="`export lerobot SRC... --out DIR`: kinema4d episodes and rollout.npz files as a "
+                   "LeRobot v3.0 dataset; `export lerobot --help` for the flags")
     a = ap.parse_args(args)
     if a.action == "info":
         print(json.dumps(dataset_info(a.path), indent=2))
