@@ -155,3 +155,16 @@ def test_simulate_and_env_take_native_size_inputs(tmp_path, capsys):
         env = Kinema4DEnv(camera=tmp_path / "big.json", image=img, pointmap0=depth, steps=2)
     obs, info = env.reset(seed=0)
     assert obs["rgb"].shape == (64, 96, 3) and info["resampled"] == {"image": [192, 128], "pointmap0": [192, 128]}
+
+
+def test_env_robot_options(urdf):
+    from kinema4d.interactive.envs import Kinema4DEnv
+
+    env = Kinema4DEnv(robot=str(urdf), ee_link="xarm_gripper_base_link", gripper_joints=("drive_joint",),
+                      package_dirs=(XARM_DIR,), base_pose=(0.0, 0.0, 0.05, 0.0, 0.0, 0.0, 1.0), steps=2)
+    assert env.robot.ee_link == "xarm_gripper_base_link" and env.robot.gripper_joint == "drive_joint"
+    np.testing.assert_allclose(env.robot.T_world_base[2, 3], 0.05)
+    obs, _ = env.reset(seed=0)
+    assert obs["q"].shape == (7,)
+    with pytest.raises(ValueError, match="build the simulator's robot"):
+        Kinema4DEnv(simulator=env.simulator, ee_link="link6")
