@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -122,11 +124,13 @@ def first_call_child(which: str, frames: int, width: int, height: int) -> dict:
         renderer = PybulletRenderer(robot)
         call = lambda: renderer.render(q, cam, keep=False)  # noqa: E731
     setup_s = time.perf_counter() - t0
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0, c0 = time.perf_counter(), time.process_time()
     out = call()
     ms, cpu_ms = (time.perf_counter() - t0) / frames * 1000, (time.process_time() - c0) / frames * 1000
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / frames
     del out
-    return {"setup_s": setup_s, "ms": ms, "cpu_ms": cpu_ms}
+    return {"setup_s": setup_s, "ms": ms, "cpu_ms": cpu_ms, "faults": faults}
 
 
 def first_call(frames: int, width: int, height: int, runs: int) -> list[dict]:
@@ -154,6 +158,11 @@ def print_first_call(rounds: list[dict], frames: int, size: str, pb_best_ms: flo
         print(f"{i:5d} {o['setup_s']:12.2f} {o['ms']:13.2f} {o['cpu_ms']:6.2f} {b['setup_s']:16.2f} {b['ms']:17.2f} "
               f"{b['cpu_ms']:6.2f} {ratios[i]:10.1f} {cpu_ratios[i]:6.1f}")
     ours = float(np.median([r["ours"]["ms"] for r in rounds]))
+    print(f"page faults per frame (median): ours {np.median([r['ours']['faults'] for r in rounds]):.0f}, pybullet "
+          f"{np.median([r['pybullet']['faults'] for r in rounds]):.0f}; median CPU ms/frame: ours "
+          f"{np.median([r['ours']['cpu_ms'] for r in rounds]):.2f}, pybullet "
+          f"{np.median([r['pybullet']['cpu_ms'] for r in rounds]):.2f}; pybullet median ms/frame "
+          f"{np.median([r['pybullet']['ms'] for r in rounds]):.2f}")
     line = (f"median: ours {ours:.2f} ms/frame on the first call; x pybullet first call {np.median(ratios):.1f} "
             f"(CPU time: {np.median(cpu_ratios):.1f})")
     if pb_best_ms is not None:
@@ -181,6 +190,9 @@ def main() -> None:
     if args.child:
         print(json.dumps(first_call_child(args.child, args.frames, fw, fh)))
         return
+    if hasattr(os, "getloadavg"):
+        print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + f" on "
+              f"{os.cpu_count()} CPUs")
     if args.first_call_only:
         print_first_call(first_call(args.frames, fw, fh, max(args.fresh_runs, 1)), args.frames, args.first_size,
                          None)
