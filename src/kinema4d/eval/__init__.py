@@ -1,1 +1,4 @@
-"""Evaluation of world-model rollouts: success judge (:mod:`.judge`) and quality metrics (:mod:`.metrics`)."""
+"""Evaluation of world-model rollouts: the metric definitions (:mod:`.metrics`) and the feature networks behind
+LPIPS / FID / FVD (:mod:`.featurenets`), the automatic success judge (:mod:`.judge`), the video / geometry / object
+protocol of ``kinema4d eval`` (:mod:`.evaluate`) and the policy evaluation and ranking of ``kinema4d eval policy``
+(:mod:`.policy`)."""

@@ -1,5 +1,9 @@
 """Quality metrics of 4D rollouts (paper Sec. 4.1, Tab. 1 and Tab. 2) plus robot-specific checks.
 
+Why ~600 lines in one file: it is the one place where every number of ``kinema4d eval`` is defined (the docstring
+below is the protocol), so that a reader checks one file against the paper; the feature networks themselves live
+in :mod:`kinema4d.eval.featurenets`.
+
 Every definition used here, so numbers are reproducible and comparable:
 
 Images / videos (``rgb`` (H, W, C) or (T, H, W, C), uint8 in [0, 255] or float in [0, 1]):

@@ -6,6 +6,10 @@ Visual geometry is parsed from the URDF by hand (a few lines of XML) because Pin
 joint frames, while the renderer wants them in URDF link frames.
 
 Units: metres and radians (prismatic joints in metres). Poses are 4x4 ``T_world_link``.
+
+Why ~600 lines in one file: :class:`Robot` is one concept whose parts share its parsed state (joint order, mimic
+table, gripper mapping, link frames, visuals); the action layouts at the end (:func:`actions_to_joints`) are the
+only code outside the class, and they are the class's inputs.
 """
 
 from __future__ import annotations
