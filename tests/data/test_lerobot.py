@@ -125,6 +125,10 @@ def test_import_errors_name_the_problem(recorded, tmp_path):
         import_lerobot(ImportLeRobotConfig(**base, robot="kuka_iiwa", depth_key="observation.depth"))
     with pytest.raises(FileNotFoundError, match="not a LeRobot dataset"):
         LeRobotReader(tmp_path)
+    (tmp_path / "old/meta").mkdir(parents=True)
+    (tmp_path / "old/meta/info.json").write_text(json.dumps({"codebase_version": "v2.1", "fps": 30}))
+    with pytest.raises(LeRobotFormatError, match="codebase_version 'v2.1'.*convert_dataset_v21_to_v30"):
+        LeRobotReader(tmp_path / "old")
 
 
 def test_export_then_import_round_trip_read_by_lerobot(recorded, tmp_path):
