@@ -16,7 +16,7 @@ from kinema4d.geometry import publish_dir
 from kinema4d.kinematics.camera import Camera
 
 # Default mesh decimation (triangles per link). On the Panda it cuts 103k to ~8.6k triangles (GL at 720x480:
-# ~31 -> ~6 ms/frame on llvmpipe) for a mask IoU >= 0.98 and median |dz| ~0.3 mm against pybullet, which
+# ~20 -> ~4 ms/frame on llvmpipe) for a mask IoU >= 0.98 and median |dz| ~0.3 mm against pybullet, which
 # renders the full meshes (see tests/kinematics/test_render.py and benchmarks/bench_control.py). None = full meshes.
 DEFAULT_MAX_FACES_PER_LINK = 1000
 
