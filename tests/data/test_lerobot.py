@@ -114,6 +114,9 @@ def test_import_lerobot_written_by_lerobot(recorded, tmp_path):
 def test_import_errors_name_the_problem(recorded, tmp_path):
     _, _, _, src, cam_json = recorded
     base = dict(src=src, out=tmp_path / "x", camera_json=cam_json, progress=False)
+    with pytest.raises(LeRobotFormatError, match="name the robot with --robot.*robot_type 'panda'"):
+        import_lerobot(ImportLeRobotConfig(**base, depth_key="observation.depth"))
+    base["robot"] = "panda"
     with pytest.raises(LeRobotFormatError, match="no depth.*--depth-key.*observation.depth"):
         import_lerobot(ImportLeRobotConfig(**base))
     with pytest.raises(LeRobotFormatError, match="--camera-key 'observation.images.top'.*observation.images.front"):
@@ -122,7 +125,7 @@ def test_import_errors_name_the_problem(recorded, tmp_path):
     with pytest.raises(LeRobotFormatError, match="carry no camera calibration.*--camera-json"):
         import_lerobot(ImportLeRobotConfig(**(base | {"camera_json": None}), depth_key="observation.depth"))
     with pytest.raises(LeRobotFormatError, match="do not name kuka_iiwa's 7 joints"):
-        import_lerobot(ImportLeRobotConfig(**base, robot="kuka_iiwa", depth_key="observation.depth"))
+        import_lerobot(ImportLeRobotConfig(**(base | {"robot": "kuka_iiwa"}), depth_key="observation.depth"))
     with pytest.raises(FileNotFoundError, match="not a LeRobot dataset"):
         LeRobotReader(tmp_path)
     (tmp_path / "old/meta").mkdir(parents=True)
@@ -135,8 +138,8 @@ def test_export_then_import_round_trip_read_by_lerobot(recorded, tmp_path):
     """kinema4d episodes -> export -> LeRobotDataset (the real library) reads it -> import -> the same arrays."""
     robot, cam, eps, src, cam_json = recorded
     k1 = tmp_path / "k4d"
-    import_lerobot(ImportLeRobotConfig(src=src, out=k1, depth_key="observation.depth", camera_json=cam_json,
-                                       progress=False))
+    import_lerobot(ImportLeRobotConfig(src=src, out=k1, robot="panda", depth_key="observation.depth",
+                                       camera_json=cam_json, progress=False))
     # file_mb below one episode: one data parquet + mp4 pair per episode (LeRobot's multi-file layout)
     summary = export_lerobot(ExportLeRobotConfig(src=(k1,), out=tmp_path / "exported", file_mb=0.001,
                                                  progress=False))
@@ -259,8 +262,8 @@ def test_depth_as_16bit_png_image_feature(recorded, tmp_path):
     info = json.loads((lr / "meta/info.json").read_text())
     info["features"]["observation.depth"] |= {"dtype": "image", "shape": [H, W, 1]}
     (lr / "meta/info.json").write_text(json.dumps(info))
-    import_lerobot(ImportLeRobotConfig(src=lr, out=tmp_path / "k", depth_key="observation.depth", depth_scale=0.001,
-                                       camera_json=cam_json, progress=False))
+    import_lerobot(ImportLeRobotConfig(src=lr, out=tmp_path / "k", robot="panda", depth_key="observation.depth",
+                                       depth_scale=0.001, camera_json=cam_json, progress=False))
     got = kdata.Dataset4D(tmp_path / "k").read_episode(1)
     np.testing.assert_allclose(got["world_pointmap"][..., 2], mm[T:2 * T] / 1000.0, rtol=1e-3)
 
@@ -268,7 +271,7 @@ def test_depth_as_16bit_png_image_feature(recorded, tmp_path):
 def test_stride_and_clips(recorded, tmp_path):
     """--stride keeps every k-th frame, --clip-frames cuts episodes of one length (ids episode * 1000 + clip)."""
     _, _, eps, src, cam_json = recorded
-    base = dict(src=src, depth_key="observation.depth", camera_json=cam_json, progress=False)
+    base = dict(src=src, robot="panda", depth_key="observation.depth", camera_json=cam_json, progress=False)
     out = import_lerobot(ImportLeRobotConfig(**base, out=tmp_path / "k", stride=2, clip_frames=2))
     assert out["episodes"] == EPISODES and out["too_short"] == 0  # frames 0, 2 (4 is a shorter tail)
     ds = kdata.Dataset4D(tmp_path / "k")

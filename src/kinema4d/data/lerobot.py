@@ -285,8 +285,9 @@ class ImportLeRobotConfig(RobotArgs):
     """The LeRobot dataset directory (holding meta/info.json)."""
     out: Path
     """kinema4d dataset dir to write (created; a rerun resumes, skipping the episodes it has)."""
-    robot: str = "panda"
-    """Builtin robot name or a URDF path: the joint states drive its kinematics."""
+    robot: str | None = None
+    """Builtin robot name or a URDF path: the joint states drive its kinematics. Default: the robot a kinema4d
+    export names in meta/kinema4d.json; other datasets must name it."""
     camera_key: str | None = None
     """The camera feature (video or image), e.g. observation.images.front. Default: the only camera feature, or the
     one kinema4d exported."""
@@ -347,10 +348,15 @@ def import_lerobot(cfg: ImportLeRobotConfig) -> dict:
     plus ``state_columns`` (how the joints were matched) and ``camera_source``."""
     from kinema4d.data.datagen import parse_resolution
     from kinema4d.kinematics.control import load_robot
+    from kinema4d.kinematics.robot import BUILTIN_ROBOTS
 
     r = LeRobotReader(cfg.src)
-    robot = load_robot(cfg.robot, **cfg.robot_options())
     km = r.kinema4d or {}
+    spec = cfg.robot or next((e.get("robot") for e in km.get("episodes", [])), None)
+    if spec is None:
+        raise LeRobotFormatError(f"{r.root}: name the robot with --robot (a builtin {sorted(BUILTIN_ROBOTS)} or "
+                                 f"a URDF path); the dataset says robot_type {r.info.get('robot_type')!r}")
+    robot = load_robot(spec, **cfg.robot_options())
     cams = _camera_keys(r)
     camera_key = cfg.camera_key or km.get("camera_key") or (cams[0] if len(cams) == 1 else None)
     if camera_key is None:
@@ -432,7 +438,7 @@ def import_lerobot(cfg: ImportLeRobotConfig) -> dict:
 
     size = parse_resolution(cfg.resolution) if cfg.resolution else None
     items = [(ep, f"{r.root} episode {ep}", (lambda e=ep: load(e))) for ep in ids]
-    config = {"source": str(r.root.resolve()), "format": "lerobot", "robot": cfg.robot,
+    config = {"source": str(r.root.resolve()), "format": "lerobot", "robot": spec,
               "size": None if size is None else list(size), "camera_key": camera_key, "depth_key": depth_key,
               "state_key": cfg.state_key, "depth_scale": cfg.depth_scale, "camera_json": cfg.camera_json}
     out = write_recordings(cfg.out, cfg.split, robot, items, size=size, backend=cfg.backend, config=config,
