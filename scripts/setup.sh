@@ -59,7 +59,8 @@ fi
 # dir, run by the tests in a subprocess. It cannot go into .venv itself: it pins huggingface-hub < 0.36, which
 # diffusers 0.42 excludes. It requires no torch (the subprocess uses .venv's); torchvision (imported by it) without
 # its dependencies, so torch is never touched. KINEMA4D_SKIP_LEROBOT_WRITER=1 skips it (the LeRobot tests then fail
-# saying so).
+# saying so). pip prints "ERROR: ... diffusers requires huggingface-hub>=1.32, but you have 0.35.3": that is its
+# check of the target dir against .venv, exit status 0, .venv unchanged.
 if [ "${KINEMA4D_SKIP_LEROBOT_WRITER:-0}" != 1 ] && [ ! -d .venv/lerobot-writer/ledataset ]; then
   rm -rf .venv/lerobot-writer.tmp
   "${PIP[@]}" --target .venv/lerobot-writer.tmp "lerobot-dataset==0.4.4"
