@@ -9,30 +9,9 @@ cylinder / capsule / hexagonal prism primitives with distinct colours). The arm 
 joint targets from kinema4d's seeded IK of end-effector pose actions; the fingers follow the gripper channel
 (:class:`Drive`: motor limits per robot); objects react physically.
 
-Randomization ranges per split (:func:`split_ranges`): train / val / test share the ranges (disjoint seeds);
-``ood`` uses unseen shapes (capsule, hexagonal prism), unseen colours and a camera outside the training range;
-``ood_embodiment`` uses the test ranges with a robot the default model was not trained on (xarm6 by default).
-Main camera (oblique top-down, medial-frontal, looking from the far side of the table back at the robot):
-look-at target ``(-0.16, 0, 0.70)`` +- 3 cm; azimuth about world z (0 = straight in front of the robot),
-elevation above the horizontal, distance to the target and vertical FOV are sampled uniformly from the ranges.
-The framing is tight (vertical FOV 36-40 deg at 0.95-1.05 m): the workspace fills the image, so a 4-5 cm object
-covers ~4 pixels at 64x96 (with the earlier 50-58 deg framing it covered ~2.5 and the sky filled the top third).
-
-Failures (Supp. B.2, :func:`perturb_actions`): the episode's control steps are split into 3 equal temporal
-segments; in one segment a Gaussian random walk is added to the 6-DoF ee pose (position and a world-frame
-rotation vector), accumulated from the segment's start so the error grows progressively and held afterwards.
-Per-step increments are scaled so that the accumulated offset at the segment's end has a per-axis standard
-deviation of ``sigma * pos_scale`` metres (default 8 cm) and ``sigma * rot_scale`` radians (default 0.3 rad);
-sigma in {0.5, 0.8, 1.2}. The gripper channel is never perturbed; the commanded grasp point is kept >= 1 cm above
-the table top (a workspace limit). 3 segments x 3 sigmas = 9 failure variants per demonstration.
-
-Policy family (:data:`POLICIES`, for ranking policies of different quality as SimplerEnv ranks real policies):
-the scripted expert with a lateral grasp offset (the pick approaches, descends, grasps and lifts at a point shifted
-horizontally by ``grasp_offset`` metres in a random direction; the offset ramps in over the approach and out over
-the carry, so the place is aimed at the pad) and action noise (:func:`perturb_actions` on segment 0, i.e. the
-approach and descent, held afterwards). ``expert`` is the clean scripted policy; p1-p4 increase both. The random
-direction and noise come from one generator per scene, drawn in the same order for every member, so the members
-share their random numbers and differ only in magnitude (:func:`policy_actions`).
+The scene description and its randomization per split are :mod:`kinema4d.data.scene_spec`, the scripted expert,
+its failure variants and the policy family :mod:`kinema4d.data.expert`; their names are importable from here
+too.
 
 Success (:meth:`Scene.evaluate`): after the episode the target object's centre is within ``success_xy_tol``
 (5 cm) of the pad centre in xy, it rests upright on the table (centre height within 1.5 cm of its resting height)
@@ -43,335 +22,44 @@ from __future__ import annotations
 
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pybullet as p
 import pybullet_data
-from scipy.spatial.transform import Rotation, Slerp
 
+from kinema4d.data.expert import (  # noqa: F401  (re-exported: the data engine's names stay importable from here)
+    FAILURE_SIGMAS,
+    N_SEGMENTS,
+    PHASES,
+    POLICIES,
+    PolicySpec,
+    down_quat,
+    offset_grasp,
+    perturb_actions,
+    policy_actions,
+    scripted_pick_place,
+)
+from kinema4d.data.scene_spec import (  # noqa: F401  (re-exported, as above)
+    BASE_XYZ,
+    CAM_TARGET,
+    OOD_RANGES,
+    PALETTE,
+    SHAPE_NAMES,
+    SPLITS,
+    TABLE_TOP,
+    TRAIN_RANGES,
+    ObjectSpec,
+    Ranges,
+    SceneSpec,
+    sample_camera,
+    sample_scene,
+    split_ranges,
+)
 from kinema4d.geometry import matrix_to_pose, pose_to_matrix
 from kinema4d.kinematics.camera import Camera
 from kinema4d.kinematics.meshes import DEFAULT_MAX_FACES_PER_LINK, simplified_urdf
 from kinema4d.kinematics.robot import BUILTIN_ROBOTS, Robot
-
-SPLITS = ("train", "val", "test", "ood", "ood_embodiment")
-TABLE_TOP = 0.625
-BASE_XYZ = (-0.6, 0.0, TABLE_TOP)
-CAM_TARGET = (-0.16, 0.0, 0.70)  # the workspace centre region, so the workspace fills the image
-FAILURE_SIGMAS = (0.5, 0.8, 1.2)
-N_SEGMENTS = 3
-
-PALETTE = {  # name -> rgb in [0, 1]
-    "red": (0.85, 0.1, 0.1), "green": (0.1, 0.7, 0.15), "blue": (0.1, 0.25, 0.9), "yellow": (0.95, 0.85, 0.1),
-    "orange": (1.0, 0.5, 0.0), "purple": (0.55, 0.15, 0.7),
-    # ood only
-    "cyan": (0.0, 0.85, 0.85), "magenta": (0.95, 0.1, 0.75), "white": (0.95, 0.95, 0.95),
-    "brown": (0.5, 0.3, 0.1), "pink": (1.0, 0.6, 0.7),
-}
-SHAPE_NAMES = {"box": "cube", "cylinder": "cylinder", "capsule": "capsule", "hexprism": "hexagonal prism"}
-
-
-@dataclass(frozen=True)
-class Ranges:
-    """Randomization ranges of one split. Angles in degrees, lengths in metres."""
-
-    shapes: tuple[str, ...]
-    colours: tuple[str, ...]
-    cam_azimuth_deg: tuple[tuple[float, float], ...]  # one or more intervals, one is picked uniformly
-    cam_elevation_deg: tuple[float, float]
-    cam_distance: tuple[float, float]
-    cam_fov_deg: tuple[float, float] = (36.0, 40.0)
-    object_size: tuple[float, float] = (0.04, 0.05)  # cube side / cylinder diameter
-    object_height: tuple[float, float] = (0.04, 0.06)
-    n_distractors: tuple[int, int] = (0, 2)
-    workspace_x: tuple[float, float] = (0.38, 0.62)  # robot base frame (metres in front of the base)
-    workspace_y: tuple[float, float] = (-0.25, 0.25)
-
-
-TRAIN_RANGES = Ranges(shapes=("box", "cylinder"), colours=("red", "green", "blue", "yellow", "orange", "purple"),
-                      cam_azimuth_deg=((-25.0, 25.0),), cam_elevation_deg=(45.0, 60.0), cam_distance=(0.95, 1.05))
-OOD_RANGES = Ranges(shapes=("capsule", "hexprism"), colours=("cyan", "magenta", "white", "brown", "pink"),
-                    cam_azimuth_deg=((-45.0, -30.0), (30.0, 45.0)), cam_elevation_deg=(63.0, 72.0),
-                    cam_distance=(1.1, 1.2), cam_fov_deg=(33.0, 35.0))
-
-
-def split_ranges(split: str) -> Ranges:
-    """Randomization ranges of ``split`` (train/val/test share them; ood is disjoint in shape, colour, camera;
-    ood_embodiment has the test ranges: only the robot differs, see ``kinema4d.data.datagen``)."""
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {SPLITS}")
-    return OOD_RANGES if split == "ood" else TRAIN_RANGES
-
-
-# ---------------------------------------------------------------------- scene description
-@dataclass(frozen=True)
-class ObjectSpec:
-    """One object: ``shape`` in box|cylinder|capsule|hexprism, ``size`` (x, y, z) extents metres, pose on the table."""
-
-    shape: str
-    colour: str
-    size: tuple[float, float, float]
-    xy: tuple[float, float]  # world metres
-    yaw: float  # radians
-
-    @property
-    def rgba(self) -> tuple[float, float, float, float]:
-        return (*PALETTE[self.colour], 1.0)
-
-    @property
-    def name(self) -> str:
-        return f"{self.colour} {SHAPE_NAMES[self.shape]}"
-
-    def to_dict(self) -> dict:
-        return {"shape": self.shape, "colour": self.colour, "rgba": list(self.rgba), "size": list(self.size),
-                "xy": list(self.xy), "yaw": self.yaw, "name": self.name}
-
-
-@dataclass(frozen=True)
-class SceneSpec:
-    """Everything that defines an episode's initial state. ``objects[0]`` is the object to pick."""
-
-    objects: tuple[ObjectSpec, ...]
-    goal_xy: tuple[float, float]  # pad centre, world metres
-    pad_colour: str
-    camera: Camera
-    grasp_yaw: float  # gripper yaw about world z (radians) for the grasp
-    split: str
-    seed: list = field(default_factory=list)  # entropy used to sample it (for the record)
-
-    @property
-    def instruction(self) -> str:
-        return f"pick up the {self.objects[0].name} and place it on the {self.pad_colour} pad"
-
-    def to_dict(self) -> dict:
-        return {"objects": [o.to_dict() for o in self.objects], "goal_xy": list(self.goal_xy),
-                "pad_colour": self.pad_colour, "camera": self.camera.to_dict(), "grasp_yaw": self.grasp_yaw,
-                "split": self.split, "seed": list(self.seed), "instruction": self.instruction}
-
-
-def sample_camera(rng: np.random.Generator, ranges: Ranges, width: int, height: int) -> Camera:
-    """Main camera: oblique top-down, medial-frontal, pose sampled from ``ranges`` (see module docstring)."""
-    lo, hi = ranges.cam_azimuth_deg[rng.integers(len(ranges.cam_azimuth_deg))]
-    az = np.deg2rad(rng.uniform(lo, hi))
-    el = np.deg2rad(rng.uniform(*ranges.cam_elevation_deg))
-    dist = rng.uniform(*ranges.cam_distance)
-    target = np.array(CAM_TARGET) + rng.uniform(-0.03, 0.03, 3)
-    eye = target + dist * np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
-    return Camera.look_at(eye, target, width=width, height=height, fov_y_deg=rng.uniform(*ranges.cam_fov_deg))
-
-
-def sample_scene(rng: np.random.Generator, split: str, width: int, height: int, seed=(),
-                 n_distractors: tuple[int, int] | None = None) -> SceneSpec:
-    """Random scene of ``split``: target object, goal pad >= 15 cm away, distractors >= 10 cm from both.
-
-    ``n_distractors`` (min, max) overrides the split's range (policy-evaluation setups: cluttered, dense). Then the
-    target and pad colours come from the split's palette and the distractors' from the rest of :data:`PALETTE`
-    (repeats allowed, never the target's colour, so a colour judge stays unambiguous); with more than 3
-    distractors they keep 7 cm instead of 10 cm apart so that dense scenes fit the workspace.
-    """
-    r = split_ranges(split)
-    override = n_distractors is not None
-    if override:
-        lo, hi = n_distractors
-        if not 0 <= lo <= hi <= 8:
-            raise ValueError(f"n_distractors must be (min, max) with 0 <= min <= max <= 8, got {n_distractors}")
-    n_range = n_distractors if override else r.n_distractors
-    n_obj = 1 + int(rng.integers(n_range[0], n_range[1] + 1))
-    if override:
-        tc, pc = rng.choice(len(r.colours), size=2, replace=False)
-        others = [c for c in PALETTE if c not in (r.colours[tc], r.colours[pc])]
-        names = [r.colours[tc], *[others[k] for k in rng.integers(len(others), size=n_obj - 1)], r.colours[pc]]
-    else:
-        names = [r.colours[k] for k in rng.choice(len(r.colours), size=n_obj + 1, replace=False)]
-    pad_colour = names[-1]
-    gap = 0.07 if override and n_obj - 1 > 3 else 0.10
-    bx, by = BASE_XYZ[0], BASE_XYZ[1]
-
-    def rand_xy():
-        return np.array([bx + rng.uniform(*r.workspace_x), by + rng.uniform(*r.workspace_y)])
-
-    taken: list[tuple[np.ndarray, float]] = []
-    objects = []
-    goal = None
-    for i in range(n_obj + 1):  # objects[0], then the goal, then distractors
-        need = 0.15 if i == 1 else gap
-        for _ in range(200):
-            xy = rand_xy()
-            if all(np.linalg.norm(xy - t) >= max(need, d) for t, d in taken):
-                break
-        else:
-            raise RuntimeError(f"could not place object {i} of the {split} scene without overlap")
-        taken.append((xy, need))
-        if i == 1:
-            goal = xy
-            continue
-        shape = r.shapes[rng.integers(len(r.shapes))]
-        w = rng.uniform(*r.object_size)
-        h = rng.uniform(*r.object_height)
-        colour = names[0 if i == 0 else i - 1]
-        objects.append(ObjectSpec(shape=shape, colour=colour, size=(float(w), float(w), float(h)),
-                                  xy=(float(xy[0]), float(xy[1])), yaw=float(rng.uniform(-np.pi, np.pi))))
-    target = objects[0]
-    if target.shape in ("box", "hexprism"):  # grasp across parallel faces; |yaw| <= pi/4 keeps joint 7 in range
-        period = np.pi / 2 if target.shape == "box" else np.pi / 3
-        grasp_yaw = (target.yaw + period / 2) % period - period / 2
-    else:
-        grasp_yaw = rng.uniform(-0.5, 0.5)
-    return SceneSpec(objects=tuple(objects), goal_xy=(float(goal[0]), float(goal[1])), pad_colour=pad_colour,
-                     camera=sample_camera(rng, r, width, height), grasp_yaw=float(grasp_yaw), split=split,
-                     seed=list(seed))
-
-
-# ---------------------------------------------------------------------- scripted policy and failures
-def _min_jerk(s: np.ndarray) -> np.ndarray:
-    s = np.clip(s, 0.0, 1.0)
-    return 10 * s**3 - 15 * s**4 + 6 * s**5
-
-
-def down_quat(yaw: float) -> np.ndarray:
-    """Quaternion xyzw of a gripper pointing straight down with yaw ``yaw`` about world z."""
-    R = Rotation.from_euler("z", yaw).as_matrix() @ np.diag([1.0, -1.0, -1.0])
-    return Rotation.from_matrix(R).as_quat()
-
-
-# (phase, seconds) of the scripted pick-and-place
-PHASES = (("approach", 2.0), ("descend", 1.0), ("grasp", 0.6), ("lift", 1.0), ("carry", 2.0), ("lower", 1.0),
-          ("release", 0.5), ("retreat", 0.8), ("settle", 0.4))
-
-
-def scripted_pick_place(robot: Robot, spec: SceneSpec, control_hz: float = 20.0) -> tuple[np.ndarray, list]:
-    """Pick ``spec.objects[0]`` and place it on the pad: ee_pose actions (N, 8) at ``control_hz``.
-
-    Columns: xyz (m) + quaternion xyzw of ``robot.ee_link`` in the world + gripper opening in [0, 1] (1 open).
-    Returns (actions, phases) with phases a list of (name, first_step, end_step).
-    """
-    T_home = robot.fk(robot.home, [robot.ee_link])[robot.ee_link][0]
-    p_home, q_home = matrix_to_pose(T_home)
-    obj = spec.objects[0]
-    h = obj.size[2]
-    z_grasp = TABLE_TOP + max(0.5 * h, 0.02)
-    z_above = TABLE_TOP + h + 0.12
-    z_lift = TABLE_TOP + h + 0.16
-    o = np.array([obj.xy[0], obj.xy[1]])
-    g = np.array(spec.goal_xy)
-    q_down = down_quat(spec.grasp_yaw)
-    keys = [  # (position at the end of the phase, quaternion, gripper at the end)
-        (np.r_[o, z_above], q_down, 1.0),
-        (np.r_[o, z_grasp], q_down, 1.0),
-        (np.r_[o, z_grasp], q_down, 0.0),
-        (np.r_[o, z_lift], q_down, 0.0),
-        (np.r_[g, z_lift], q_down, 0.0),
-        (np.r_[g, z_grasp + 0.005], q_down, 0.0),
-        (np.r_[g, z_grasp + 0.005], q_down, 1.0),
-        (np.r_[g, z_above + 0.05], q_down, 1.0),
-        (np.r_[g, z_above + 0.05], q_down, 1.0),
-    ]
-    # row 0 holds the start pose, so frame 0 (recorded after step 0) is the initial image I0
-    rows, phases = [np.r_[p_home, q_home, 1.0][None]], [("start", 0, 1)]
-    prev = (p_home, q_home, 1.0)
-    step = 1
-    for (name, dur), key in zip(PHASES, keys, strict=True):
-        n = max(1, int(round(dur * control_hz)))
-        s = _min_jerk(np.arange(1, n + 1) / n)
-        pos = prev[0] + s[:, None] * (key[0] - prev[0])
-        rots = Slerp([0.0, 1.0], Rotation.from_quat([prev[1], key[1]]))(s).as_quat()
-        grip = prev[2] + s * (key[2] - prev[2])
-        rows.append(np.concatenate([pos, rots, grip[:, None]], axis=1))
-        phases.append((name, step, step + n))
-        step += n
-        prev = key
-    return np.concatenate(rows).astype(np.float64), phases
-
-
-def perturb_actions(actions: np.ndarray, segment: int, sigma: float, rng: np.random.Generator,
-                    n_segments: int = N_SEGMENTS, pos_scale: float = 0.08, rot_scale: float = 0.3,
-                    z_min: float = TABLE_TOP + 0.01) -> np.ndarray:
-    """Failure synthesis (Supp. B.2): Gaussian random walk on the 6-DoF pose inside one temporal segment.
-
-    ``actions`` (N, 8) ee_pose. The steps are split into ``n_segments`` equal parts; inside part ``segment`` the
-    pose offset is a random walk started at 0 whose per-axis std at the part's end is ``sigma * pos_scale`` m
-    (position) and ``sigma * rot_scale`` rad (world-frame rotation vector); the final offset is held afterwards.
-    The gripper column is untouched; the commanded z is clipped to >= ``z_min``. Returns a new (N, 8) array.
-    """
-    a = np.array(actions, dtype=np.float64)
-    if not (0 <= segment < n_segments):
-        raise ValueError(f"segment must be in [0, {n_segments}), got {segment}")
-    seg = np.array_split(np.arange(len(a)), n_segments)[segment]
-    n = len(seg)
-    step_std = sigma / np.sqrt(n)
-    dpos = np.cumsum(rng.normal(0.0, step_std * pos_scale, (n, 3)), axis=0)
-    drot = np.cumsum(rng.normal(0.0, step_std * rot_scale, (n, 3)), axis=0)
-    off_p = np.zeros((len(a), 3))
-    off_r = np.zeros((len(a), 3))
-    off_p[seg], off_r[seg] = dpos, drot
-    off_p[seg[-1] + 1:], off_r[seg[-1] + 1:] = dpos[-1], drot[-1]
-    a[:, :3] += off_p
-    a[:, 2] = np.maximum(a[:, 2], z_min)
-    a[:, 3:7] = (Rotation.from_rotvec(off_r) * Rotation.from_quat(a[:, 3:7])).as_quat()
-    return a
-
-
-@dataclass(frozen=True)
-class PolicySpec:
-    """One member of the scripted policy family (see module docstring)."""
-
-    grasp_offset: float  # metres: horizontal shift of the grasp point, in a random direction per scene
-    sigma: float  # perturb_actions sigma on segment 0 (approach / descent); 0 = no noise
-
-    def describe(self) -> str:
-        if self.grasp_offset == 0 and self.sigma == 0:
-            return "clean scripted expert"
-        return f"grasp offset {self.grasp_offset * 100:g} cm, noise sigma {self.sigma:g} on segment 0"
-
-
-# Measured physics success on canonical test scenes (no distractor, scenes resampled until the expert succeeds,
-# 40 scenes): expert 1.0, p1 ~0.8, p2 ~0.5, p3 ~0.3, p4 ~0.1.
-POLICIES: dict[str, PolicySpec] = {
-    "expert": PolicySpec(grasp_offset=0.0, sigma=0.0),
-    "p1": PolicySpec(grasp_offset=0.015, sigma=0.15),
-    "p2": PolicySpec(grasp_offset=0.02, sigma=0.2),
-    "p3": PolicySpec(grasp_offset=0.03, sigma=0.3),
-    "p4": PolicySpec(grasp_offset=0.04, sigma=0.5),
-}
-
-
-def offset_grasp(actions: np.ndarray, phases: list, offset_xy) -> np.ndarray:
-    """Shift the pick of a :func:`scripted_pick_place` trajectory horizontally by ``offset_xy`` (2,) metres.
-
-    The offset ramps in over the ``approach`` phase (min-jerk), is held through ``descend``, ``grasp`` and
-    ``lift`` (so the grasp point moves by exactly ``offset_xy``) and ramps out over ``carry``; the start pose and
-    the place are unchanged. Returns a new (N, 8) array.
-    """
-    a = np.array(actions, dtype=np.float64)
-    span = {name: (s, e) for name, s, e in phases}
-    w = np.zeros(len(a))
-    s, e = span["approach"]
-    w[s:e] = _min_jerk(np.arange(1, e - s + 1) / (e - s))
-    w[e:span["lift"][1]] = 1.0
-    s, e = span["carry"]
-    w[s:e] = 1.0 - _min_jerk(np.arange(1, e - s + 1) / (e - s))
-    a[:, :2] += w[:, None] * np.asarray(offset_xy, np.float64)[None]
-    return a
-
-
-def policy_actions(robot: Robot, spec: SceneSpec, policy: str | PolicySpec, rng: np.random.Generator,
-                   control_hz: float = 20.0) -> tuple[np.ndarray, dict]:
-    """ee_pose actions (N, 8) of the family member ``policy`` (a :data:`POLICIES` name or a spec) on ``spec``.
-
-    ``rng`` draws the offset direction (uniform angle), then the noise of :func:`perturb_actions` (segment 0);
-    both are drawn for every member, so the same ``rng`` state gives every member the same direction and noise
-    shape. Returns (actions, info) with info = {"grasp_offset_xy": [dx, dy] metres, "sigma": float}.
-    """
-    p_ = POLICIES[policy] if isinstance(policy, str) else policy
-    actions, phases = scripted_pick_place(robot, spec, control_hz)
-    theta = rng.uniform(-np.pi, np.pi)
-    off = p_.grasp_offset * np.array([np.cos(theta), np.sin(theta)])
-    if p_.grasp_offset > 0:
-        actions = offset_grasp(actions, phases, off)
-    if p_.sigma > 0:
-        actions = perturb_actions(actions, 0, p_.sigma, rng)
-    return actions, {"grasp_offset_xy": off.tolist(), "sigma": float(p_.sigma)}
 
 
 # ---------------------------------------------------------------------- physics scene
