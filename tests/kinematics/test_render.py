@@ -486,8 +486,11 @@ def test_rotate():
     np.testing.assert_array_equal(mask0, mask)
 
 
-def test_simplified_urdf_matches_renderer_in_pybullet(tmp_path):
-    """pybullet drawing the simplified URDF agrees with our renderer at the same face limit (data engine path)."""
+@pytest.mark.parametrize("backend", ["gl", "embree"])
+def test_simplified_urdf_matches_renderer_in_pybullet(tmp_path, backend):
+    """pybullet drawing the simplified URDF agrees with our renderer at the same face limit (data engine path), to
+    a pixel: both cull back faces (without culling, frame 0 differed by 6 pixels, IoU 0.9955, where the holes that
+    decimation opens showed the inside of a link; now 0-1 pixels, IoU >= 0.999)."""
     from kinema4d.kinematics.meshes import simplified_urdf
 
     robot = Robot.builtin("panda")
@@ -499,7 +502,7 @@ def test_simplified_urdf_matches_renderer_in_pybullet(tmp_path):
     for link in ("panda_hand", "panda_link4"):  # same kinematics
         np.testing.assert_allclose(twin.fk(q)[link], robot.fk(q)[link], atol=1e-12)
     cam = Camera.look_at(eye=[1.45, 0.4, 1.05], target=[0.3, 0.0, 0.4], width=192, height=128, fov_y_deg=50)
-    ours = render_robot(robot, q, cam, max_faces_per_link=1000)
+    ours = render_robot(robot, q, cam, backend=backend, max_faces_per_link=1000)
     cid = p.connect(p.DIRECT)
     try:
         body = p.loadURDF(str(urdf), useFixedBase=True, physicsClientId=cid)
@@ -514,7 +517,7 @@ def test_simplified_urdf_matches_renderer_in_pybullet(tmp_path):
             m = np.asarray(seg).reshape(128, 192) == body
             z = Camera.opengl_depth_to_z(np.asarray(d).reshape(128, 192), 0.05, 5.0)
             both = m & ours.mask[t]
-            assert both.sum() / (m | ours.mask[t]).sum() >= 0.98
+            assert both.sum() / (m | ours.mask[t]).sum() >= 0.998
             assert np.median(np.abs(z[both] - ours.depth[t][both])) < 1e-3
     finally:
         p.disconnect(cid)
