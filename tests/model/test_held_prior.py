@@ -236,7 +236,8 @@ def test_prior_written_into_the_input():
         cfg = ModelConfig(world_anchor=True, held_prior=True, held_prior_input=flag, prediction="x0_residual",
                           pixel_factor=1)  # the identity codec: latents are pixels (normalized)
         wm, codec = WorldModel(cfg), make_codec(cfg)
-        lat = wm.prepare(codec, rgb0, robot_pm, robot_mask, world0=world0, held=held)["cond"][:, 4:4 + cfg.latent_channels]
+        cond = wm.prepare(codec, rgb0, robot_pm, robot_mask, world0=world0, held=held)["cond"]
+        lat = cond[:, 4:4 + cfg.latent_channels]
         out[flag] = codec.decode(wm.denormalize(lat))  # back to pixels in [0, 1]
     base, comp = out[False], out[True]  # (B, 3, T, h, 2w): [RGB | XYZ]
     sel = ((held["mask"] + held["vacated"]) > 0.5) & (robot_mask < 0.5)
