@@ -137,7 +137,7 @@ class TrainConfig:
 # position-less context tokens, no robot RGB -- it won the 200-step proxy against the released Kinema4D
 # conditioning with robot RGB (``release_conditioning``; README: PSNR 24.17 vs 22.68, object-motion recall 0.38
 # vs 0.00 on 12 test episodes).
-_DEFAULT = TrainConfig(
+_BASE = TrainConfig(
     model=ModelConfig(codec="pixel", pixel_factor=8, num_attention_heads=8, attention_head_dim=32, ffn_dim=1024,
                       num_layers=4, text_dim=128, freq_dim=128, image_padding="repeat", world_anchor=True,
                       prediction="x0_residual", robot_token_patch=2),
@@ -146,52 +146,53 @@ _DEFAULT = TrainConfig(
     preload_cache="data/cache/synth64_train_64x96x9.safetensors", stats_samples=256, out_dir="runs/default",
     log_every=10, ckpt_every=200, val_every=800, val_steps=20,
 )
+# The bundled default since session 8: _BASE + the held-object prior written into the input with the grasp gate
+# (kinema4d.model.held_prior; README "The held-object prior"): the first recipe whose objects move.
+_DEFAULT = dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True, held_prior_input=True,
+                                                                held_gate=GRASP_GATE))
 # the released Kinema4D conditioning (robot tokens with positions + the zero-init robot-latent projection) and its
 # default robot RGB + pointmap condition, for the ablation table
-_RELEASE = dataclasses.replace(_DEFAULT.model, context="robot_tokens", robot_latent_proj=True, robot_rgb=True)
+_RELEASE = dataclasses.replace(_BASE.model, context="robot_tokens", robot_latent_proj=True, robot_rgb=True)
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "tiny": ("tests: 0.64M params, 5 frames of 16x16, pixel codec, synthetic data", TrainConfig()),
     "default": (
         "the bundled CPU checkpoint: 9 frames (stride 6 over a 49-frame episode) of 64x96, 8x pixel codec, "
         "4-layer 8x32-head DiT (5.7 M parameters), x0-prediction, frame-0 world pointmap anchor, robot-latent "
-        "context, XYZ loss weight 4, 1200 steps",
+        "context, XYZ loss weight 4, the held-object prior written into the input with the grasp gate, 1200 steps",
         _DEFAULT,
     ),
+    "base": (
+        "the default without the held-object prior (the bundled model of sessions 6-7; the baselines' recipe)",
+        dataclasses.replace(_BASE, out_dir="runs/base"),
+    ),
     "release_conditioning": (
-        "the default with the released Kinema4D conditioning: positioned robot tokens in cross-attention, the "
+        "the base recipe with the released Kinema4D conditioning: positioned robot tokens in cross-attention, the "
         "zero-init robot-latent projection and the robot-RGB condition (the dataset must store robot_rgb)",
-        dataclasses.replace(_DEFAULT, model=_RELEASE, out_dir="runs/release_conditioning"),
+        dataclasses.replace(_BASE, model=_RELEASE, out_dir="runs/release_conditioning"),
     ),
     "held_prior": (
-        "the default plus the held-object prior (beyond the paper, kinema4d.model.held_prior): input channels with "
+        "the base recipe plus the held-object prior (beyond the paper, kinema4d.model.held_prior): input channels with "
         "where the frame-0 points at the grasp would be if the gripper carried them, from the actions and frame 0",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True),
+        dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True),
                             out_dir="runs/held_prior"),
     ),
     "held_input": (
         "the held_prior preset with the hypothesis also written into the input latents (held_prior_input): the "
         "x0-residual base starts from the carried object and the uncovered support",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
+        dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True,
                                                                 held_prior_input=True),
                             out_dir="runs/held_input"),
     ),
-    "held_gate": (
-        "the held_input preset with the grasp gate (held_gate): the hypothesis carries nothing unless the fingers "
-        "close on the middle of the points (kinema4d.model.held_prior.GRASP_GATE)",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
-                                                                held_prior_input=True, held_gate=GRASP_GATE),
-                            out_dir="runs/held_gate"),
-    ),
     "baseline_binary_mask": (
         "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="binary_mask"),
+        dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, condition="binary_mask"),
                             out_dir="runs/baseline_binary_mask"),
     ),
     "baseline_action_embedding": (
         "Sec. 4 baseline under the default's budget: per-frame ee pose + gripper tokens as cross-attention context "
         "(IRASim / Ctrl-World style); no robot pixels (no pointmap, no mask)",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="action_embedding",
+        dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, condition="action_embedding",
                                                                 mask="none"),
                             out_dir="runs/baseline_action_embedding"),
     ),
