@@ -42,7 +42,7 @@ def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), "-m", "kinema4d.model.train", "tiny", "--out-dir",
                str(tmp_path / "fsdp"), *ARGS, "--model.backbone-path", str(tmp_path / "backbone"), *extra]
-        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
         s0, s1 = (json.loads((tmp_path / "fsdp" / f"summary_rank{r}.json").read_text()) for r in (0, 1))
         assert s0["world_size"] == 2 and s0["ranks_identical"] and s0["losses"] == s1["losses"]
@@ -77,17 +77,24 @@ def test_fsdp2_two_gloo_ranks_match_one_process(tmp_path):
 
 
 def test_fsdp2_bf16_gathers_bf16_and_matches_autocast(tmp_path):
-    """precision=bf16 under FSDP2: fp32 shards gathered in bf16 (MixedPrecisionPolicy) give the losses of one
-    process with fp32 weights under bf16 autocast, to bf16 rounding."""
+    """precision=bf16 under FSDP2 with a CLIP image encoder (the `release` preset's setup): fp32 shards gathered in
+    bf16 (MixedPrecisionPolicy) give the losses of one process with fp32 weights under bf16 autocast, to bf16
+    rounding; the frozen encoder, run by ``prepare`` outside the forward, stays whole on every rank."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
     tiny = PRESETS["tiny"][1]
     model_cfg = dataclasses.replace(tiny.model, image_dim=32, added_kv_proj_dim=128, mask="binary", lora_rank=4)
     make_backbone(model_cfg).save_pretrained(tmp_path / "backbone")
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(tmp_path / "clip")
+    model_cfg = dataclasses.replace(model_cfg, image_encoder_path=str(tmp_path / "clip"))
     args = [a for a in ARGS if a not in ("--steps", "3")] + ["--steps", "2", "--precision", "bf16",
-                                                              "--model.backbone-path", str(tmp_path / "backbone")]
+                                                              "--model.backbone-path", str(tmp_path / "backbone"),
+                                                              "--model.image-encoder-path", str(tmp_path / "clip")]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), "-m", "kinema4d.model.train", "tiny", "--out-dir",
            str(tmp_path / "fsdp"), *args]
-    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     losses = json.loads((tmp_path / "fsdp" / "summary_rank0.json").read_text())["losses"]
     one = dataclasses.replace(tiny, out_dir=str(tmp_path / "one"), steps=2, batch_size=4, progress=False,

@@ -93,9 +93,10 @@ class ModelConfig:
     # the released design's second use of the robot latents: a zero-init C->C 1x1x1 projection of the robot-only
     # latents added to the XYZ half of the input (condition) latents
     robot_latent_proj: bool = False
-    # robot-RGB condition (the released default model): the RGB half of the input latents holds the kinematic
-    # renderer's robot colours (``render_robot(rgb=True)``, the same renderer at datagen and at inference) on robot
-    # pixels, over I0; the robot-token context then also sees the robot-only RGB latents
+    # robot-RGB condition (a kinema4d extension: the release's "robot RGB + pointmap" code reads the robot-RGB latents
+    # and drops them, so its transformer never sees robot colours): the RGB half of the input latents holds the
+    # kinematic renderer's robot colours (``render_robot(rgb=True)``, the same renderer at datagen and at inference)
+    # on robot pixels, over I0; the robot-token context then also sees the robot-only RGB latents
     robot_rgb: bool = False
     mask: Literal["soft", "binary", "none"] = "soft"
     soft_ratio: float = 0.1
