@@ -175,6 +175,13 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
                                                                 held_prior_input=True),
                             out_dir="runs/held_input"),
     ),
+    "held_input_rgb": (
+        "the held_input preset plus the robot-RGB condition (robot_rgb): the kinematic render's robot colours are "
+        "written over the robot's pixels of the input, so the x0-residual base shows the robot too",
+        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
+                                                                held_prior_input=True, robot_rgb=True),
+                            out_dir="runs/held_input_rgb"),
+    ),
     "baseline_binary_mask": (
         "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
         dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="binary_mask"),
