@@ -35,6 +35,7 @@ import torch.distributed as dist
 from kinema4d.data.episodes import model_inputs
 from kinema4d.geometry import save_atomic_text
 from kinema4d.interactive.media import video_to_uint8, write_video
+from kinema4d.model.held_prior import GRASP_GATE
 from kinema4d.model.network import (
     PAPER_MODEL,
     RELEASE_MODEL,
@@ -175,12 +176,12 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
                                                                 held_prior_input=True),
                             out_dir="runs/held_input"),
     ),
-    "held_input_rgb": (
-        "the held_input preset plus the robot-RGB condition (robot_rgb): the kinematic render's robot colours are "
-        "written over the robot's pixels of the input, so the x0-residual base shows the robot too",
+    "held_gate": (
+        "the held_input preset with the grasp gate (held_gate): the hypothesis carries nothing unless the fingers "
+        "close on the middle of the points (kinema4d.model.held_prior.GRASP_GATE)",
         dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
-                                                                held_prior_input=True, robot_rgb=True),
-                            out_dir="runs/held_input_rgb"),
+                                                                held_prior_input=True, held_gate=GRASP_GATE),
+                            out_dir="runs/held_gate"),
     ),
     "baseline_binary_mask": (
         "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
