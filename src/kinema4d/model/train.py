@@ -150,8 +150,8 @@ _BASE = TrainConfig(
 # (kinema4d.model.held_prior; README "The held-object prior"): the first recipe whose objects move.
 _DEFAULT = dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True, held_prior_input=True,
                                                                 held_gate=GRASP_GATE))
-# the released Kinema4D conditioning (robot tokens with positions + the zero-init robot-latent projection) and its
-# default robot RGB + pointmap condition, for the ablation table
+# the released Kinema4D conditioning (robot tokens with positions + the zero-init robot-latent projection) plus our
+# robot-RGB input (robot_rgb: not in the release, whose code drops the robot-RGB latents), for the ablation table
 _RELEASE = dataclasses.replace(_BASE.model, context="robot_tokens", robot_latent_proj=True, robot_rgb=True)
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
@@ -716,7 +716,8 @@ def _gathered_state(model: WorldModel, ema: dict) -> tuple[dict, dict]:
 
 def shard_fsdp2(model: WorldModel, device: torch.device, world: int, precision: str = "fp32") -> None:
     """torch FSDP2: ``fully_shard`` every transformer block, then the whole model (the rest: embeddings, robot
-    modules, output head), over a 1-D mesh of ``world`` ranks on ``device``'s type. In place.
+    modules, output head; not the frozen image encoder, replicated), over a 1-D mesh of ``world`` ranks on
+    ``device``'s type. In place.
 
     ``precision="bf16"``: the shards stay fp32 (the optimizer's master weights) but are gathered in bf16 for
     compute (half the all-gather traffic and gathered-block memory) and gradients are reduced in fp32; inputs are
@@ -730,7 +731,10 @@ def shard_fsdp2(model: WorldModel, device: torch.device, world: int, precision: 
     mesh = init_device_mesh(device.type, (world,))
     for block in model.transformer.blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+    # the frozen CLIP image encoder stays whole on every rank: ``prepare`` runs it outside the model's forward, where
+    # FSDP2 would leave its weights sharded (a DTensor error at the first batch)
+    keep = set(model.image_encoder.parameters()) if model.image_encoder is not None else None
+    fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=keep)
 
 
 def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, step: int,
