@@ -18,9 +18,10 @@ from kinema4d import cli
 from kinema4d.interactive.viewer import load_rollout_npz
 from kinema4d.kinematics.camera import Camera
 from kinema4d.kinematics.control import demo_actions, demo_camera
-from kinema4d.kinematics.render import normalize_pointmap, render_robot
+from kinema4d.kinematics.render import render_robot
 from kinema4d.kinematics.robot import Robot
 from kinema4d.model.train import TrainConfig, train_main
+from kinema4d.pointmap import normalize_pointmap
 from kinema4d.simulator import DEFAULT_CHECKPOINT, DEMO_DIR, DEMO_FILES, Rollout, Simulator, resolve_checkpoint
 
 torch.set_num_threads(1)
@@ -308,7 +309,7 @@ def anchor_sim(tmp_path_factory, robot, camera):
 def test_world_anchor_rollout(anchor_sim, image, actions, camera, tmp_path):
     """A world_anchor model needs pointmap0 (clear error without / with a wrong shape); depth and the equivalent
     pointmap give the same rollout; the metres are exact (anchor stats), 0 where the model generated 'empty'."""
-    from kinema4d.data.episodes import generated_valid
+    from kinema4d.pointmap import generated_valid
 
     assert anchor_sim.needs_pointmap0
     with pytest.raises(ValueError, match="pointmap0"):

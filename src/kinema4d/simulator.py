@@ -9,10 +9,10 @@
 Stages (paper Sec. 3): the kinematic stage (``robot.actions_to_joints`` with a seeded IK, ``render.render_robot``)
 turns the actions into a robot pointmap sequence seen by the camera, which conditions the generative model
 (``model.sample``). Normalization: ``world_anchor`` models (the bundled one) also take the frame-0 world pointmap
-and normalize every pointmap with stats known at inference (``data.anchor_stats``), so their output converts to
+and normalize every pointmap with stats known at inference (``pointmap.anchor_stats``), so their output converts to
 metres exactly; paper-style models take the robot pointmap min-max normalized over the sequence
-(``render.normalize_pointmap``) and their normalized world pointmap is brought back to metres by fitting it to the
-known robot pointmap on robot pixels (``model.denormalize_world_pointmap``).
+(``pointmap.normalize_pointmap``) and their normalized world pointmap is brought back to metres by fitting it to the
+known robot pointmap on robot pixels (``pointmap.denormalize_world_pointmap``).
 
 ``kinema4d simulate`` (:class:`SimulateConfig`, :func:`simulate_main`) is the command-line entry.
 """
@@ -103,9 +103,9 @@ class Rollout:
 
     - ``rgb``: (T, H, W, 3) uint8 generated frames (frame 0 re-generates the initial image).
     - ``world_pointmap``: (T, H, W, 3) float32 camera-space metres of the whole scene. ``world_anchor`` models:
-      de-normalized exactly with the stats they were fed (``data.anchor_stats``), 0 where the model generated
-      'empty' (``data.generated_valid``); other models: by fitting the generated values to
-      ``robot_pointmap`` on ``robot_mask`` pixels (``model.denormalize_world_pointmap``), dense (points with
+      de-normalized exactly with the stats they were fed (``pointmap.anchor_stats``), 0 where the model generated
+      'empty' (``pointmap.generated_valid``); other models: by fitting the generated values to
+      ``robot_pointmap`` on ``robot_mask`` pixels (``pointmap.denormalize_world_pointmap``), dense (points with
       z <= 0 are not physical; viewers skip them). None for a model with ``output='rgb_only'``.
     - ``world_pointmap01``: (T, H, W, 3) float32 in [0, 1], the normalized world pointmap as generated (None for
       ``rgb_only``).
@@ -499,10 +499,16 @@ class Simulator:
         """
         import torch
 
-        from kinema4d.data.episodes import anchor_stats, anchored_to_metres, normalize_with_stats
-        from kinema4d.kinematics.render import normalize_pointmap
         from kinema4d.model.device import peak_memory_gb
-        from kinema4d.model.network import check_video_size, denormalize_world_pointmap, sample
+        from kinema4d.model.network import check_video_size, sample
+        from kinema4d.pointmap import (
+            anchor_stats,
+            anchored_to_metres,
+            denormalize_world_pointmap,
+            normalize_pointmap,
+            normalize_with_stats,
+            scale_offset,
+        )
 
         img, pointmap0, resampled = self.model_inputs(image, pointmap0)
         H, W = img.shape[:2]
@@ -544,7 +550,7 @@ class Simulator:
         else:
             pm01, stats = normalize_pointmap(r.pointmap, r.mask)
             rpm01 = torch.from_numpy(pm01).permute(0, 3, 1, 2).contiguous()
-            stats_np = np.stack([stats.min, stats.max])
+            stats_np = stats.as_array()
         robot_rgb = None if r.rgb is None else torch.from_numpy(r.rgb).permute(0, 3, 1, 2).float() / 255.0
         held = self.held_prior(img, pm0, r.mask[0], traj.q, idx, st) if cfg.held_prior else None
         held_info = None if held is None else {k: held.pop(k) for k in ("grasp_frame", "release_frame")} | {
@@ -556,7 +562,7 @@ class Simulator:
         if w01 is not None:
             world01 = w01.permute(0, 2, 3, 1).numpy().astype(np.float32)
             if cfg.world_anchor:
-                fit = np.stack([stats_np[1] - stats_np[0], stats_np[0]])
+                fit = scale_offset(stats_np)
                 world = anchored_to_metres(world01, stats_np).astype(np.float32)
             else:
                 rstats = torch.from_numpy(stats_np.astype(np.float32))

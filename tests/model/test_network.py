@@ -13,7 +13,6 @@ from kinema4d.model.network import (
     SharedWidthRope,
     WorldModel,
     compute_latent_stats,
-    denormalize_world_pointmap,
     downsample_mask,
     flow_matching_loss,
     latent_shapes,
@@ -255,25 +254,6 @@ def test_sampling_deterministic_and_shapes():
     r3, _ = sample(*args, steps=3, cfg_scale=1.5, seed=4)
     assert torch.equal(r1, r2) and torch.equal(p1, p2) and not torch.equal(r1, r3)
     assert r1.shape == p1.shape == (T, 3, H, W) and 0 <= r1.min() and r1.max() <= 1
-
-
-def test_denormalize_world_pointmap():
-    g = torch.Generator().manual_seed(0)
-    metres = torch.rand(T, 3, H, W, generator=g) * torch.tensor([0.6, 0.4, 1.0]).view(1, 3, 1, 1) \
-        + torch.tensor([-0.3, -0.2, 0.5]).view(1, 3, 1, 1)
-    wlo, whi = metres.amin((0, 2, 3)), metres.amax((0, 2, 3))
-    world01 = (metres - wlo.view(1, 3, 1, 1)) / (whi - wlo).view(1, 3, 1, 1)
-    mask = torch.zeros(T, H, W)
-    mask[:, 4:10, 3:9] = 1
-    sel = mask > 0.5
-    rpts = metres.permute(0, 2, 3, 1)[sel]
-    rlo, rhi = rpts.min(0).values, rpts.max(0).values
-    robot01 = ((metres - rlo.view(1, 3, 1, 1)) / (rhi - rlo).view(1, 3, 1, 1)) * mask[:, None]
-    out, aff = denormalize_world_pointmap(world01, robot01, mask, torch.stack([rlo, rhi]))
-    assert torch.allclose(out, metres, atol=1e-4)
-    assert torch.allclose(aff[0], whi - wlo, atol=1e-4) and torch.allclose(aff[1], wlo, atol=1e-4)
-    out0, aff0 = denormalize_world_pointmap(world01, robot01, torch.zeros_like(mask), torch.stack([rlo, rhi]))
-    assert torch.allclose(aff0[0], rhi - rlo) and torch.allclose(aff0[1], rlo)  # fallback: robot stats
 
 
 # ---------------------------------------------------------------------------------------------------- learning

@@ -25,10 +25,10 @@ Metrics (definitions in :mod:`kinema4d.eval.metrics`), two paper-style tables:
   and FVD (over all clips) only with local feature-network weights (``--lpips-weights`` ...), else ``n/a``;
 - geometry (Tab. 2): Chamfer L1 / L2 and F-Score@0.01 between predicted and GT world pointmaps, both first
   converted to metres with the normalization the model was fed (the GT sequence's min-max, or the anchor stats),
-  then mapped with the GT sequence's per-axis min-max (``metrics.normalize_pair``): distances are fractions of
+  then mapped with the GT sequence's per-axis min-max (``pointmap.normalize_pair``): distances are fractions of
   the scene extent, as in the paper; plus their "(temp)" consecutive-frame versions; robot adherence (mm) after
   converting the generated pointmap to metres as the Simulator does (anchor stats, or a fit on the robot pixels
-  alone: ``denormalize_world_pointmap``); penetration (%): generated non-robot points inside the posed robot
+  alone: ``pointmap.denormalize_world_pointmap``); penetration (%): generated non-robot points inside the posed robot
   links (``metrics.penetration_rate``, joints of the episode's frames), with the GT pointmap's own rate as the
   reference (mask edges and the convex-hull link volumes make it non-zero);
 - object (issue 12): the target object ``attrs["objects"][0]`` located in each method's last frame from its
@@ -38,7 +38,7 @@ Metrics (definitions in :mod:`kinema4d.eval.metrics`), two paper-style tables:
   moved) with the GT-moving episode count. The same locator on the GT frames is reported as its ceiling.
 
 Frame 0 is excluded from the per-sequence means (it is the given image for every method). Which predicted pixels
-hold a point is ``kinema4d.data.episodes.generated_valid`` (the training target is 0 on empty pixels).
+hold a point is ``kinema4d.pointmap.generated_valid`` (the training target is 0 on empty pixels).
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ import numpy as np
 from kinema4d.eval import metrics as M
 from kinema4d.geometry import save_atomic_text
 from kinema4d.interactive.media import video_to_uint8
+from kinema4d.pointmap import (
+    anchored_to_metres,
+    denormalize_world_pointmap,
+    generated_valid,
+    normalize_sequence,
+    to_metres,
+)
 
 VIDEO_COLUMNS = (("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("latent_l2", "latent L2 ↓", "{:.4f}"),
                  ("lpips", "LPIPS ↓", "{:.3f}"), ("fid", "FID ↓", "{:.2f}"), ("fvd", "FVD ↓", "{:.2f}"))
@@ -108,11 +115,6 @@ class EvalConfig:
     skip_corrupt: bool = False
 
 
-def to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) normalized + (2, 3) [min; max] -> metres (0 stays 0 only where the GT is empty: caller masks)."""
-    return pm01 * (stats[1] - stats[0]) + stats[0]
-
-
 def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_m: np.ndarray | None = None,
                   codec=None, robot_pose: tuple | None = None, lpips_weights=None, anchored: bool = False) -> dict:
     """Metrics of one prediction. pred_rgb (T,H,W,3) uint8, pred_w01 (T,H,W,3) in the normalization of ``item``
@@ -120,9 +122,7 @@ def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_
     adherence and penetration (None: skip). ``codec`` gives latent L2, ``robot_pose`` = (Robot, q (T, dof),
     T_cam_world (4, 4)) the penetration rate, ``lpips_weights`` LPIPS (each NaN / None when absent);
     ``anchored``: pred_w01 is in a world_anchor model's normalization (decides which pixels hold a point,
-    ``data.generated_valid``)."""
-    from kinema4d.data.episodes import generated_valid
-
+    ``pointmap.generated_valid``)."""
     gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
     gt_valid = item["world_valid"].numpy() > 0.5
     stats = item["world_stats"].numpy().astype(np.float64)
@@ -261,8 +261,8 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
     world pointmap in camera metres (T,H,W,3) or None)."""
     import torch
 
-    from kinema4d.data.episodes import anchored_to_metres, model_inputs
-    from kinema4d.model.network import denormalize_world_pointmap, sample
+    from kinema4d.data.episodes import model_inputs
+    from kinema4d.model.network import sample
     item = model_inputs(model.cfg, raw)
     extra = {}
     if getattr(model.cfg, "robot_rgb", False):  # robot-RGB models (only then: older sample() lacks the argument)
@@ -291,7 +291,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     videos into ``cfg.out``. Returns the report dict."""
     from tqdm import tqdm
 
-    from kinema4d.data.episodes import TorchEpisodes, generated_valid
+    from kinema4d.data.episodes import TorchEpisodes
     from kinema4d.interactive.media import hstack_videos, pointmap_to_rgb, write_video
 
     if cfg.robot_input not in ROBOT_INPUTS:
@@ -406,8 +406,8 @@ def pipeline_robot_inputs(ds, raw: dict, robots: dict | None = None, return_ik_e
     """
     import torch
 
-    from kinema4d.data.episodes import frame_indices, normalize_sequence
-    from kinema4d.kinematics.render import normalize_pointmap, render_robot
+    from kinema4d.data.episodes import frame_indices
+    from kinema4d.kinematics.render import render_robot
     from kinema4d.kinematics.robot import actions_to_joints
 
     e = ds.ds.read_episode(raw["index"], keys=("actions",))
@@ -425,7 +425,7 @@ def pipeline_robot_inputs(ds, raw: dict, robots: dict | None = None, return_ik_e
     r = render_robot(robot, q, camera, rgb=True)
     rpm = torch.from_numpy(r.pointmap.astype(np.float16).astype(np.float32)).permute(0, 3, 1, 2)
     rvalid = torch.from_numpy(r.mask)
-    r01, rstats = normalize_sequence(rpm, rvalid, normalize_pointmap)
+    r01, rstats = normalize_sequence(rpm, rvalid)
     item = dict(raw) | {"robot_pointmap": r01, "robot_mask": rvalid.float(), "robot_stats": rstats,
                         "robot_rgb": torch.from_numpy(r.rgb).permute(0, 3, 1, 2).float().contiguous() / 255.0}
     out = (item, (robot, q, camera.T_cam_world))

@@ -1098,33 +1098,6 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     return rgb, (None if model.cfg.output == "rgb_only" else wpm)
 
 
-def denormalize_world_pointmap(world01: torch.Tensor, robot_pointmap01: torch.Tensor, robot_mask: torch.Tensor,
-                               robot_stats: torch.Tensor, min_pixels: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generated normalized world pointmap (T,3,H,W) -> metres, and the (2,3) [scale; offset] used.
-
-    The world's own min/max are unknown at inference, but on robot pixels (robot_mask) the world pointmap must
-    coincide with the known robot pointmap in metres (robot_pointmap01 * (max - min) + min, from ``robot_stats``
-    (2,3) [min; max]). So per channel c we fit metres ~= scale_c * world01 + offset_c by least squares on those
-    pixels. If fewer than ``min_pixels`` robot pixels exist, the generated values have no spread there, or the fit
-    gives a non-positive scale, that channel falls back to the robot stats (scale = max - min, offset = min).
-    """
-    lo, hi = robot_stats[0].float(), robot_stats[1].float()
-    robot_m = robot_pointmap01.float() * (hi - lo)[None, :, None, None] + lo[None, :, None, None]
-    sel = robot_mask > 0.5
-    scale, offset = (hi - lo).clone(), lo.clone()
-    if int(sel.sum()) >= min_pixels:
-        for c in range(3):
-            g = world01[:, c][sel].double()
-            y = robot_m[:, c][sel].double()
-            var = g.var(unbiased=False)
-            if var > 1e-8:
-                a = ((g - g.mean()) * (y - y.mean())).mean() / var
-                if a > 0:
-                    scale[c], offset[c] = float(a), float(y.mean() - a * g.mean())
-    out = world01.float() * scale[None, :, None, None] + offset[None, :, None, None]
-    return out, torch.stack([scale, offset])
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Latent statistics, save / load
 # ----------------------------------------------------------------------------------------------------------------
@@ -1224,5 +1197,5 @@ __all__ = [
     "downsample_mask", "release_downsample_mask", "soften_mask",
     "SharedWidthRope", "DomainEmbedding", "RobotTokens", "make_backbone",
     "load_pretrained_backbone", "WorldModel", "flow_matching_loss", "sample_timesteps", "sample",
-    "denormalize_world_pointmap", "compute_latent_stats", "save_model", "load_model", "load_state",
+    "compute_latent_stats", "save_model", "load_model", "load_state",
 ]
