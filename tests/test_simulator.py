@@ -16,8 +16,8 @@ import torch
 import kinema4d
 from kinema4d import cli
 from kinema4d.interactive.viewer import load_rollout_npz
-from kinema4d.kinematics.camera import Camera
-from kinema4d.kinematics.control import demo_actions, demo_camera
+from kinema4d.kinematics.camera import Camera, demo_camera
+from kinema4d.kinematics.control import demo_actions
 from kinema4d.kinematics.render import render_robot
 from kinema4d.kinematics.robot import Robot
 from kinema4d.model.train import TrainConfig, train_main
@@ -168,9 +168,9 @@ def _write_inputs(d, image, actions, camera):
 
 
 def test_cli_simulate(run_dir, robot, image, actions, camera, tmp_path, monkeypatch):
-    import kinema4d.kinematics.control
+    import kinema4d.simulator
 
-    monkeypatch.setattr(kinema4d.kinematics.control, "load_robot", lambda spec: robot)  # reuse the cached renderer
+    monkeypatch.setattr(kinema4d.simulator, "load_robot", lambda spec: robot)  # reuse the cached renderer
     png, npy, cam = _write_inputs(tmp_path / "in", image, actions, camera)
     out = tmp_path / "out"
     rc = cli.main(["simulate", "--checkpoint", str(run_dir), "--robot", "panda", "--camera", str(cam), "--image",

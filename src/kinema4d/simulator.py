@@ -32,9 +32,9 @@ import numpy as np
 import kinema4d
 from kinema4d.geometry import matrix_to_pose
 from kinema4d.interactive.media import video_to_uint8
-from kinema4d.kinematics.camera import Camera
+from kinema4d.kinematics.camera import Camera, demo_camera
 from kinema4d.kinematics.control import RobotArgs, resolve_robot_args
-from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim
+from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim, load_robot
 
 _log = logging.getLogger("kinema4d.simulator")
 ASSETS = Path(kinema4d.__file__).parent / "assets"
@@ -271,7 +271,7 @@ class Simulator:
     - ``checkpoint``: a trainer checkpoint dir (``<run>/ckpt/step_XXXXXXX``), a run dir (its ``ckpt/latest.json``)
       or the bundled :data:`DEFAULT_CHECKPOINT`; ``ema.safetensors`` is preferred over ``model.safetensors``.
     - ``robot``: builtin name (panda, kuka_iiwa, xarm6), a URDF path, or a :class:`Robot`.
-    - ``camera``: a :class:`Camera`, a Camera JSON path, or None = ``control.demo_camera`` at the training size.
+    - ``camera``: a :class:`Camera`, a Camera JSON path, or None = ``camera.demo_camera`` at the training size.
     - ``mode``: action mode (joint_pos | joint_vel | ee_pose), see ``robot.actions_to_joints``.
     - ``steps`` / ``cfg_scale`` / ``seed``: sampling (Euler flow-matching steps, classifier-free guidance scale,
       default noise seed); ``dt`` seconds per action step (joint_vel); ``fps`` of the saved videos.
@@ -347,8 +347,6 @@ class Simulator:
             self.robot = robot
             self.robot_name = robot.name if robot.name in BUILTIN_ROBOTS else str(robot.urdf_path)
         else:
-            from kinema4d.kinematics.control import load_robot
-
             opts = {"ee_link": ee_link, "gripper_joints": gripper_joints, "package_dirs": package_dirs,
                     "base_pose": base_pose, "gripper_open": gripper_open, "gripper_closed": gripper_closed}
             self.robot = load_robot(str(robot), **{k: v for k, v in opts.items() if v is not None})
@@ -357,8 +355,6 @@ class Simulator:
             if self.size is None:
                 raise ValueError(f"checkpoint {self.ckpt.dir} has no train_config.json to take the image size "
                                  "from: pass a camera")
-            from kinema4d.kinematics.control import demo_camera
-
             camera = demo_camera(width=self.size[1], height=self.size[0])
         elif not isinstance(camera, Camera):
             camera = Camera.load(camera)

@@ -21,7 +21,7 @@ from kinema4d.interactive.viewer import (
     view_main,
     write_rerun,
 )
-from kinema4d.kinematics.control import demo_camera
+from kinema4d.kinematics.camera import demo_camera
 from kinema4d.kinematics.robot import Robot
 
 T, H, W = 3, 48, 64

@@ -347,8 +347,7 @@ def import_lerobot(cfg: ImportLeRobotConfig) -> dict:
     """Run ``kinema4d dataset import lerobot``; returns :func:`kinema4d.data.recordings.write_recordings`' summary
     plus ``state_columns`` (how the joints were matched) and ``camera_source``."""
     from kinema4d.data.datagen import parse_resolution
-    from kinema4d.kinematics.control import load_robot
-    from kinema4d.kinematics.robot import BUILTIN_ROBOTS
+    from kinema4d.kinematics.robot import BUILTIN_ROBOTS, load_robot
 
     r = LeRobotReader(cfg.src)
     km = r.kinema4d or {}
@@ -506,8 +505,7 @@ def _export_sources(cfg: ExportLeRobotConfig):
     """Yield _ExportEpisode for every source (in order)."""
     from kinema4d.data import episodes as kdata
     from kinema4d.interactive.viewer import ROLLOUT_FILE, load_rollout_npz
-    from kinema4d.kinematics.control import load_robot
-    from kinema4d.kinematics.robot import joints_to_ee_actions
+    from kinema4d.kinematics.robot import joints_to_ee_actions, load_robot
 
     for src in cfg.src:
         src = Path(src)

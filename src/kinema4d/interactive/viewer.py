@@ -287,7 +287,7 @@ def load_sequence(path: str | os.PathLike, episode: int | None = None) -> Sequen
 
 # ---------------------------------------------------------------------- rerun
 def _load_robot(name: str, robot_options: dict | None = None):
-    from kinema4d.kinematics.control import load_robot
+    from kinema4d.kinematics.robot import load_robot
 
     return load_robot(name, **(robot_options or {}))
 
@@ -303,7 +303,7 @@ def write_rerun(seq: Sequence4D, out_rrd: str | os.PathLike, spawn: bool = False
 
     ``stride`` keeps every stride-th pixel row and column of the point clouds (images stay full size).
     ``spawn=True`` then opens the file in the rerun viewer if a display exists; otherwise prints why not.
-    ``robot_options``: :func:`kinema4d.kinematics.control.load_robot` keywords for ``seq.robot_name`` (a URDF's
+    ``robot_options``: :func:`kinema4d.kinematics.robot.load_robot` keywords for ``seq.robot_name`` (a URDF's
     ee link, package dirs, base pose; a given ``base_pose`` wins over ``seq.T_world_base``).
     """
     import rerun as rr
