@@ -31,7 +31,7 @@ import numpy as np
 
 import kinema4d
 from kinema4d.geometry import matrix_to_pose
-from kinema4d.interactive.media import video_to_uint8
+from kinema4d.interactive.media import load_image, video_to_uint8
 from kinema4d.kinematics.camera import Camera, demo_camera
 from kinema4d.kinematics.control import RobotArgs, resolve_robot_args
 from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim, load_robot
@@ -241,28 +241,6 @@ def resize_pointmap(pm: np.ndarray, height: int, width: int) -> np.ndarray:
 
     x = torch.from_numpy(np.ascontiguousarray(pm, dtype=np.float32)).permute(2, 0, 1)[None]
     return F.interpolate(x, size=(height, width), mode="nearest-exact")[0].permute(1, 2, 0).numpy()
-
-
-def load_image(image) -> np.ndarray:
-    """Path (png / jpg, ...) or array -> uint8 (H, W, 3) RGB (alpha dropped, grey replicated)."""
-    if isinstance(image, str | os.PathLike):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        import imageio.v2 as imageio
-
-        try:
-            image = imageio.imread(path)
-        except Exception as e:  # imageio raises several types for unreadable files
-            raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise ValueError(f"image must be (H, W, 3) RGB, got shape {a.shape}")
-    if a.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 RGB, got {a.dtype}")
-    return np.ascontiguousarray(a[..., :3])
 
 
 class Simulator:
