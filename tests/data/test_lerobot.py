@@ -12,14 +12,8 @@ import numpy as np
 import pytest
 
 from kinema4d.data import episodes as kdata
-from kinema4d.data.lerobot import (
-    ExportLeRobotConfig,
-    ImportLeRobotConfig,
-    LeRobotFormatError,
-    LeRobotReader,
-    export_lerobot,
-    import_lerobot,
-)
+from kinema4d.data.lerobot import ImportLeRobotConfig, LeRobotFormatError, LeRobotReader, import_lerobot
+from kinema4d.data.lerobot_export import ExportLeRobotConfig, export_lerobot
 from kinema4d.data.recordings import ImportPlainConfig, import_plain
 from kinema4d.kinematics.camera import Camera
 from kinema4d.kinematics.control import demo_actions

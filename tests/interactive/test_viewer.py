@@ -10,12 +10,10 @@ import pytest
 
 from kinema4d.cli import main
 from kinema4d.geometry import save_atomic_npz
+from kinema4d.interactive.exports import export_gif, export_mp4, export_ply
 from kinema4d.interactive.viewer import (
     Sequence4D,
     ViewConfig,
-    export_gif,
-    export_mp4,
-    export_ply,
     load_sequence,
     save_rollout_npz,
     view_main,
