@@ -399,3 +399,26 @@ def test_held_prior_rollout(robot, camera, image, actions, anchor_sim, tmp_path_
     assert ro.info["held_prior"]["pixels_per_frame"][:3] == [0, 0, 1]
     assert ro.rgb.shape == (T, H, W, 3)
     assert anchor_sim.rollout(image, actions, pointmap0=pm0).info["held_prior"] is None
+
+
+def test_rollout_is_a_sequence4d(tmp_path):
+    """A Rollout is the viewer's Sequence4D (one container): it saves and loads as one, checks shapes as one, and
+    refuses to miss what every generated rollout has."""
+    from kinema4d.interactive.viewer import Sequence4D, load_rollout_npz, save_rollout_npz
+
+    cam, T = demo_camera(width=8, height=6), 2
+    rng = np.random.default_rng(0)
+    parts = {"rgb": rng.integers(0, 256, (T, 6, 8, 3), dtype=np.uint8),
+             "robot_pointmap": rng.random((T, 6, 8, 3), dtype=np.float32), "robot_mask": rng.random((T, 6, 8)) > 0.5,
+             "q": rng.random((T, 9)), "robot_name": "panda"}
+    ro = Rollout(camera=cam, world_pointmap=None, world_pointmap01=None, **parts)
+    assert isinstance(ro, Sequence4D) and ro.T == T and ro.to_sequence() is ro and ro.info == {}
+    back = load_rollout_npz(save_rollout_npz(tmp_path / "r.npz", ro))
+    for k in ("rgb", "robot_pointmap", "robot_mask"):
+        np.testing.assert_array_equal(getattr(back, k), parts[k])
+    with pytest.raises(ValueError, match="Rollout needs q"):
+        Rollout(camera=cam, **{k: v for k, v in parts.items() if k != "q"})
+    with pytest.raises(ValueError, match="robot_mask has"):  # Sequence4D's own shape checks
+        Rollout(camera=cam, **(parts | {"robot_mask": parts["robot_mask"][:1]}))
+    with pytest.raises(ValueError, match="world_pointmap01 must have the shape of rgb"):
+        Rollout(camera=cam, world_pointmap01=np.zeros((T, 6, 8, 2), np.float32), **parts)

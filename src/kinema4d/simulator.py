@@ -15,6 +15,13 @@ metres exactly; paper-style models take the robot pointmap min-max normalized ov
 known robot pointmap on robot pixels (``pointmap.denormalize_world_pointmap``).
 
 ``kinema4d simulate`` (:class:`SimulateConfig`, :func:`simulate_main`) is the command-line entry.
+
+Why ~690 lines in one file: it is the one user-facing entry of the whole pipeline, read top to bottom by someone
+who wants to know what ``Simulator.rollout`` does with their inputs: where the weights come from
+(:func:`resolve_checkpoint`), what comes back (:class:`Rollout`), how an image / depth of the user's camera is
+brought to the model's size (:func:`load_pointmap0`, :func:`resize_image`), the stages themselves
+(:class:`Simulator`, ~310 lines) and the command line that calls them. Each part is used by the next one only;
+the stages it chains live in their own modules (kinematics, model, pointmap).
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ import numpy as np
 
 import kinema4d
 from kinema4d.geometry import matrix_to_pose
+from kinema4d.interactive.exports import export_ply
 from kinema4d.interactive.media import load_image, video_to_uint8
+from kinema4d.interactive.viewer import ROLLOUT_FILE, Sequence4D, save_rollout_npz
 from kinema4d.kinematics.camera import Camera, demo_camera
 from kinema4d.kinematics.control import RobotArgs, resolve_robot_args
 from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim, load_robot
@@ -98,8 +107,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> ResolvedCheckpoint:
 
 # ---------------------------------------------------------------------- the rollout
 @dataclass(frozen=True)
-class Rollout:
+class Rollout(Sequence4D):
     """One generated 4D rollout of T frames of H x W pixels (camera space, OpenCV frame, docs/CONVENTIONS.md).
+
+    A :class:`~kinema4d.interactive.viewer.Sequence4D` (the viewer and the exporters take it as it is) whose
+    ``rgb``, ``robot_pointmap``, ``robot_mask``, ``q`` and ``robot_name`` are always set, plus what generation adds:
 
     - ``rgb``: (T, H, W, 3) uint8 generated frames (frame 0 re-generates the initial image).
     - ``world_pointmap``: (T, H, W, 3) float32 camera-space metres of the whole scene. ``world_anchor`` models:
@@ -123,31 +135,23 @@ class Rollout:
     - ``T_world_base``: (4, 4) the robot's base pose in the world (None: identity).
     """
 
-    rgb: np.ndarray
-    world_pointmap: np.ndarray | None
-    world_pointmap01: np.ndarray | None
-    robot_pointmap: np.ndarray
-    robot_mask: np.ndarray
-    q: np.ndarray
-    camera: Camera
-    robot_name: str
-    fps: float = 10.0
+    world_pointmap01: np.ndarray | None = None
     robot_stats: np.ndarray | None = None
     world_fit: np.ndarray | None = None
     info: dict = field(default_factory=dict)
-    T_world_base: np.ndarray | None = None
 
-    @property
-    def T(self) -> int:
-        return int(self.rgb.shape[0])
+    def __post_init__(self):
+        missing = [k for k in ("rgb", "robot_pointmap", "robot_mask", "q", "robot_name") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"Rollout needs {', '.join(missing)} (every generated rollout has them)")
+        super().__post_init__()
+        if self.world_pointmap01 is not None and np.shape(self.world_pointmap01) != self.rgb.shape:
+            raise ValueError(f"Rollout.world_pointmap01 must have the shape of rgb {self.rgb.shape}, got "
+                             f"{np.shape(self.world_pointmap01)}")
 
-    def to_sequence(self):
-        """-> :class:`kinema4d.interactive.viewer.Sequence4D` (for the viewer and exporters)."""
-        from kinema4d.interactive.viewer import Sequence4D
-
-        return Sequence4D(camera=self.camera, rgb=self.rgb, world_pointmap=self.world_pointmap,
-                          robot_pointmap=self.robot_pointmap, robot_mask=self.robot_mask, q=self.q,
-                          robot_name=self.robot_name, fps=self.fps, T_world_base=self.T_world_base)
+    def to_sequence(self) -> Sequence4D:
+        """The rollout for the viewer and the exporters: itself (a Rollout is a Sequence4D; kept for older code)."""
+        return self
 
     def pointmap_video(self) -> np.ndarray:
         """uint8 (T, H, W', 3): pseudo-coloured world pointmap | robot pointmap, one colour scale (the world's)."""
@@ -167,18 +171,16 @@ class Rollout:
         (world points coloured by rgb; robot points without a world pointmap). All writes are atomic.
         Returns {kind: path}."""
         from kinema4d.interactive.media import write_video
-        from kinema4d.interactive.viewer import ROLLOUT_FILE, export_ply, save_rollout_npz
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        seq = self.to_sequence()
         written = {
             "rgb": write_video(out / "rgb.mp4", self.rgb, fps=self.fps),
             "pointmap": write_video(out / "pointmap.mp4", self.pointmap_video(), fps=self.fps),
-            "rollout": save_rollout_npz(out / ROLLOUT_FILE, seq),
+            "rollout": save_rollout_npz(out / ROLLOUT_FILE, self),
         }
         if ply:
-            export_ply(seq, out / "ply", source="world" if self.world_pointmap is not None else "robot")
+            export_ply(self, out / "ply", source="world" if self.world_pointmap is not None else "robot")
             written["ply"] = out / "ply"
         return written
 

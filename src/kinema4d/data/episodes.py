@@ -62,6 +62,11 @@ dataset as version 2; the writer keeps appending in the version the dataset alre
 Atomicity: an episode is written under a temp name and renamed to its final name; a killed writer leaves at most a
 temp file (or, version 1, a temp directory). Reads verify shapes and checksums and raise
 :class:`CorruptEpisodeError` naming the episode.
+
+Why ~630 lines in one file: the writer (:func:`write_episode`), the reader (:class:`Dataset4D`) and the torch
+dataset (:class:`TorchEpisodes`) are the three sides of the one format above (versions, checksums, shapes, dtypes
+and the corrupt-episode rule), which must change together; the model-input plumbing at the end
+(:func:`model_inputs`) only applies ``kinema4d.pointmap`` to TorchEpisodes items.
 """
 
 from __future__ import annotations
