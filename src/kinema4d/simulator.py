@@ -419,7 +419,7 @@ class Simulator:
             opening = np.ones(len(q))
         ee_actions = np.concatenate([pos, quat, opening[:, None]], axis=1)
         prior = held_object_prior(image.astype(np.float32) / 255.0, pointmap0, robot_mask0, ee_actions,
-                                  self.camera.T_cam_world, self.camera.K, frames)
+                                  self.camera.T_cam_world, self.camera.K, frames, gate=self.model.cfg.held_gate)
         return held_tensors(prior, anchor) | {"grasp_frame": prior.grasp_frame, "release_frame": prior.release_frame}
 
     def model_inputs(self, image, pointmap0=None) -> tuple[np.ndarray, np.ndarray | None, dict | None]:

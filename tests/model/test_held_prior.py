@@ -176,6 +176,42 @@ def test_frames_subset_and_empty_cases(scene):
     assert not held_object_prior(rgb0, pm0, all_robot, a, T_cam_world, K).mask.any()
 
 
+def test_grasp_gate(scene):
+    """The gate compares the carried points' centroid in the gripper frame at the grasp with (across, along) the
+    closing direction. Centroid by hand: the seen points within 5 cm of the grasp point and more than 1 cm above the
+    lowest of them (the table). The gripper points down (180 deg about x): its x is the world's x (across), its y
+    the world's -y (along)."""
+    rgb0, pm0, T_cam_world, robot_mask0 = scene
+    T_world_cam = np.linalg.inv(T_cam_world)
+    seen = np.array([T_world_cam[:3, :3] @ pm0[v, u] + T_world_cam[:3, 3] for v in range(H) for u in range(W)
+                     if pm0[v, u, 2] > 0 and not robot_mask0[v, u]])
+    for axis, k, sign in ((0, 0, 1.0), (1, 1, -1.0)):  # (world axis moved, gate entry, ee axis = sign * world)
+        a = ee_actions()
+        a[:3, axis] += 0.015  # the grasp (frame 2) is 1.5 cm off along that world axis
+        ball = seen[np.linalg.norm(seen - a[2, :3], axis=1) < 0.05]
+        c = ball[ball[:, 2] > ball[:, 2].min() + 0.01].mean(0)
+        off = abs(sign * (c[axis] - a[2, axis]))  # |centroid - grasp| along the gripper's axis
+        assert off > 0.005
+        wide, narrow = [0.1, 0.1], [0.1, 0.1]
+        wide[k], narrow[k] = off + 0.002, off - 0.002
+        kept = held_object_prior(rgb0, pm0, robot_mask0, a, T_cam_world, K, gate=tuple(wide))
+        gated = held_object_prior(rgb0, pm0, robot_mask0, a, T_cam_world, K, gate=tuple(narrow))
+        np.testing.assert_array_equal(kept.mask, held_object_prior(rgb0, pm0, robot_mask0, a, T_cam_world, K).mask)
+        assert kept.mask[-1].sum() > 20
+        assert not gated.mask.any() and not gated.vacated.any() and (gated.grasp_frame, gated.release_frame) == (2, 5)
+
+
+def test_gate_config():
+    from kinema4d.model.network import ModelConfig
+
+    with pytest.raises(ValueError, match="held_gate"):
+        ModelConfig(world_anchor=True, held_gate=(0.02, 0.03))  # no held_prior
+    with pytest.raises(ValueError, match="held_gate"):
+        ModelConfig(world_anchor=True, held_prior=True, held_gate=(0.0, 0.03))
+    cfg = ModelConfig(world_anchor=True, held_prior=True, held_gate=(0.02, 0.03))
+    assert ModelConfig.from_dict(__import__("json").loads(cfg.to_json())) == cfg  # lists -> tuples on load
+
+
 def test_bad_inputs_are_named(scene):
     rgb0, pm0, T_cam_world, robot_mask0 = scene
     with pytest.raises(ValueError, match="actions must be"):

@@ -592,12 +592,13 @@ def model_inputs(model_cfg, item: dict) -> dict:
     out = anchor_normalize(item)
     out["world0"] = out["world_pointmap"][..., 0, :, :, :]
     if getattr(model_cfg, "held_prior", False):
+        gate = model_cfg.held_gate
         if item["world_pointmap"].ndim == 5:
-            parts = [held_inputs({k: item[k][b] for k in _HELD_KEYS}, out["world_stats"][b])
+            parts = [held_inputs({k: item[k][b] for k in _HELD_KEYS}, out["world_stats"][b], gate)
                      for b in range(item["world_pointmap"].shape[0])]
             out["held"] = {k: torch.stack([p[k] for p in parts]) for k in parts[0]}
         else:
-            out["held"] = held_inputs(item, out["world_stats"])
+            out["held"] = held_inputs(item, out["world_stats"], gate)
     return out
 
 
@@ -605,10 +606,10 @@ _HELD_KEYS = ("rgb", "world_pointmap", "world_stats", "world_valid", "robot_mask
               "frame_index", "T_cam_world", "K")
 
 
-def held_inputs(item: dict, anchor: torch.Tensor) -> dict:
-    """The held-object prior (``kinema4d.model.held_prior``) of one TorchEpisodes item (its sequence-normalized
-    world pointmap, not yet anchored) as ``WorldModel.prepare``'s ``held`` dict, XYZ normalized by ``anchor`` (2, 3)
-    [min; max] metres."""
+def held_inputs(item: dict, anchor: torch.Tensor, gate: tuple[float, float] | None = None) -> dict:
+    """The held-object prior (``kinema4d.model.held_prior``, grasp ``gate`` as ``ModelConfig.held_gate``) of one
+    TorchEpisodes item (its sequence-normalized world pointmap, not yet anchored) as ``WorldModel.prepare``'s
+    ``held`` dict, XYZ normalized by ``anchor`` (2, 3) [min; max] metres."""
     from kinema4d.model.held_prior import held_object_prior
 
     if "episode_actions" not in item:
@@ -618,7 +619,7 @@ def held_inputs(item: dict, anchor: torch.Tensor) -> dict:
     world0_m = torch.where(item["world_valid"][0] > 0.5, world0_m, torch.zeros_like(world0_m))
     prior = held_object_prior(item["rgb"][0].permute(1, 2, 0).numpy(), world0_m.permute(1, 2, 0).numpy(),
                               item["robot_mask"][0].numpy() > 0.5, item["episode_actions"].numpy(),
-                              item["T_cam_world"].numpy(), item["K"].numpy(), item["frame_index"].numpy())
+                              item["T_cam_world"].numpy(), item["K"].numpy(), item["frame_index"].numpy(), gate=gate)
     return held_tensors(prior, anchor)
 
 

@@ -126,6 +126,9 @@ class ModelConfig:
     # and pointmap, vacated pixels the uncovered support (robot pixels keep the robot). With x0_residual the
     # untrained model then already predicts the carried object; training learns where physics disagrees.
     held_prior_input: bool = False
+    # ... and carry nothing unless the grasp closes on the middle of the points: (across, along) metres of the
+    # fingers' closing direction (``kinema4d.model.held_prior.GRASP_GATE``), None = carry whatever is near.
+    held_gate: tuple[float, float] | None = None
     # What the backbone outputs: "velocity" (eps - x0, Wan / the paper), "x0" (the clean latents; the velocity is
     # (x_t - x0) / max(t, x0_t_min)) or "x0_residual" (x0 = the input latents + the output: an untrained model
     # predicts I0 and the input pointmap, i.e. at least the static baseline, and learns what changes).
@@ -159,6 +162,10 @@ class ModelConfig:
                              "from the frame-0 world pointmap and lives in the anchor's normalization)")
         if self.held_prior_input and not (self.held_prior and self.input_layout == "kinema4d"):
             raise ValueError("held_prior_input=True needs held_prior=True and input_layout='kinema4d'")
+        if self.held_gate is not None and not (self.held_prior and len(self.held_gate) == 2
+                                               and all(g > 0 for g in self.held_gate)):
+            raise ValueError(f"held_gate needs held_prior=True and two distances > 0 (across, along the closing "
+                             f"direction, metres), got {self.held_gate}")
         if self.robot_latent_proj and self.context != "robot_tokens":
             raise ValueError("robot_latent_proj=True needs context='robot_tokens' (both read the robot-only latents)")
         if self.robot_token_patch < 1 or self.robot_token_dim < 1:

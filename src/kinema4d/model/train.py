@@ -35,6 +35,7 @@ import torch.distributed as dist
 from kinema4d.data.episodes import model_inputs
 from kinema4d.geometry import save_atomic_text
 from kinema4d.interactive.media import video_to_uint8, write_video
+from kinema4d.model.held_prior import GRASP_GATE
 from kinema4d.model.network import (
     PAPER_MODEL,
     RELEASE_MODEL,
@@ -175,6 +176,13 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
         dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
                                                                 held_prior_input=True),
                             out_dir="runs/held_input"),
+    ),
+    "held_gate": (
+        "the held_input preset with the grasp gate (held_gate): the hypothesis carries nothing unless the fingers "
+        "close on the middle of the points (kinema4d.model.held_prior.GRASP_GATE)",
+        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
+                                                                held_prior_input=True, held_gate=GRASP_GATE),
+                            out_dir="runs/held_gate"),
     ),
     "baseline_binary_mask": (
         "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
