@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available() and a.device != "cpu":
         print("no CUDA: torch", torch.__version__, "sees no CUDA device; nothing to check")
         return 0
-    from kinema4d.model.device import resolve_device
+    from kinema4d.model.device import peak_memory_gb, reset_peak_memory, resolve_device
     from kinema4d.model.network import load_model, sample
     from kinema4d.model.train import PRESETS, SyntheticEpisodes, train_main
 
@@ -46,28 +46,21 @@ def main(argv: list[str] | None = None) -> int:
                               progress=False, ckpt_every=0, val_every=0, val_steps=2, synthetic_episodes=16, warmup=0)
     report = {"device": torch.cuda.get_device_name(dev) if cuda else "cpu", "torch": torch.__version__}
 
-    def peak_gb():
-        if not cuda:
-            return None
-        torch.cuda.synchronize(dev)
-        return torch.cuda.max_memory_allocated(dev) / 2**30
-
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
+    reset_peak_memory(dev)
     t0 = time.perf_counter()
     s = train_main(cfg)
-    report["train"] = {"steps": s["step"], "size": list(a.size), "frames": a.frames, "peak_gb": peak_gb(),
+    report["train"] = {"steps": s["step"], "size": list(a.size), "frames": a.frames, "peak_gb": peak_memory_gb(dev),
                        "seconds": time.perf_counter() - t0, "params": s["num_params"], "losses": s["losses"]}
     ok = all(math.isfinite(v) for v in s["losses"])
 
     model, codec = load_model(f"{a.out}/ckpt/step_{s['step']:07d}", weights="ema.safetensors", device=dev,
                               dtype="bf16")
     ep = SyntheticEpisodes(1, a.rollout_frames, tuple(a.size), seed=7)[0]
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
+    reset_peak_memory(dev)
     t0 = time.perf_counter()
     rgb, wpm = sample(model, codec, ep["rgb"][0], ep["robot_pointmap"], ep["robot_mask"], steps=a.sample_steps)
-    report["rollout"] = {"frames": int(rgb.shape[0]), "peak_gb": peak_gb(), "seconds": time.perf_counter() - t0,
+    report["rollout"] = {"frames": int(rgb.shape[0]), "peak_gb": peak_memory_gb(dev),
+                         "seconds": time.perf_counter() - t0,
                          "finite": bool(torch.isfinite(rgb).all() and torch.isfinite(wpm).all())}
     ok = ok and report["rollout"]["finite"] and rgb.shape[0] == a.rollout_frames
     print(json.dumps(report, indent=2))

@@ -127,6 +127,16 @@ def test_simulate_with_release_checkpoint(release, tmp_path):
     assert out["rgb"].is_file() and out["rollout"].is_file() and out["json"].is_file()
     s = json.loads(out["json"].read_text())
     assert s["rollout"]["frames"] == T and s["simulator"]["size_hw"] == [H, W]
+    # the README's command line (bf16 weights), through the CLI
+    from kinema4d.cli import main
+
+    assert main(["simulate", "--checkpoint", str(ck), "--backbone", str(bb), "--device", "cpu", "--dtype", "bf16",
+                 "--image", str(tmp_path / "init.png"), "--actions", str(tmp_path / "actions.npy"), "--camera",
+                 str(tmp_path / "cam.json"), "--steps", "1", "--out", str(tmp_path / "cli")]) == 0
+    s = json.loads((tmp_path / "cli" / "simulate.json").read_text())
+    assert s["rollout"]["frames"] == T and s["rollout"]["peak_memory_gb"] is None  # CPU: no GPU figure
+    rgb = np.load(tmp_path / "cli" / "rollout.npz")["rgb"]
+    assert rgb.shape == (T, H, W, 3) and rgb.std() > 0
 
 
 def test_release_mask_downsampling_matches_interpolate_and_temporal_max():

@@ -155,6 +155,35 @@ def test_robot_tokens_never_reach_the_image_branch():
     assert model.attn_split.last_split == (16, 720)
 
 
+def test_learned_tokens_give_the_queries_a_gradient():
+    """Without an image encoder the image branch gets learned tokens. Identical tokens (the old zero init) make its
+    attention uniform whatever the query: the cross-attention queries (attn2.to_q) got no gradient from it, and with
+    the zero-init robot context none at all, so Adam turned float noise into lr-sized steps. The tokens start
+    distinct (normal, std 0.02), and to_q gets a true gradient at step 0."""
+    from kinema4d.model.network import make_backbone
+
+    def q_grads(zero_image_tokens: bool) -> list[float]:
+        torch.manual_seed(0)
+        model = WorldModel(I2V, backbone=make_backbone(I2V)).train()  # pretrained-style: the output head is not 0
+        if zero_image_tokens:
+            with torch.no_grad():
+                model.image_tokens.zero_()
+        codec = make_codec(I2V)
+        p = _prep(model, codec, _batch())
+        assert model.context(p["robot"]).abs().max() == 0  # zero-init robot tokens: the text branch is uniform
+        noise = torch.randn(p["x0"].shape, generator=torch.Generator().manual_seed(2))
+        flow_matching_loss(model, model, p, torch.tensor([0.3, 0.7]), noise).backward()
+        return [blk.attn2.to_q.weight.grad.abs().max().item() for blk in model.transformer.blocks]
+
+    tokens = WorldModel(I2V).image_tokens
+    assert (tokens - tokens[:1]).abs().amax(1)[1:].min() > 0 and tokens.std().item() == pytest.approx(0.02, rel=0.3)
+    text = WorldModel(ModelConfig(context="text", text_tokens=4)).text_tokens
+    assert (text - text[:1]).abs().amax(1)[1:].min() > 0
+    real, degenerate = q_grads(False), q_grads(True)
+    for r, d in zip(real, degenerate, strict=True):
+        assert r > 1e-4 and d < 1e-3 * r, (real, degenerate)
+
+
 def test_image_text_processor_matches_diffusers_at_512_text_tokens():
     """Where diffusers' fixed split is right (exactly 512 text tokens) both processors give the same output."""
     from diffusers.models.transformers.transformer_wan import WanAttnProcessor

@@ -64,10 +64,17 @@ def dist_backend(device: torch.device) -> str:
 
 def peak_memory_gb(device: torch.device) -> float | None:
     """Peak memory allocated by torch on a CUDA ``device`` since the start (or the last
-    ``torch.cuda.reset_peak_memory_stats``), in GiB; None on the CPU (use the process's peak RSS there)."""
+    :func:`reset_peak_memory`), in GiB; None on the CPU (use the process's peak RSS there)."""
     if device.type != "cuda":
         return None
     return torch.cuda.max_memory_allocated(device) / 2**30
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new :func:`peak_memory_gb` window on a CUDA ``device`` (after its queued work); no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
@@ -82,4 +89,4 @@ def parse_dtype(name: str | torch.dtype | None) -> torch.dtype | None:
 
 
 __all__ = ["DEVICE_HELP", "resolve_device", "bf16_supported", "autocast", "dist_backend", "peak_memory_gb",
-           "parse_dtype"]
+           "reset_peak_memory", "parse_dtype"]

@@ -64,7 +64,8 @@ class ModelConfig:
     added_kv_proj_dim: int | None = None
     # Wan2.1-I2V image branch (image_dim set): a LOCAL ``transformers.CLIPVisionModel`` dir whose penultimate hidden
     # states of I0 are the image tokens (as diffusers' WanImageToVideoPipeline computes them); None = ``image_tokens``
-    # learned tokens (zero init), the same for every I0: the image branch then carries no information about I0
+    # learned tokens (normal init, std 0.02), the same for every I0: the image branch then carries no information
+    # about I0
     image_encoder_path: str | None = None
     image_tokens: int = 257  # learned image tokens when no image encoder is given (CLIP ViT-H/14 at 224: 257)
     # large-backbone path: a LOCAL diffusers directory of a WanTransformer3DModel, wrapped with LoRA
@@ -94,9 +95,10 @@ class ModelConfig:
     # the released design's second use of the robot latents: a zero-init C->C 1x1x1 projection of the robot-only
     # latents added to the XYZ half of the input (condition) latents
     robot_latent_proj: bool = False
-    # robot-RGB condition (the released default model): the RGB half of the input latents holds the kinematic
-    # renderer's robot colours (``render_robot(rgb=True)``, the same renderer at datagen and at inference) on robot
-    # pixels, over I0; the robot-token context then also sees the robot-only RGB latents
+    # robot-RGB condition (a kinema4d extension: the release's "robot RGB + pointmap" code reads the robot-RGB latents
+    # and drops them, so its transformer never sees robot colours): the RGB half of the input latents holds the
+    # kinematic renderer's robot colours (``render_robot(rgb=True)``, the same renderer at datagen and at inference)
+    # on robot pixels, over I0; the robot-token context then also sees the robot-only RGB latents
     robot_rgb: bool = False
     mask: Literal["soft", "binary", "none"] = "soft"
     soft_ratio: float = 0.1
@@ -757,8 +759,11 @@ class WorldModel(nn.Module):
           a pretrained backbone's behaviour is unchanged at step 0. ``robot_tokens``' position tables: normal, std
           0.02 (they must differ from token to token from the start, or the zero-init projection gets no gradient
           that tells positions apart).
-        Other from-scratch Linear layers get Xavier-uniform weights and zero biases (DiT); the learned text /
-        action position / image tokens start at zero.
+        - the learned image tokens (I2V blocks without an image encoder) and text tokens (``context="text"``):
+          normal, std 0.02, so they differ from each other (zero tokens would stay identical, the attention over them
+          uniform and ``attn2.to_q`` without gradient).
+        Other from-scratch Linear layers get Xavier-uniform weights and zero biases (DiT); the learned action
+        position tokens start at zero.
         """
         if backbone_too:
             for m in self.transformer.modules():
@@ -770,6 +775,12 @@ class WorldModel(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.zeros_(self.transformer.proj_out.weight)
             nn.init.zeros_(self.transformer.proj_out.bias)
+        # learned image / text tokens: normal, std 0.02. Identical tokens (e.g. all zero) stay identical forever (each
+        # gets the same gradient) and make their attention uniform whatever the query, so the cross-attention
+        # queries (attn2.to_q) would get no gradient from them, only float noise that Adam turns into lr-sized steps
+        for tok in (self.image_tokens, self.text_tokens):
+            if tok is not None:
+                nn.init.normal_(tok, std=0.02)
         if self.robot_tokens is not None:
             for tab in self.robot_tokens.position_tables():
                 nn.init.normal_(tab, std=0.02)

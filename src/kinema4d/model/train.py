@@ -138,7 +138,7 @@ class TrainConfig:
 # position-less context tokens, no robot RGB -- it won the 200-step proxy against the released Kinema4D
 # conditioning with robot RGB (``release_conditioning``; README: PSNR 24.17 vs 22.68, object-motion recall 0.38
 # vs 0.00 on 12 test episodes).
-_DEFAULT = TrainConfig(
+_BASE = TrainConfig(
     model=ModelConfig(codec="pixel", pixel_factor=8, num_attention_heads=8, attention_head_dim=32, ffn_dim=1024,
                       num_layers=4, text_dim=128, freq_dim=128, image_padding="repeat", world_anchor=True,
                       prediction="x0_residual", robot_token_patch=2),
@@ -147,52 +147,53 @@ _DEFAULT = TrainConfig(
     preload_cache="data/cache/synth64_train_64x96x9.safetensors", stats_samples=256, out_dir="runs/default",
     log_every=10, ckpt_every=200, val_every=800, val_steps=20,
 )
-# the released Kinema4D conditioning (robot tokens with positions + the zero-init robot-latent projection) and its
-# default robot RGB + pointmap condition, for the ablation table
-_RELEASE = dataclasses.replace(_DEFAULT.model, context="robot_tokens", robot_latent_proj=True, robot_rgb=True)
+# The bundled default since session 8: _BASE + the held-object prior written into the input with the grasp gate
+# (kinema4d.model.held_prior; README "The held-object prior"): the first recipe whose objects move.
+_DEFAULT = dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True, held_prior_input=True,
+                                                                held_gate=GRASP_GATE))
+# the released Kinema4D conditioning (robot tokens with positions + the zero-init robot-latent projection) plus our
+# robot-RGB input (robot_rgb: not in the release, whose code drops the robot-RGB latents), for the ablation table
+_RELEASE = dataclasses.replace(_BASE.model, context="robot_tokens", robot_latent_proj=True, robot_rgb=True)
 
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "tiny": ("tests: 0.64M params, 5 frames of 16x16, pixel codec, synthetic data", TrainConfig()),
     "default": (
         "the bundled CPU checkpoint: 9 frames (stride 6 over a 49-frame episode) of 64x96, 8x pixel codec, "
         "4-layer 8x32-head DiT (5.7 M parameters), x0-prediction, frame-0 world pointmap anchor, robot-latent "
-        "context, XYZ loss weight 4, 1200 steps",
+        "context, XYZ loss weight 4, the held-object prior written into the input with the grasp gate, 1200 steps",
         _DEFAULT,
     ),
+    "base": (
+        "the default without the held-object prior (the bundled model of sessions 6-7; the baselines' recipe)",
+        dataclasses.replace(_BASE, out_dir="runs/base"),
+    ),
     "release_conditioning": (
-        "the default with the released Kinema4D conditioning: positioned robot tokens in cross-attention, the "
+        "the base recipe with the released Kinema4D conditioning: positioned robot tokens in cross-attention, the "
         "zero-init robot-latent projection and the robot-RGB condition (the dataset must store robot_rgb)",
-        dataclasses.replace(_DEFAULT, model=_RELEASE, out_dir="runs/release_conditioning"),
+        dataclasses.replace(_BASE, model=_RELEASE, out_dir="runs/release_conditioning"),
     ),
     "held_prior": (
-        "the default plus the held-object prior (beyond the paper, kinema4d.model.held_prior): input channels with "
+        "the base recipe plus the held-object prior (beyond the paper, kinema4d.model.held_prior): input channels with "
         "where the frame-0 points at the grasp would be if the gripper carried them, from the actions and frame 0",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True),
+        dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True),
                             out_dir="runs/held_prior"),
     ),
     "held_input": (
         "the held_prior preset with the hypothesis also written into the input latents (held_prior_input): the "
         "x0-residual base starts from the carried object and the uncovered support",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
+        dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True,
                                                                 held_prior_input=True),
                             out_dir="runs/held_input"),
     ),
-    "held_gate": (
-        "the held_input preset with the grasp gate (held_gate): the hypothesis carries nothing unless the fingers "
-        "close on the middle of the points (kinema4d.model.held_prior.GRASP_GATE)",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, held_prior=True,
-                                                                held_prior_input=True, held_gate=GRASP_GATE),
-                            out_dir="runs/held_gate"),
-    ),
     "baseline_binary_mask": (
         "Sec. 4 baseline under the default's budget: the 2D robot mask instead of the robot pointmap",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="binary_mask"),
+        dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, condition="binary_mask"),
                             out_dir="runs/baseline_binary_mask"),
     ),
     "baseline_action_embedding": (
         "Sec. 4 baseline under the default's budget: per-frame ee pose + gripper tokens as cross-attention context "
         "(IRASim / Ctrl-World style); no robot pixels (no pointmap, no mask)",
-        dataclasses.replace(_DEFAULT, model=dataclasses.replace(_DEFAULT.model, condition="action_embedding",
+        dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, condition="action_embedding",
                                                                 mask="none"),
                             out_dir="runs/baseline_action_embedding"),
     ),
@@ -708,7 +709,8 @@ def _gathered_state(model: WorldModel, ema: dict) -> tuple[dict, dict]:
 
 def shard_fsdp2(model: WorldModel, device: torch.device, world: int, precision: str = "fp32") -> None:
     """torch FSDP2: ``fully_shard`` every transformer block, then the whole model (the rest: embeddings, robot
-    modules, output head), over a 1-D mesh of ``world`` ranks on ``device``'s type. In place.
+    modules, output head; not the frozen image encoder, replicated), over a 1-D mesh of ``world`` ranks on
+    ``device``'s type. In place.
 
     ``precision="bf16"``: the shards stay fp32 (the optimizer's master weights) but are gathered in bf16 for
     compute (half the all-gather traffic and gathered-block memory) and gradients are reduced in fp32; inputs are
@@ -722,7 +724,10 @@ def shard_fsdp2(model: WorldModel, device: torch.device, world: int, precision: 
     mesh = init_device_mesh(device.type, (world,))
     for block in model.transformer.blocks:
         fully_shard(block, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+    # the frozen CLIP image encoder stays whole on every rank: ``prepare`` runs it outside the model's forward, where
+    # FSDP2 would leave its weights sharded (a DTensor error at the first batch)
+    keep = set(model.image_encoder.parameters()) if model.image_encoder is not None else None
+    fully_shard(model, mesh=mesh, mp_policy=mp, ignored_params=keep)
 
 
 def validate(cfg: TrainConfig, model: WorldModel, codec, ema: dict, val_set, step: int,
