@@ -170,15 +170,15 @@ def test_learned_tokens_give_the_queries_a_gradient():
                 model.image_tokens.zero_()
         codec = make_codec(I2V)
         p = _prep(model, codec, _batch())
-        assert model.context(p["robot"]).abs().max() == 0  # zero-init robot tokens: the text branch is uniform
+        assert model.context(p["context_input"]).abs().max() == 0  # zero-init robot tokens: the text branch is uniform
         noise = torch.randn(p["x0"].shape, generator=torch.Generator().manual_seed(2))
         flow_matching_loss(model, model, p, torch.tensor([0.3, 0.7]), noise).backward()
         return [blk.attn2.to_q.weight.grad.abs().max().item() for blk in model.transformer.blocks]
 
     tokens = WorldModel(I2V).image_tokens
     assert (tokens - tokens[:1]).abs().amax(1)[1:].min() > 0 and tokens.std().item() == pytest.approx(0.02, rel=0.3)
-    text = WorldModel(ModelConfig(context="text", text_tokens=4)).text_tokens
-    assert (text - text[:1]).abs().amax(1)[1:].min() > 0
+    learned = WorldModel(ModelConfig(context="learned", learned_tokens=4)).learned_tokens
+    assert (learned - learned[:1]).abs().amax(1)[1:].min() > 0
     real, degenerate = q_grads(False), q_grads(True)
     for r, d in zip(real, degenerate, strict=True):
         assert r > 1e-4 and d < 1e-3 * r, (real, degenerate)

@@ -31,8 +31,8 @@ def load_image(image, name: str = "image") -> np.ndarray:
     a = a[..., :3]
     if np.issubdtype(a.dtype, np.floating):
         if not (np.all(np.isfinite(a)) and a.min() >= 0.0 and a.max() <= 1.0):
-            raise ValueError(f"{name}: a float image must hold finite values in [0, 1], got [{np.nanmin(a)}, "
-                             f"{np.nanmax(a)}] (pass uint8 for 0-255 values)")
+            raise ValueError(f"{name}: a float image must hold finite values in [0, 1], got [{a.min()}, {a.max()}] "
+                             "(pass uint8 for 0-255 values)")
         a = np.round(a * 255.0).astype(np.uint8)
     elif a.dtype != np.uint8:
         raise ValueError(f"{name} must be uint8 RGB (or float in [0, 1]), got {a.dtype}")

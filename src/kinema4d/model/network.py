@@ -759,7 +759,7 @@ class WorldModel(nn.Module):
           a pretrained backbone's behaviour is unchanged at step 0. ``robot_tokens``' position tables: normal, std
           0.02 (they must differ from token to token from the start, or the zero-init projection gets no gradient
           that tells positions apart).
-        - the learned image tokens (I2V blocks without an image encoder) and text tokens (``context="text"``):
+        - the learned image tokens (I2V blocks without an image encoder) and context tokens (``context="learned"``):
           normal, std 0.02, so they differ from each other (zero tokens would stay identical, the attention over them
           uniform and ``attn2.to_q`` without gradient).
         Other from-scratch Linear layers get Xavier-uniform weights and zero biases (DiT); the learned action
@@ -775,10 +775,10 @@ class WorldModel(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.zeros_(self.transformer.proj_out.weight)
             nn.init.zeros_(self.transformer.proj_out.bias)
-        # learned image / text tokens: normal, std 0.02. Identical tokens (e.g. all zero) stay identical forever (each
+        # learned image / context tokens: normal, std 0.02. Identical tokens (all zero, say) stay identical (each
         # gets the same gradient) and make their attention uniform whatever the query, so the cross-attention
         # queries (attn2.to_q) would get no gradient from them, only float noise that Adam turns into lr-sized steps
-        for tok in (self.image_tokens, self.text_tokens):
+        for tok in (self.image_tokens, self.learned_tokens):
             if tok is not None:
                 nn.init.normal_(tok, std=0.02)
         if self.robot_tokens is not None:
