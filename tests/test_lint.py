@@ -43,3 +43,29 @@ def test_no_cross_module_private_names():
                     and _private(node.attr):
                 bad.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value.id}.{node.attr}")
     assert not bad, "cross-module private names:\n" + "\n".join(bad)
+
+
+def test_pointmap_normalization_lives_in_pointmap():
+    """Pointmap (de)normalization has one home, ``kinema4d/pointmap.py``: no other module defines a function of that
+    module's names (or of the old copies' names), and no other module computes a [min; max] extent ``s[1] - s[0]``
+    (the metres conversion ``pm01 * (s[1] - s[0]) + s[0]`` and its inverse)."""
+    import ast
+    import re
+
+    home = ROOT / "src" / "kinema4d" / "pointmap.py"
+    names = {n.name for n in ast.parse(home.read_text()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    assert {"normalize_pointmap", "to_metres", "anchor_stats", "normalize_pair"} <= names
+    names |= {"_minmax", "_normalize", "_denormalize", "_to_metres", "minmax_normalize"}  # the copies it replaced
+    extent = re.compile(r"\b(\w+)\[1\]\s*-\s*\1\[0\]")
+    bad = []
+    for path in sorted((ROOT / "src" / "kinema4d").rglob("*.py")):
+        if path == home:
+            continue
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+                bad.append(f"{path.relative_to(ROOT)}:{node.lineno} defines {node.name}")
+        for i, line in enumerate(text.splitlines(), 1):
+            if extent.search(line.split("#")[0]):
+                bad.append(f"{path.relative_to(ROOT)}:{i} computes an extent: {line.strip()}")
+    assert not bad, "pointmap normalization outside kinema4d/pointmap.py:\n" + "\n".join(bad)

@@ -16,11 +16,12 @@ import torch
 import kinema4d
 from kinema4d import cli
 from kinema4d.interactive.viewer import load_rollout_npz
-from kinema4d.kinematics.camera import Camera
-from kinema4d.kinematics.control import demo_actions, demo_camera
-from kinema4d.kinematics.render import normalize_pointmap, render_robot
+from kinema4d.kinematics.camera import Camera, demo_camera
+from kinema4d.kinematics.control import demo_actions
+from kinema4d.kinematics.render import render_robot
 from kinema4d.kinematics.robot import Robot
 from kinema4d.model.train import TrainConfig, train_main
+from kinema4d.pointmap import normalize_pointmap
 from kinema4d.simulator import DEFAULT_CHECKPOINT, DEMO_DIR, DEMO_FILES, Rollout, Simulator, resolve_checkpoint
 
 torch.set_num_threads(1)
@@ -167,9 +168,9 @@ def _write_inputs(d, image, actions, camera):
 
 
 def test_cli_simulate(run_dir, robot, image, actions, camera, tmp_path, monkeypatch):
-    import kinema4d.kinematics.control
+    import kinema4d.simulator
 
-    monkeypatch.setattr(kinema4d.kinematics.control, "load_robot", lambda spec: robot)  # reuse the cached renderer
+    monkeypatch.setattr(kinema4d.simulator, "load_robot", lambda spec: robot)  # reuse the cached renderer
     png, npy, cam = _write_inputs(tmp_path / "in", image, actions, camera)
     out = tmp_path / "out"
     rc = cli.main(["simulate", "--checkpoint", str(run_dir), "--robot", "panda", "--camera", str(cam), "--image",
@@ -308,7 +309,7 @@ def anchor_sim(tmp_path_factory, robot, camera):
 def test_world_anchor_rollout(anchor_sim, image, actions, camera, tmp_path):
     """A world_anchor model needs pointmap0 (clear error without / with a wrong shape); depth and the equivalent
     pointmap give the same rollout; the metres are exact (anchor stats), 0 where the model generated 'empty'."""
-    from kinema4d.data.episodes import generated_valid
+    from kinema4d.pointmap import generated_valid
 
     assert anchor_sim.needs_pointmap0
     with pytest.raises(ValueError, match="pointmap0"):
@@ -398,3 +399,26 @@ def test_held_prior_rollout(robot, camera, image, actions, anchor_sim, tmp_path_
     assert ro.info["held_prior"]["pixels_per_frame"][:3] == [0, 0, 1]
     assert ro.rgb.shape == (T, H, W, 3)
     assert anchor_sim.rollout(image, actions, pointmap0=pm0).info["held_prior"] is None
+
+
+def test_rollout_is_a_sequence4d(tmp_path):
+    """A Rollout is the viewer's Sequence4D (one container): it saves and loads as one, checks shapes as one, and
+    refuses to miss what every generated rollout has."""
+    from kinema4d.interactive.viewer import Sequence4D, load_rollout_npz, save_rollout_npz
+
+    cam, T = demo_camera(width=8, height=6), 2
+    rng = np.random.default_rng(0)
+    parts = {"rgb": rng.integers(0, 256, (T, 6, 8, 3), dtype=np.uint8),
+             "robot_pointmap": rng.random((T, 6, 8, 3), dtype=np.float32), "robot_mask": rng.random((T, 6, 8)) > 0.5,
+             "q": rng.random((T, 9)), "robot_name": "panda"}
+    ro = Rollout(camera=cam, world_pointmap=None, world_pointmap01=None, **parts)
+    assert isinstance(ro, Sequence4D) and ro.T == T and ro.to_sequence() is ro and ro.info == {}
+    back = load_rollout_npz(save_rollout_npz(tmp_path / "r.npz", ro))
+    for k in ("rgb", "robot_pointmap", "robot_mask"):
+        np.testing.assert_array_equal(getattr(back, k), parts[k])
+    with pytest.raises(ValueError, match="Rollout needs q"):
+        Rollout(camera=cam, **{k: v for k, v in parts.items() if k != "q"})
+    with pytest.raises(ValueError, match="robot_mask has"):  # Sequence4D's own shape checks
+        Rollout(camera=cam, **(parts | {"robot_mask": parts["robot_mask"][:1]}))
+    with pytest.raises(ValueError, match="world_pointmap01 must have the shape of rgb"):
+        Rollout(camera=cam, world_pointmap01=np.zeros((T, 6, 8, 2), np.float32), **parts)

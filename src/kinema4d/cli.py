@@ -96,7 +96,7 @@ def _dataset_io(args):
         cfg = tyro.cli(ImportPlainConfig, args=rest, prog="kinema4d dataset import plain")
         print(json.dumps(import_plain(cfg), indent=2))
     elif action == "export" and fmt == "lerobot":
-        from kinema4d.data.lerobot import ExportLeRobotConfig, export_lerobot
+        from kinema4d.data.lerobot_export import ExportLeRobotConfig, export_lerobot
 
         cfg = tyro.cli(ExportLeRobotConfig, args=rest, prog="kinema4d dataset export lerobot")
         print(json.dumps(export_lerobot(cfg), indent=2))
@@ -145,7 +145,8 @@ def _train(args):
 def _eval(args):
     import tyro
 
-    from kinema4d.eval.evaluate import EvalConfig, compare, evaluate
+    from kinema4d.eval.evaluate import EvalConfig, evaluate
+    from kinema4d.eval.report import compare
 
     if args[:1] == ["compare"]:
         if len(args) != 3:

@@ -9,12 +9,19 @@
 Stages (paper Sec. 3): the kinematic stage (``robot.actions_to_joints`` with a seeded IK, ``render.render_robot``)
 turns the actions into a robot pointmap sequence seen by the camera, which conditions the generative model
 (``model.sample``). Normalization: ``world_anchor`` models (the bundled one) also take the frame-0 world pointmap
-and normalize every pointmap with stats known at inference (``data.anchor_stats``), so their output converts to
+and normalize every pointmap with stats known at inference (``pointmap.anchor_stats``), so their output converts to
 metres exactly; paper-style models take the robot pointmap min-max normalized over the sequence
-(``render.normalize_pointmap``) and their normalized world pointmap is brought back to metres by fitting it to the
-known robot pointmap on robot pixels (``model.denormalize_world_pointmap``).
+(``pointmap.normalize_pointmap``) and their normalized world pointmap is brought back to metres by fitting it to the
+known robot pointmap on robot pixels (``pointmap.denormalize_world_pointmap``).
 
 ``kinema4d simulate`` (:class:`SimulateConfig`, :func:`simulate_main`) is the command-line entry.
+
+Why ~690 lines in one file: it is the one user-facing entry of the whole pipeline, read top to bottom by someone
+who wants to know what ``Simulator.rollout`` does with their inputs: where the weights come from
+(:func:`resolve_checkpoint`), what comes back (:class:`Rollout`), how an image / depth of the user's camera is
+brought to the model's size (:func:`load_pointmap0`, :func:`resize_image`), the stages themselves
+(:class:`Simulator`, ~310 lines) and the command line that calls them. Each part is used by the next one only;
+the stages it chains live in their own modules (kinematics, model, pointmap).
 """
 
 from __future__ import annotations
@@ -31,10 +38,12 @@ import numpy as np
 
 import kinema4d
 from kinema4d.geometry import matrix_to_pose
-from kinema4d.interactive.media import video_to_uint8
-from kinema4d.kinematics.camera import Camera
+from kinema4d.interactive.exports import export_ply
+from kinema4d.interactive.media import load_image, video_to_uint8
+from kinema4d.interactive.viewer import ROLLOUT_FILE, Sequence4D, save_rollout_npz
+from kinema4d.kinematics.camera import Camera, demo_camera
 from kinema4d.kinematics.control import RobotArgs, resolve_robot_args
-from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim
+from kinema4d.kinematics.robot import ACTION_MODES, BUILTIN_ROBOTS, Robot, action_dim, load_robot
 
 _log = logging.getLogger("kinema4d.simulator")
 ASSETS = Path(kinema4d.__file__).parent / "assets"
@@ -98,14 +107,17 @@ def resolve_checkpoint(path: str | os.PathLike) -> ResolvedCheckpoint:
 
 # ---------------------------------------------------------------------- the rollout
 @dataclass(frozen=True)
-class Rollout:
+class Rollout(Sequence4D):
     """One generated 4D rollout of T frames of H x W pixels (camera space, OpenCV frame, docs/CONVENTIONS.md).
+
+    A :class:`~kinema4d.interactive.viewer.Sequence4D` (the viewer and the exporters take it as it is) whose
+    ``rgb``, ``robot_pointmap``, ``robot_mask``, ``q`` and ``robot_name`` are always set, plus what generation adds:
 
     - ``rgb``: (T, H, W, 3) uint8 generated frames (frame 0 re-generates the initial image).
     - ``world_pointmap``: (T, H, W, 3) float32 camera-space metres of the whole scene. ``world_anchor`` models:
-      de-normalized exactly with the stats they were fed (``data.anchor_stats``), 0 where the model generated
-      'empty' (``data.generated_valid``); other models: by fitting the generated values to
-      ``robot_pointmap`` on ``robot_mask`` pixels (``model.denormalize_world_pointmap``), dense (points with
+      de-normalized exactly with the stats they were fed (``pointmap.anchor_stats``), 0 where the model generated
+      'empty' (``pointmap.generated_valid``); other models: by fitting the generated values to
+      ``robot_pointmap`` on ``robot_mask`` pixels (``pointmap.denormalize_world_pointmap``), dense (points with
       z <= 0 are not physical; viewers skip them). None for a model with ``output='rgb_only'``.
     - ``world_pointmap01``: (T, H, W, 3) float32 in [0, 1], the normalized world pointmap as generated (None for
       ``rgb_only``).
@@ -123,31 +135,23 @@ class Rollout:
     - ``T_world_base``: (4, 4) the robot's base pose in the world (None: identity).
     """
 
-    rgb: np.ndarray
-    world_pointmap: np.ndarray | None
-    world_pointmap01: np.ndarray | None
-    robot_pointmap: np.ndarray
-    robot_mask: np.ndarray
-    q: np.ndarray
-    camera: Camera
-    robot_name: str
-    fps: float = 10.0
+    world_pointmap01: np.ndarray | None = None
     robot_stats: np.ndarray | None = None
     world_fit: np.ndarray | None = None
     info: dict = field(default_factory=dict)
-    T_world_base: np.ndarray | None = None
 
-    @property
-    def T(self) -> int:
-        return int(self.rgb.shape[0])
+    def __post_init__(self):
+        missing = [k for k in ("rgb", "robot_pointmap", "robot_mask", "q", "robot_name") if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"Rollout needs {', '.join(missing)} (every generated rollout has them)")
+        super().__post_init__()
+        if self.world_pointmap01 is not None and np.shape(self.world_pointmap01) != self.rgb.shape:
+            raise ValueError(f"Rollout.world_pointmap01 must have the shape of rgb {self.rgb.shape}, got "
+                             f"{np.shape(self.world_pointmap01)}")
 
-    def to_sequence(self):
-        """-> :class:`kinema4d.interactive.viewer.Sequence4D` (for the viewer and exporters)."""
-        from kinema4d.interactive.viewer import Sequence4D
-
-        return Sequence4D(camera=self.camera, rgb=self.rgb, world_pointmap=self.world_pointmap,
-                          robot_pointmap=self.robot_pointmap, robot_mask=self.robot_mask, q=self.q,
-                          robot_name=self.robot_name, fps=self.fps, T_world_base=self.T_world_base)
+    def to_sequence(self) -> Sequence4D:
+        """The rollout for the viewer and the exporters: itself (a Rollout is a Sequence4D; kept for older code)."""
+        return self
 
     def pointmap_video(self) -> np.ndarray:
         """uint8 (T, H, W', 3): pseudo-coloured world pointmap | robot pointmap, one colour scale (the world's)."""
@@ -167,18 +171,16 @@ class Rollout:
         (world points coloured by rgb; robot points without a world pointmap). All writes are atomic.
         Returns {kind: path}."""
         from kinema4d.interactive.media import write_video
-        from kinema4d.interactive.viewer import ROLLOUT_FILE, export_ply, save_rollout_npz
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        seq = self.to_sequence()
         written = {
             "rgb": write_video(out / "rgb.mp4", self.rgb, fps=self.fps),
             "pointmap": write_video(out / "pointmap.mp4", self.pointmap_video(), fps=self.fps),
-            "rollout": save_rollout_npz(out / ROLLOUT_FILE, seq),
+            "rollout": save_rollout_npz(out / ROLLOUT_FILE, self),
         }
         if ply:
-            export_ply(seq, out / "ply", source="world" if self.world_pointmap is not None else "robot")
+            export_ply(self, out / "ply", source="world" if self.world_pointmap is not None else "robot")
             written["ply"] = out / "ply"
         return written
 
@@ -243,35 +245,13 @@ def resize_pointmap(pm: np.ndarray, height: int, width: int) -> np.ndarray:
     return F.interpolate(x, size=(height, width), mode="nearest-exact")[0].permute(1, 2, 0).numpy()
 
 
-def load_image(image) -> np.ndarray:
-    """Path (png / jpg, ...) or array -> uint8 (H, W, 3) RGB (alpha dropped, grey replicated)."""
-    if isinstance(image, str | os.PathLike):
-        path = Path(image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        import imageio.v2 as imageio
-
-        try:
-            image = imageio.imread(path)
-        except Exception as e:  # imageio raises several types for unreadable files
-            raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.repeat(a[..., None], 3, axis=-1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise ValueError(f"image must be (H, W, 3) RGB, got shape {a.shape}")
-    if a.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 RGB, got {a.dtype}")
-    return np.ascontiguousarray(a[..., :3])
-
-
 class Simulator:
     """Action-conditioned 4D simulator around one trained checkpoint.
 
     - ``checkpoint``: a trainer checkpoint dir (``<run>/ckpt/step_XXXXXXX``), a run dir (its ``ckpt/latest.json``)
       or the bundled :data:`DEFAULT_CHECKPOINT`; ``ema.safetensors`` is preferred over ``model.safetensors``.
     - ``robot``: builtin name (panda, kuka_iiwa, xarm6), a URDF path, or a :class:`Robot`.
-    - ``camera``: a :class:`Camera`, a Camera JSON path, or None = ``control.demo_camera`` at the training size.
+    - ``camera``: a :class:`Camera`, a Camera JSON path, or None = ``camera.demo_camera`` at the training size.
     - ``mode``: action mode (joint_pos | joint_vel | ee_pose), see ``robot.actions_to_joints``.
     - ``steps`` / ``cfg_scale`` / ``seed``: sampling (Euler flow-matching steps, classifier-free guidance scale,
       default noise seed); ``dt`` seconds per action step (joint_vel); ``fps`` of the saved videos.
@@ -347,8 +327,6 @@ class Simulator:
             self.robot = robot
             self.robot_name = robot.name if robot.name in BUILTIN_ROBOTS else str(robot.urdf_path)
         else:
-            from kinema4d.kinematics.control import load_robot
-
             opts = {"ee_link": ee_link, "gripper_joints": gripper_joints, "package_dirs": package_dirs,
                     "base_pose": base_pose, "gripper_open": gripper_open, "gripper_closed": gripper_closed}
             self.robot = load_robot(str(robot), **{k: v for k, v in opts.items() if v is not None})
@@ -357,8 +335,6 @@ class Simulator:
             if self.size is None:
                 raise ValueError(f"checkpoint {self.ckpt.dir} has no train_config.json to take the image size "
                                  "from: pass a camera")
-            from kinema4d.kinematics.control import demo_camera
-
             camera = demo_camera(width=self.size[1], height=self.size[0])
         elif not isinstance(camera, Camera):
             camera = Camera.load(camera)
@@ -499,10 +475,16 @@ class Simulator:
         """
         import torch
 
-        from kinema4d.data.episodes import anchor_stats, anchored_to_metres, normalize_with_stats
-        from kinema4d.kinematics.render import normalize_pointmap
         from kinema4d.model.device import peak_memory_gb
-        from kinema4d.model.network import check_video_size, denormalize_world_pointmap, sample
+        from kinema4d.model.network import check_video_size, sample
+        from kinema4d.pointmap import (
+            anchor_stats,
+            anchored_to_metres,
+            denormalize_world_pointmap,
+            normalize_pointmap,
+            normalize_with_stats,
+            scale_offset,
+        )
 
         img, pointmap0, resampled = self.model_inputs(image, pointmap0)
         H, W = img.shape[:2]
@@ -544,7 +526,7 @@ class Simulator:
         else:
             pm01, stats = normalize_pointmap(r.pointmap, r.mask)
             rpm01 = torch.from_numpy(pm01).permute(0, 3, 1, 2).contiguous()
-            stats_np = np.stack([stats.min, stats.max])
+            stats_np = stats.as_array()
         robot_rgb = None if r.rgb is None else torch.from_numpy(r.rgb).permute(0, 3, 1, 2).float() / 255.0
         held = self.held_prior(img, pm0, r.mask[0], traj.q, idx, st) if cfg.held_prior else None
         held_info = None if held is None else {k: held.pop(k) for k in ("grasp_frame", "release_frame")} | {
@@ -556,7 +538,7 @@ class Simulator:
         if w01 is not None:
             world01 = w01.permute(0, 2, 3, 1).numpy().astype(np.float32)
             if cfg.world_anchor:
-                fit = np.stack([stats_np[1] - stats_np[0], stats_np[0]])
+                fit = scale_offset(stats_np)
                 world = anchored_to_metres(world01, stats_np).astype(np.float32)
             else:
                 rstats = torch.from_numpy(stats_np.astype(np.float32))

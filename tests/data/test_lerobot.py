@@ -12,19 +12,13 @@ import numpy as np
 import pytest
 
 from kinema4d.data import episodes as kdata
-from kinema4d.data.lerobot import (
-    ExportLeRobotConfig,
-    ImportLeRobotConfig,
-    LeRobotFormatError,
-    LeRobotReader,
-    export_lerobot,
-    import_lerobot,
-)
+from kinema4d.data.lerobot import ImportLeRobotConfig, LeRobotFormatError, LeRobotReader, import_lerobot
+from kinema4d.data.lerobot_export import ExportLeRobotConfig, export_lerobot
 from kinema4d.data.recordings import ImportPlainConfig, import_plain
 from kinema4d.kinematics.camera import Camera
-from kinema4d.kinematics.control import demo_actions, load_robot
+from kinema4d.kinematics.control import demo_actions
 from kinema4d.kinematics.render import render_robot
-from kinema4d.kinematics.robot import actions_to_joints
+from kinema4d.kinematics.robot import actions_to_joints, load_robot
 
 REPO = Path(__file__).resolve().parents[2]
 WRITER = Path(os.environ.get("KINEMA4D_LEROBOT_WRITER", REPO / ".venv" / "lerobot-writer"))
@@ -184,7 +178,7 @@ def test_export_rollout_npz_and_resize(recorded, tmp_path):
     """A rollout.npz (robot base moved) -> export -> import at half size: the base pose travels in
     meta/kinema4d.json, so the re-rendered robot is where the rollout's was."""
     from kinema4d.interactive.viewer import Sequence4D, save_rollout_npz
-    from kinema4d.kinematics.control import base_pose_matrix
+    from kinema4d.kinematics.robot import base_pose_matrix
 
     robot, cam, eps, _, _ = recorded
     e = eps[0]

@@ -10,7 +10,8 @@ import pytest
 
 from kinema4d.cli import main
 from kinema4d.data.datagen import DatagenConfig, datagen_main
-from kinema4d.eval.evaluate import penetration_pct, render_markdown, score_episode
+from kinema4d.eval.evaluate import penetration_pct, score_episode
+from kinema4d.eval.report import render_markdown
 from kinema4d.model.train import TrainConfig, train_main
 
 T, H, W = 5, 16, 16
@@ -136,7 +137,7 @@ def test_eval_cli_writes_report(data_dir, run_dir, tmp_path):
 def test_wins_vs_static_by_hand():
     """The paired win counts of report.md against counts worked out by hand; None / NaN / inf episodes are left out
     of the pair count."""
-    from kinema4d.eval.evaluate import _wins_vs_static
+    from kinema4d.eval.report import _wins_vs_static
 
     report = {"per_episode": {
         "kinema4d": {"psnr": [20.0, 25.0, float("inf"), None], "chamfer_l1": [0.01, 0.02, 0.03, 0.04]},

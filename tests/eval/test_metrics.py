@@ -98,15 +98,6 @@ def _grid_pm(t=3):
     return pm, valid
 
 
-def test_normalize_pair_uses_gt_extent():
-    gt, valid = _grid_pm()
-    pred_n, gt_n = M.normalize_pair(gt * 2, gt, valid)
-    assert gt_n[valid].min() == pytest.approx(0) and gt_n[valid].max() == pytest.approx(1)
-    lo = gt[valid].min(0)
-    span = gt[valid].max(0) - lo
-    np.testing.assert_allclose(pred_n[valid], (2 * gt[valid] - lo) / span)  # scale error is not normalized away
-
-
 def test_geometric_metrics_constructed():
     gt, valid = _grid_pm()
     out = M.geometric_metrics(gt, gt, valid, valid)

@@ -9,8 +9,9 @@ import pytest
 
 from kinema4d.data.datagen import DatagenConfig, datagen_main
 from kinema4d.data.episodes import TorchEpisodes, frame_indices
-from kinema4d.eval.evaluate import object_context, object_scores, object_summary, pipeline_robot_inputs, to_metres
+from kinema4d.eval.evaluate import object_context, object_scores, object_summary, pipeline_robot_inputs
 from kinema4d.interactive.media import video_to_uint8
+from kinema4d.pointmap import to_metres
 
 FRAMES = 9  # the model's frame count (the default preset)
 

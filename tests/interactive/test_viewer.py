@@ -10,18 +10,16 @@ import pytest
 
 from kinema4d.cli import main
 from kinema4d.geometry import save_atomic_npz
+from kinema4d.interactive.exports import export_gif, export_mp4, export_ply
 from kinema4d.interactive.viewer import (
     Sequence4D,
     ViewConfig,
-    export_gif,
-    export_mp4,
-    export_ply,
     load_sequence,
     save_rollout_npz,
     view_main,
     write_rerun,
 )
-from kinema4d.kinematics.control import demo_camera
+from kinema4d.kinematics.camera import demo_camera
 from kinema4d.kinematics.robot import Robot
 
 T, H, W = 3, 48, 64

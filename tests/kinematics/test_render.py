@@ -13,13 +13,7 @@ from kinema4d.kinematics import render as render_mod
 from kinema4d.kinematics.camera import Camera
 from kinema4d.kinematics.meshes import DEFAULT_MAX_FACES_PER_LINK
 from kinema4d.kinematics.perturb import drop_points, gaussian_noise, rotate, rotate_image, shift_image, translate
-from kinema4d.kinematics.render import (
-    PointmapStats,
-    RobotRenderer,
-    denormalize_pointmap,
-    normalize_pointmap,
-    render_robot,
-)
+from kinema4d.kinematics.render import RobotRenderer, render_robot
 from kinema4d.kinematics.robot import Robot
 
 NEAR, FAR = 0.01, 20.0
@@ -386,7 +380,7 @@ def test_bad_inputs(kuka):
         RobotRenderer(kuka, backend="embree", max_faces_per_link=200).render(np.zeros((1, 7)))
 
 
-# ---------------------------------------------------------------------- pointmap utilities
+# ---------------------------------------------------------------------- perturbations
 @pytest.fixture
 def toy_pm():
     """(4, 40, 60, 3) pointmap with a moving rectangle of valid points."""
@@ -397,26 +391,6 @@ def toy_pm():
     pm = np.zeros((4, 40, 60, 3), np.float32)
     pm[mask] = rng.uniform([-0.5, -0.3, 0.8], [0.4, 0.2, 1.9], size=(mask.sum(), 3))
     return pm, mask
-
-
-def test_normalize_roundtrip(toy_pm):
-    pm, mask = toy_pm
-    pm01, stats = normalize_pointmap(pm, mask)
-    assert pm01.dtype == np.float32 and np.all(pm01[~mask] == 0)
-    np.testing.assert_allclose(pm01[mask].min(0), 0, atol=1e-7)
-    np.testing.assert_allclose(pm01[mask].max(0), 1, atol=1e-6)
-    np.testing.assert_allclose(stats.min, pm[mask].min(0))
-    back = denormalize_pointmap(pm01, PointmapStats.from_dict(stats.to_dict()), mask)
-    np.testing.assert_allclose(back, pm, atol=1e-6)
-    # default mask = nonzero pixels
-    pm01b, statsb = normalize_pointmap(pm)
-    np.testing.assert_array_equal(pm01b, pm01)
-    with pytest.raises(ValueError, match="no valid points"):
-        normalize_pointmap(np.zeros_like(pm))
-    with pytest.raises(ValueError, match="mask must have shape"):
-        normalize_pointmap(pm, mask[:2])
-    with pytest.raises(ValueError, match="missing key"):
-        PointmapStats.from_dict({"min": [0, 0, 0]})
 
 
 def test_drop_points(toy_pm):

@@ -11,7 +11,8 @@ import pytest
 
 from kinema4d.cli import main
 from kinema4d.kinematics.camera import Camera
-from kinema4d.kinematics.control import base_pose_matrix, load_robot, robot_from_json
+from kinema4d.kinematics.control import robot_from_json
+from kinema4d.kinematics.robot import base_pose_matrix, load_robot
 
 XARM_DIR = f"{pybullet_data.getDataPath()}/xarm"
 JOINTS7 = [0.0, 0.066, -1.747, 0.0, 1.681, 0.0, 0.3]  # 6 arm joints + drive_joint

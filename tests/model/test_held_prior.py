@@ -246,7 +246,7 @@ def test_model_input_channels():
     assert prep["cond"].shape[1] == 4 + C + 8 + C
     x_t = torch.randn(B, C, *prep["cond"].shape[2:])
     t = torch.full((B,), 0.5)
-    v = wm.velocity(x_t, t, prep["cond"], wm.context(prep["robot"]))
+    v = wm.velocity(x_t, t, prep["cond"], wm.context(prep["context_input"]))
     x0_pred = x_t - t.view(-1, 1, 1, 1, 1) * v
     torch.testing.assert_close(x0_pred, prep["cond"][:, 4:4 + C], atol=1e-5, rtol=1e-5)
 

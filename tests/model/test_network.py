@@ -13,7 +13,6 @@ from kinema4d.model.network import (
     SharedWidthRope,
     WorldModel,
     compute_latent_stats,
-    denormalize_world_pointmap,
     downsample_mask,
     flow_matching_loss,
     latent_shapes,
@@ -76,7 +75,7 @@ def test_tiny_shapes_match_prepare(codec):
     assert tuple(p["x0"].shape) == s["latent"]
     assert tuple(p["cond"].shape) == (2, s["backbone_input"][1] - s["latent"][1], *s["latent"][2:])
     assert p["cond"].shape[1] + p["x0"].shape[1] == cfg.in_channels == model.transformer.config.in_channels
-    ctx = model.context(p["robot"])
+    ctx = model.context(p["context_input"])
     assert tuple(ctx.shape) == (2, *s["context"][1:])
 
 
@@ -165,7 +164,7 @@ def test_zero_conv_ignores_robot_context_exactly():
     _randomize_output(model)
     p = _prep(model, make_codec(TINY), _batch())
     x, t = torch.randn_like(p["x0"]), torch.tensor([0.3, 0.7])
-    r1, r2 = p["robot"], torch.randn_like(p["robot"]) * 3
+    r1, r2 = p["context_input"], torch.randn_like(p["context_input"]) * 3
     with torch.no_grad():
         v1, v2 = model(x, t, p["cond"], r1), model(x, t, p["cond"], r2)
         assert v1.abs().sum() > 0 and torch.equal(v1, v2)
@@ -208,7 +207,7 @@ def test_domain_embedding_hook():
 
 
 @pytest.mark.parametrize("change", [
-    {"context": "text"}, {"context": "none"}, {"mask": "binary"}, {"mask": "none"},
+    {"context": "learned"}, {"context": "none"}, {"mask": "binary"}, {"mask": "none"},
     {"condition": "binary_mask"}, {"condition": "action_embedding", "mask": "none"}, {"output": "rgb_only"},
     {"shared_rope": False, "domain_embedding": False},
 ])
@@ -233,7 +232,7 @@ def test_xyz_loss_weight_is_a_weighted_mean_of_the_halves():
     t, noise = torch.tensor([0.3, 0.7]), torch.randn_like(p["x0"])
     x_t = (1 - t.view(-1, 1, 1, 1, 1)) * p["x0"] + t.view(-1, 1, 1, 1, 1) * noise
     with torch.no_grad():
-        err = (model(x_t, t, p["cond"], p["robot"]) - (noise - p["x0"])) ** 2
+        err = (model(x_t, t, p["cond"], p["context_input"]) - (noise - p["x0"])) ** 2
         w = err.shape[-1] // 2
         mse_rgb, mse_xyz = err[..., :w].mean(), err[..., w:].mean()
         for xyz_weight in (1.0, 4.0, 0.0):
@@ -255,25 +254,6 @@ def test_sampling_deterministic_and_shapes():
     r3, _ = sample(*args, steps=3, cfg_scale=1.5, seed=4)
     assert torch.equal(r1, r2) and torch.equal(p1, p2) and not torch.equal(r1, r3)
     assert r1.shape == p1.shape == (T, 3, H, W) and 0 <= r1.min() and r1.max() <= 1
-
-
-def test_denormalize_world_pointmap():
-    g = torch.Generator().manual_seed(0)
-    metres = torch.rand(T, 3, H, W, generator=g) * torch.tensor([0.6, 0.4, 1.0]).view(1, 3, 1, 1) \
-        + torch.tensor([-0.3, -0.2, 0.5]).view(1, 3, 1, 1)
-    wlo, whi = metres.amin((0, 2, 3)), metres.amax((0, 2, 3))
-    world01 = (metres - wlo.view(1, 3, 1, 1)) / (whi - wlo).view(1, 3, 1, 1)
-    mask = torch.zeros(T, H, W)
-    mask[:, 4:10, 3:9] = 1
-    sel = mask > 0.5
-    rpts = metres.permute(0, 2, 3, 1)[sel]
-    rlo, rhi = rpts.min(0).values, rpts.max(0).values
-    robot01 = ((metres - rlo.view(1, 3, 1, 1)) / (rhi - rlo).view(1, 3, 1, 1)) * mask[:, None]
-    out, aff = denormalize_world_pointmap(world01, robot01, mask, torch.stack([rlo, rhi]))
-    assert torch.allclose(out, metres, atol=1e-4)
-    assert torch.allclose(aff[0], whi - wlo, atol=1e-4) and torch.allclose(aff[1], wlo, atol=1e-4)
-    out0, aff0 = denormalize_world_pointmap(world01, robot01, torch.zeros_like(mask), torch.stack([rlo, rhi]))
-    assert torch.allclose(aff0[0], rhi - rlo) and torch.allclose(aff0[1], rlo)  # fallback: robot stats
 
 
 # ---------------------------------------------------------------------------------------------------- learning
@@ -315,6 +295,34 @@ def test_save_load_identical(tmp_path):
     args = (b["rgb"][0, 0], b["robot_pointmap"][0], b["robot_mask"][0])
     assert all(torch.equal(x, y) for x, y in zip(sample(model.eval(), codec, *args, steps=2, seed=1),
                                                  sample(m2, c2, *args, steps=2, seed=1), strict=True))
+
+
+def test_old_config_names_still_load(tmp_path):
+    """A checkpoint saved before the renames (context="text", field text_tokens, tensor text_tokens) loads as
+    context="learned" with its learned tokens, with a DeprecationWarning naming each mapping."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = dataclasses.replace(TINY, context="learned", learned_tokens=3)
+    model = WorldModel(cfg)
+    with torch.no_grad():
+        model.learned_tokens.normal_()
+    save_model(tmp_path / "ck", model)
+    cfgj = json.loads((tmp_path / "ck" / "model_config.json").read_text())
+    del cfgj["learned_tokens"]
+    cfgj |= {"context": "text", "text_tokens": 3}  # as written before the rename
+    (tmp_path / "ck" / "model_config.json").write_text(json.dumps(cfgj))
+    sd = load_file(str(tmp_path / "ck" / "model.safetensors"))
+    sd["text_tokens"] = sd.pop("learned_tokens")
+    save_file(sd, str(tmp_path / "ck" / "model.safetensors"))
+    with pytest.warns(DeprecationWarning) as rec:
+        m2, _ = load_model(tmp_path / "ck")
+    msgs = " | ".join(str(w.message) for w in rec)
+    assert "'text_tokens' is now called 'learned_tokens'" in msgs and "context='text' is now called" in msgs
+    assert m2.cfg == cfg and torch.equal(m2.learned_tokens, model.learned_tokens)
+    with pytest.raises(ValueError, match="both 'text_tokens'"):
+        ModelConfig.from_dict({"text_tokens": 3, "learned_tokens": 4})
+    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+        ModelConfig.from_dict({"txt_tokens": 3})
 
 
 def test_clear_errors(tmp_path):
@@ -372,7 +380,7 @@ def test_lora_backbone_from_local_dir(tmp_path, i2v):
     model.eval()
     x, t = torch.randn_like(p["x0"]), torch.tensor([0.5, 0.5])
     with torch.no_grad():
-        assert torch.equal(model(x, t, p["cond"], p["robot"]), m2(x, t, p["cond"], p["robot"]))
+        assert torch.equal(model(x, t, p["cond"], p["context_input"]), m2(x, t, p["cond"], p["context_input"]))
 
 
 def test_lora_missing_path(tmp_path):
@@ -389,7 +397,7 @@ def test_x0_prediction_velocity():
     p = _prep(model, codec, _batch())
     x_t = torch.randn_like(p["x0"])
     t = torch.tensor([0.5, 0.01])
-    v = model(x_t, t, p["cond"], p["robot"])
+    v = model(x_t, t, p["cond"], p["context_input"])
     assert torch.allclose(v[0], x_t[0] / 0.5) and torch.allclose(v[1], x_t[1] / 0.05)
     with pytest.raises(ValueError, match="prediction"):
         ModelConfig(prediction="eps")
@@ -433,7 +441,7 @@ def test_x0_residual_starts_at_its_input():
     world0 = b["world_pointmap"][:, 0]
     p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], world0=world0)
     x_t, t = torch.randn(latent_shapes(cfg, T, H, W)["latent"]), torch.tensor([0.4])
-    torch.testing.assert_close(model(x_t, t, p["cond"], p["robot"]), (x_t - p["cond"][:, 4:]) / 0.4)
+    torch.testing.assert_close(model(x_t, t, p["cond"], p["context_input"]), (x_t - p["cond"][:, 4:]) / 0.4)
     for steps in (3, 50):  # exact for any step count: the last step returns the x0 prediction
         rgb, wpm = sample(model, codec, b["rgb"][0, 0], b["robot_pointmap"][0], b["robot_mask"][0], steps=steps,
                           world0=world0[0])
@@ -475,8 +483,9 @@ def test_robot_tokens_know_frame_and_place():
     p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], world0=b["world_pointmap"][:, 0],
                       robot_rgb=torch.rand(1, T, 3, H, W))
     C = RELEASE.latent_channels
-    assert p["robot"].shape == (1, 4 + 2 * C, T, H // 4, W // 4)  # mask | robot-only XYZ | robot-only RGB latents
-    ctx = model.context(p["robot"])
+    # mask | robot-only XYZ | robot-only RGB latents
+    assert p["context_input"].shape == (1, 4 + 2 * C, T, H // 4, W // 4)
+    ctx = model.context(p["context_input"])
     assert ctx.shape == latent_shapes(RELEASE, T, H, W)["context"] and ctx.abs().max() == 0
     torch.nn.init.normal_(model.robot_tokens.proj.weight)
     same = torch.ones(1, 4 + 2 * C, T, H // 4, W // 4)  # identical content everywhere
@@ -492,9 +501,9 @@ def test_robot_latent_projection_touches_only_the_xyz_input_latents():
     b = _batch(1)
     p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"], world0=b["world_pointmap"][:, 0],
                       robot_rgb=torch.rand(1, T, 3, H, W))
-    torch.testing.assert_close(model.condition(p["cond"], p["robot"]), p["cond"])  # zero-init: a no-op
+    torch.testing.assert_close(model.condition(p["cond"], p["context_input"]), p["cond"])  # zero-init: a no-op
     torch.nn.init.normal_(model.robot_latent_proj.weight)
-    out = model.condition(p["cond"], p["robot"])
+    out = model.condition(p["cond"], p["context_input"])
     w = p["cond"].shape[-1] // 2
     torch.testing.assert_close(out[:, :4], p["cond"][:, :4])  # mask channels
     torch.testing.assert_close(out[..., :w], p["cond"][..., :w])  # RGB half

@@ -69,11 +69,11 @@ def test_release_files_land_in_their_modules_and_route_768_robot_tokens(release)
     # a forward at the release's layout: CLIP(I0) in the image branch, all 768 robot tokens in the text branch
     b = torch.utils.data.default_collate([SyntheticEpisodes(1, T, (H, W), 0)[0]])
     p = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"])
-    assert p["image"].shape == (1, 17, 24) and p["robot"].shape == (1, 20, 2, 16, 24)
-    ctx = model.context(p["robot"])
+    assert p["image"].shape == (1, 17, 24) and p["context_input"].shape == (1, 20, 2, 16, 24)
+    ctx = model.context(p["context_input"])
     assert ctx.shape == (1, 768, INNER)  # at the transformer width: past the text embedder
     with torch.no_grad():
-        v = model(torch.randn(1, 16, 2, 16, 48), torch.tensor([0.5]), p["cond"], p["robot"], image=p["image"])
+        v = model(torch.randn(1, 16, 2, 16, 48), torch.tensor([0.5]), p["cond"], p["context_input"], image=p["image"])
     assert torch.isfinite(v).all() and model.attn_split.last_split == (17, 768)
     # the release layout: Wan's first-frame mask on the RGB half, the robot mask on the XYZ half
     m, w = p["cond"][:, :4], p["cond"].shape[-1] // 2
@@ -82,7 +82,7 @@ def test_release_files_land_in_their_modules_and_route_768_robot_tokens(release)
     with torch.no_grad():
         model.latent_stats[1] = torch.tensor([0.0, 1.0])
     p2 = model.prepare(codec, b["rgb"][:, 0], b["robot_pointmap"], b["robot_mask"])
-    assert torch.equal(p2["cond"], p["cond"]) and not torch.allclose(p2["robot"], p["robot"])
+    assert torch.equal(p2["cond"], p["cond"]) and not torch.allclose(p2["context_input"], p["context_input"])
 
 
 def test_release_errors_name_the_file_or_tensor(release, tmp_path):

@@ -144,13 +144,13 @@ def test_robot_tokens_never_reach_the_image_branch():
     """720 robot tokens: the text branch gets all of them, the image branch exactly the 16 image tokens."""
     model, codec = _nonzero(WorldModel(I2V)).eval(), make_codec(I2V)
     p = _prep(model, codec, _batch())
-    ctx = model.context(p["robot"])
+    ctx = model.context(p["context_input"])
     assert ctx.shape[1] == 720 > 512
     for blk in model.transformer.blocks:
         assert blk.attn2.processor is model.attn_split
     x = torch.randn(p["x0"].shape)
     with torch.no_grad():
-        out = model(x, torch.tensor([0.5, 0.5]), p["cond"], p["robot"])
+        out = model(x, torch.tensor([0.5, 0.5]), p["cond"], p["context_input"])
     assert torch.isfinite(out).all()
     assert model.attn_split.last_split == (16, 720)
 
@@ -170,15 +170,15 @@ def test_learned_tokens_give_the_queries_a_gradient():
                 model.image_tokens.zero_()
         codec = make_codec(I2V)
         p = _prep(model, codec, _batch())
-        assert model.context(p["robot"]).abs().max() == 0  # zero-init robot tokens: the text branch is uniform
+        assert model.context(p["context_input"]).abs().max() == 0  # zero-init robot tokens: the text branch is uniform
         noise = torch.randn(p["x0"].shape, generator=torch.Generator().manual_seed(2))
         flow_matching_loss(model, model, p, torch.tensor([0.3, 0.7]), noise).backward()
         return [blk.attn2.to_q.weight.grad.abs().max().item() for blk in model.transformer.blocks]
 
     tokens = WorldModel(I2V).image_tokens
     assert (tokens - tokens[:1]).abs().amax(1)[1:].min() > 0 and tokens.std().item() == pytest.approx(0.02, rel=0.3)
-    text = WorldModel(ModelConfig(context="text", text_tokens=4)).text_tokens
-    assert (text - text[:1]).abs().amax(1)[1:].min() > 0
+    learned = WorldModel(ModelConfig(context="learned", learned_tokens=4)).learned_tokens
+    assert (learned - learned[:1]).abs().amax(1)[1:].min() > 0
     real, degenerate = q_grads(False), q_grads(True)
     for r, d in zip(real, degenerate, strict=True):
         assert r > 1e-4 and d < 1e-3 * r, (real, degenerate)
@@ -216,11 +216,11 @@ def test_clip_image_branch(tmp_path):
     b2 = dict(b, rgb=1 - b["rgb"])
     assert not torch.allclose(_prep(model, codec, b2)["image"], p["image"])  # it depends on I0
     with torch.no_grad():
-        model(torch.randn(p["x0"].shape), torch.tensor([0.5, 0.5]), p["cond"], p["robot"], image=p["image"])
+        model(torch.randn(p["x0"].shape), torch.tensor([0.5, 0.5]), p["cond"], p["context_input"], image=p["image"])
     assert model.attn_split.last_split == (17, 720)
     assert not any(k.startswith("image_encoder.") for k in state_to_save(model))
     with pytest.raises(ValueError, match="image encoder"):
-        model(torch.randn(p["x0"].shape), torch.tensor([0.5, 0.5]), p["cond"], p["robot"])
+        model(torch.randn(p["x0"].shape), torch.tensor([0.5, 0.5]), p["cond"], p["context_input"])
     with pytest.raises(FileNotFoundError, match="CLIPVisionModel"):
         WorldModel(dataclasses.replace(I2V, image_encoder_path=str(tmp_path / "nope")))
 
@@ -244,16 +244,17 @@ def test_null_condition_is_truly_null():
     p = _prep(model, codec, b, with_null=True)
     empty = _prep(model, codec, dict(b, robot_pointmap=torch.zeros_like(b["robot_pointmap"]),
                                      robot_mask=torch.zeros_like(b["robot_mask"])))
-    assert torch.equal(p["cond_null"], empty["cond"]) and torch.equal(p["robot_null"], empty["robot"])
+    assert torch.equal(p["cond_null"], empty["cond"]) and torch.equal(p["context_input_null"], empty["context_input"])
     assert p["cond_null"][:, :4].abs().sum() == 0 and not torch.equal(p["cond_null"], p["cond"])
     x, t = torch.randn(p["x0"].shape), torch.tensor([0.5, 0.5])
     drop = torch.tensor([True, False])
     with torch.no_grad():
-        out = model(x, t, p["cond"], p["robot"], drop=drop, cond_null=p["cond_null"], robot_null=p["robot_null"])
+        out = model(x, t, p["cond"], p["context_input"], drop=drop, cond_null=p["cond_null"],
+                    context_input_null=p["context_input_null"])
         # sample 0 (dropped) must not see its robot: swapping in sample 1's robot changes nothing for it
-        swapped = {k: p[k].flip(0) for k in ("cond", "robot")}
-        out2 = model(x, t, swapped["cond"], swapped["robot"], drop=torch.tensor([True, True]),
-                     cond_null=p["cond_null"], robot_null=p["robot_null"])
+        swapped = {k: p[k].flip(0) for k in ("cond", "context_input")}
+        out2 = model(x, t, swapped["cond"], swapped["context_input"], drop=torch.tensor([True, True]),
+                     cond_null=p["cond_null"], context_input_null=p["context_input_null"])
     assert torch.allclose(out[0], out2[0], atol=1e-6)
     assert not torch.allclose(out[1], out2[1])
     rgb, _ = sample(model, codec, b["rgb"][0, 0], b["robot_pointmap"][0], b["robot_mask"][0], steps=2, cfg_scale=3.0)

@@ -62,6 +62,11 @@ dataset as version 2; the writer keeps appending in the version the dataset alre
 Atomicity: an episode is written under a temp name and renamed to its final name; a killed writer leaves at most a
 temp file (or, version 1, a temp directory). Reads verify shapes and checksums and raise
 :class:`CorruptEpisodeError` naming the episode.
+
+Why ~630 lines in one file: the writer (:func:`write_episode`), the reader (:class:`Dataset4D`) and the torch
+dataset (:class:`TorchEpisodes`) are the three sides of the one format above (versions, checksums, shapes, dtypes
+and the corrupt-episode rule), which must change together; the model-input plumbing at the end
+(:func:`model_inputs`) only applies ``kinema4d.pointmap`` to TorchEpisodes items.
 """
 
 from __future__ import annotations
@@ -80,6 +85,7 @@ import torch.nn.functional as F
 
 from kinema4d.geometry import save_atomic_text
 from kinema4d.kinematics.camera import Camera
+from kinema4d.pointmap import anchor_stats, normalize_sequence, normalize_with_stats, to_metres
 
 FORMAT = "kinema4d-episodes"
 VERSION = 2  # written by this code
@@ -507,8 +513,6 @@ class TorchEpisodes(torch.utils.data.Dataset):
         raise RuntimeError(f"all {n} episodes in {self.root} are corrupt")
 
     def _load(self, i: int) -> dict:
-        from kinema4d.kinematics.render import normalize_pointmap
-
         keys = ("rgb", "world_pointmap", "robot_pointmap", "robot_render_mask", "actions")
         has_robot_rgb = "robot_rgb" in self.ds.attrs(i).get("shapes", {})
         e = self.ds.read_episode(i, keys=keys + (("robot_rgb",) if has_robot_rgb else ()))
@@ -534,8 +538,8 @@ class TorchEpisodes(torch.utils.data.Dataset):
             cam = cam.resized(W, H)
         wvalid = wpm[:, 2] > 0
         rvalid = rmask[:, 0] > 0.5
-        w01, wstats = normalize_sequence(wpm, wvalid, normalize_pointmap)
-        r01, rstats = normalize_sequence(rpm, rvalid, normalize_pointmap)
+        w01, wstats = normalize_sequence(wpm, wvalid)
+        r01, rstats = normalize_sequence(rpm, rvalid)
         return {
             "rgb": rgb.contiguous(),
             "world_pointmap": w01,
@@ -560,60 +564,17 @@ def frame_indices(T: int, frames: int | None) -> np.ndarray:
     return np.arange(T) if frames is None else np.round(np.linspace(0, T - 1, frames)).astype(int)
 
 
-ANCHOR_MARGIN = 0.05  # anchor_stats: fraction of the range added on each side (later frames may leave the box)
-EMPTY_LEVEL = 0.02  # generated normalized pointmaps: a pixel below this level is 'empty' (training target 0)
-
-
-def generated_valid(pm01: np.ndarray, anchored: bool) -> np.ndarray:
-    """Which pixels of a generated normalized pointmap (..., 3) hold a point (bool (...)); training targets are 0
-    on empty pixels. ``anchored`` (``world_anchor`` models, :func:`anchor_stats`): every point inside the anchor
-    box has all three channels >= margin / (1 + 2 margin) (0.045), so a pixel is a point only if its *smallest*
-    channel exceeds EMPTY_LEVEL (noise on one channel of an empty pixel does not make a point). Sequence min-max
-    normalization: a point may sit at 0 on one channel (the sequence minimum), so its *largest* channel decides."""
-    pm01 = np.asarray(pm01)
-    return (pm01.min(-1) if anchored else pm01.max(-1)) > EMPTY_LEVEL
-
-
-def anchored_to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """A ``world_anchor`` model's generated pointmap (..., 3) in [0, 1] -> metres with its :func:`anchor_stats`
-    (2, 3) [min; max], 0 on pixels that :func:`generated_valid` calls empty."""
-    pm01 = np.asarray(pm01)
-    out = pm01 * (stats[1] - stats[0]) + stats[0]
-    out[~generated_valid(pm01, anchored=True)] = 0.0
-    return out
-
-
-def anchor_stats(world0_m: torch.Tensor, world0_valid: torch.Tensor, robot_m: torch.Tensor,
-                 robot_mask: torch.Tensor, margin: float = ANCHOR_MARGIN) -> torch.Tensor:
-    """Normalization range known at inference for ``world_anchor`` models: the per-channel min/max of the frame-0
-    world points (world0_m (3,H,W) metres, world0_valid (H,W)) and of the robot points over the sequence (robot_m
-    (T,3,H,W) metres, robot_mask (T,H,W)), widened by ``margin`` of the range on each side. Returns (2, 3) float32
-    [min; max] metres. Raises ValueError if neither has a valid point."""
-    pts = torch.cat([world0_m.permute(1, 2, 0)[world0_valid > 0.5], robot_m.permute(0, 2, 3, 1)[robot_mask > 0.5]])
-    if len(pts) == 0:
-        raise ValueError("anchor_stats: neither the frame-0 world pointmap nor the robot pointmap has a valid pixel")
-    lo, hi = pts.min(0).values.float(), pts.max(0).values.float()
-    pad = margin * (hi - lo).clamp(min=1e-3)
-    return torch.stack([lo - pad, hi + pad])
-
-
-def normalize_with_stats(pm_m: torch.Tensor, valid: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-    """(T, 3, H, W) metres, (T, H, W) valid, (2, 3) [min; max] -> float32 (T, 3, H, W) in [0, 1], 0 where invalid."""
-    pm01 = (pm_m - stats[0].view(1, 3, 1, 1)) / (stats[1] - stats[0]).view(1, 3, 1, 1)
-    return torch.where(valid[:, None] > 0.5, pm01, torch.zeros_like(pm01)).float()
-
-
 def anchor_normalize(item: dict) -> dict:
     """A TorchEpisodes item (or a collated batch of them) renormalized for ``world_anchor`` models: world and
-    robot pointmaps both in [0, 1] by :func:`anchor_stats` (0 stays 'empty'), ``world_stats`` = ``robot_stats`` =
+    robot pointmaps both in [0, 1] by ``pointmap.anchor_stats`` (0 stays 'empty'), ``world_stats`` = ``robot_stats`` =
     those stats. Other keys are shared, not copied."""
     if item["world_pointmap"].ndim == 5:  # collated (B, T, 3, H, W)
         parts = [anchor_normalize({k: v[b] for k, v in item.items() if k in _ANCHOR_KEYS})
                  for b in range(item["world_pointmap"].shape[0])]
         return {**item, **{k: torch.stack([p[k] for p in parts]) for k in _ANCHOR_KEYS}}
     out = dict(item)
-    world_m, robot_m = (_denormalize(item[p], item[s]) for p, s in (("world_pointmap", "world_stats"),
-                                                                    ("robot_pointmap", "robot_stats")))
+    world_m, robot_m = (to_metres(item[p], item[s], channel_axis=1) for p, s in (("world_pointmap", "world_stats"),
+                                                                                 ("robot_pointmap", "robot_stats")))
     wvalid, rmask = item["world_valid"] > 0.5, item["robot_mask"] > 0.5
     st = anchor_stats(world_m[0], wvalid[0], robot_m, rmask)
     out["world_pointmap"] = normalize_with_stats(world_m, wvalid, st)
@@ -654,7 +615,7 @@ def held_inputs(item: dict, anchor: torch.Tensor, gate: tuple[float, float] | No
     if "episode_actions" not in item:
         raise KeyError("held_prior models need the item keys 'episode_actions', 'frame_index' and 'T_cam_world' "
                        "(TorchEpisodes items have them; a preload cache made before they existed does not: delete it)")
-    world0_m = _denormalize(item["world_pointmap"][:1], item["world_stats"])[0]
+    world0_m = to_metres(item["world_pointmap"][:1], item["world_stats"], channel_axis=1)[0]
     world0_m = torch.where(item["world_valid"][0] > 0.5, world0_m, torch.zeros_like(world0_m))
     prior = held_object_prior(item["rgb"][0].permute(1, 2, 0).numpy(), world0_m.permute(1, 2, 0).numpy(),
                               item["robot_mask"][0].numpy() > 0.5, item["episode_actions"].numpy(),
@@ -672,19 +633,3 @@ def held_tensors(prior, anchor: torch.Tensor) -> dict:
 
 
 _ANCHOR_KEYS = ("world_pointmap", "world_stats", "world_valid", "robot_pointmap", "robot_stats", "robot_mask")
-
-
-def _denormalize(pm01: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
-    """(T, 3, H, W) in [0, 1] + (2, 3) [min; max] -> metres (T, 3, H, W)."""
-    return pm01 * (stats[1] - stats[0]).view(1, 3, 1, 1) + stats[0].view(1, 3, 1, 1)
-
-
-def normalize_sequence(pm, valid, normalize_pointmap):
-    """(T, 3, H, W) tensor + (T, H, W) bool -> (normalized (T, 3, H, W) float32, stats (2, 3) float32)."""
-    pm_np = pm.permute(0, 2, 3, 1).numpy()
-    v = valid.numpy()
-    if not v.any():
-        return torch.zeros_like(pm, dtype=torch.float32), torch.zeros(2, 3)
-    pm01, st = normalize_pointmap(pm_np, v)
-    stats = torch.from_numpy(np.stack([st.min, st.max]).astype(np.float32))
-    return torch.from_numpy(pm01).permute(0, 3, 1, 2).contiguous(), stats

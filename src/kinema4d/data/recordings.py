@@ -325,7 +325,7 @@ class ImportPlainConfig(RobotArgs):
 def import_plain(cfg: ImportPlainConfig) -> dict:
     """Run ``kinema4d dataset import plain``; returns :func:`write_recordings`' summary."""
     from kinema4d.data.datagen import parse_resolution
-    from kinema4d.kinematics.control import load_robot
+    from kinema4d.kinematics.robot import load_robot
 
     robot = load_robot(cfg.robot, **cfg.robot_options())
     camera = Camera.load(cfg.camera_json) if cfg.camera_json is not None else None

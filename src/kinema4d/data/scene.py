@@ -59,7 +59,7 @@ from kinema4d.data.scene_spec import (  # noqa: F401  (re-exported, as above)
 from kinema4d.geometry import matrix_to_pose, pose_to_matrix
 from kinema4d.kinematics.camera import Camera
 from kinema4d.kinematics.meshes import DEFAULT_MAX_FACES_PER_LINK, simplified_urdf
-from kinema4d.kinematics.robot import BUILTIN_ROBOTS, Robot
+from kinema4d.kinematics.robot import BUILTIN_ROBOTS, Robot, base_pose_matrix, load_robot
 
 
 # ---------------------------------------------------------------------- physics scene
@@ -422,16 +422,12 @@ def execute(scene: Scene, actions: np.ndarray) -> dict:
 def make_robot(robot: str = "panda", **options) -> Robot:
     """The robot standing on the table top at ``BASE_XYZ`` (x shifted by ``BASE_SHIFT_X``): a builtin name (panda,
     xarm6, kuka_iiwa_wsg50; the plain kuka_iiwa has no gripper) or a URDF path with ``options`` of
-    :func:`kinema4d.kinematics.control.load_robot` (ee_link, gripper_joints, gripper_open, gripper_closed,
+    :func:`kinema4d.kinematics.robot.load_robot` (ee_link, gripper_joints, gripper_open, gripper_closed,
     package_dirs; base_pose replaces the stand). The pick-and-place needs a gripper (checked here)."""
-    from kinema4d.kinematics.control import load_robot
-
     T_world_base = np.eye(4)
     T_world_base[:3, 3] = BASE_XYZ
     T_world_base[0, 3] += BASE_SHIFT_X.get(robot, 0.0)
     if options.get("base_pose") is not None:  # the user's stand instead of the default one (--base-pose)
-        from kinema4d.kinematics.control import base_pose_matrix
-
         T_world_base = base_pose_matrix(options.pop("base_pose"))
     options.pop("base_pose", None)
     if robot == "kuka_iiwa":

@@ -1,4 +1,5 @@
-"""``kinema4d eval``: score a checkpoint against baselines on a dataset split, write report.md / report.html.
+"""``kinema4d eval``: score a checkpoint against baselines on a dataset split, write report.md / report.html
+(their tables and plots: :mod:`kinema4d.eval.report`).
 
 Protocol (every method sees exactly what the model sees at inference, per episode of the split):
 
@@ -25,10 +26,10 @@ Metrics (definitions in :mod:`kinema4d.eval.metrics`), two paper-style tables:
   and FVD (over all clips) only with local feature-network weights (``--lpips-weights`` ...), else ``n/a``;
 - geometry (Tab. 2): Chamfer L1 / L2 and F-Score@0.01 between predicted and GT world pointmaps, both first
   converted to metres with the normalization the model was fed (the GT sequence's min-max, or the anchor stats),
-  then mapped with the GT sequence's per-axis min-max (``metrics.normalize_pair``): distances are fractions of
+  then mapped with the GT sequence's per-axis min-max (``pointmap.normalize_pair``): distances are fractions of
   the scene extent, as in the paper; plus their "(temp)" consecutive-frame versions; robot adherence (mm) after
   converting the generated pointmap to metres as the Simulator does (anchor stats, or a fit on the robot pixels
-  alone: ``denormalize_world_pointmap``); penetration (%): generated non-robot points inside the posed robot
+  alone: ``pointmap.denormalize_world_pointmap``); penetration (%): generated non-robot points inside the posed robot
   links (``metrics.penetration_rate``, joints of the episode's frames), with the GT pointmap's own rate as the
   reference (mask edges and the convex-hull link volumes make it non-zero);
 - object (issue 12): the target object ``attrs["objects"][0]`` located in each method's last frame from its
@@ -38,13 +39,12 @@ Metrics (definitions in :mod:`kinema4d.eval.metrics`), two paper-style tables:
   moved) with the GT-moving episode count. The same locator on the GT frames is reported as its ceiling.
 
 Frame 0 is excluded from the per-sequence means (it is the given image for every method). Which predicted pixels
-hold a point is ``kinema4d.data.episodes.generated_valid`` (the training target is 0 on empty pixels).
+hold a point is ``kinema4d.pointmap.generated_valid`` (the training target is 0 on empty pixels).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import warnings
 from dataclasses import dataclass
@@ -54,25 +54,27 @@ from typing import Literal
 import numpy as np
 
 from kinema4d.eval import metrics as M
+from kinema4d.eval.report import (
+    COLUMNS,
+    FEATURE_METRICS,
+    OBJECT_COLUMNS,
+    render_html,
+    render_markdown,
+    write_plots,
+)
 from kinema4d.geometry import save_atomic_text
 from kinema4d.interactive.media import video_to_uint8
+from kinema4d.pointmap import (
+    anchored_to_metres,
+    denormalize_world_pointmap,
+    generated_valid,
+    normalize_sequence,
+    to_metres,
+)
 
-VIDEO_COLUMNS = (("psnr", "PSNR ↑", "{:.2f}"), ("ssim", "SSIM ↑", "{:.3f}"), ("latent_l2", "latent L2 ↓", "{:.4f}"),
-                 ("lpips", "LPIPS ↓", "{:.3f}"), ("fid", "FID ↓", "{:.2f}"), ("fvd", "FVD ↓", "{:.2f}"))
-GEOMETRY_COLUMNS = (("chamfer_l1", "CD-L1 ↓", "{:.4f}"), ("chamfer_l2", "CD-L2 ↓", "{:.5f}"),
-                    ("fscore", "F@0.01 ↑", "{:.3f}"), ("chamfer_l1_temp", "CD-L1 (temp) ↓", "{:.4f}"),
-                    ("fscore_temp", "F (temp) ↑", "{:.3f}"), ("adherence_mm", "adherence mm ↓", "{:.1f}"),
-                    ("penetration_pct", "penetration % ↓", "{:.2f}"))
-COLUMNS = VIDEO_COLUMNS + GEOMETRY_COLUMNS
-OBJECT_COLUMNS = (("object_found_pct", "found %", "{:.0f}"),
-                  ("object_endpoint_mm", "endpoint mm ↓ (found episodes)", "{:.1f}"),
-                  ("object_motion_recall", "motion recall ↑", "{:.2f}"),
-                  ("object_motion_precision", "motion precision ↑", "{:.2f}"),
-                  ("object_moving", "moved (rollout)", "{:.0f}"), ("object_gt_moving", "moved (GT)", "{:.0f}"))
 OBJECT_EPISODE_KEYS = ("object_endpoint_mm", "object_found", "object_moved")  # per episode (None: no geometry)
 NO_OBJECT = {"object_endpoint_mm": float("nan"), "object_found": None, "object_moved": None}  # RGB-only models
 ROBOT_INPUTS = ("stored", "pipeline")
-FEATURE_METRICS = ("lpips", "fid", "fvd")  # need local feature-network weights: None in the report without them
 
 
 @dataclass(frozen=True)
@@ -108,11 +110,6 @@ class EvalConfig:
     skip_corrupt: bool = False
 
 
-def to_metres(pm01: np.ndarray, stats: np.ndarray) -> np.ndarray:
-    """(T, H, W, 3) normalized + (2, 3) [min; max] -> metres (0 stays 0 only where the GT is empty: caller masks)."""
-    return pm01 * (stats[1] - stats[0]) + stats[0]
-
-
 def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_m: np.ndarray | None = None,
                   codec=None, robot_pose: tuple | None = None, lpips_weights=None, anchored: bool = False) -> dict:
     """Metrics of one prediction. pred_rgb (T,H,W,3) uint8, pred_w01 (T,H,W,3) in the normalization of ``item``
@@ -120,9 +117,7 @@ def score_episode(pred_rgb: np.ndarray, pred_w01: np.ndarray, item: dict, world_
     adherence and penetration (None: skip). ``codec`` gives latent L2, ``robot_pose`` = (Robot, q (T, dof),
     T_cam_world (4, 4)) the penetration rate, ``lpips_weights`` LPIPS (each NaN / None when absent);
     ``anchored``: pred_w01 is in a world_anchor model's normalization (decides which pixels hold a point,
-    ``data.generated_valid``)."""
-    from kinema4d.data.episodes import generated_valid
-
+    ``pointmap.generated_valid``)."""
     gt01 = item["world_pointmap"].permute(0, 2, 3, 1).numpy()
     gt_valid = item["world_valid"].numpy() > 0.5
     stats = item["world_stats"].numpy().astype(np.float64)
@@ -261,8 +256,8 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
     world pointmap in camera metres (T,H,W,3) or None)."""
     import torch
 
-    from kinema4d.data.episodes import anchored_to_metres, model_inputs
-    from kinema4d.model.network import denormalize_world_pointmap, sample
+    from kinema4d.data.episodes import model_inputs
+    from kinema4d.model.network import sample
     item = model_inputs(model.cfg, raw)
     extra = {}
     if getattr(model.cfg, "robot_rgb", False):  # robot-RGB models (only then: older sample() lacks the argument)
@@ -291,7 +286,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     videos into ``cfg.out``. Returns the report dict."""
     from tqdm import tqdm
 
-    from kinema4d.data.episodes import TorchEpisodes, generated_valid
+    from kinema4d.data.episodes import TorchEpisodes
     from kinema4d.interactive.media import hstack_videos, pointmap_to_rgb, write_video
 
     if cfg.robot_input not in ROBOT_INPUTS:
@@ -380,7 +375,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     report["skipped_corrupt"] = ds.num_skipped
     if weights_na:
         report["feature_metrics_na"] = weights_na  # metric -> why it is n/a although weights were given
-    _write_plots(report, out)
+    write_plots(report, out)
     save_atomic_text(out / "report.json", json.dumps(report, indent=2))
     save_atomic_text(out / "report.md", render_markdown(report))
     save_atomic_text(out / "report.html", render_html(report))
@@ -406,8 +401,8 @@ def pipeline_robot_inputs(ds, raw: dict, robots: dict | None = None, return_ik_e
     """
     import torch
 
-    from kinema4d.data.episodes import frame_indices, normalize_sequence
-    from kinema4d.kinematics.render import normalize_pointmap, render_robot
+    from kinema4d.data.episodes import frame_indices
+    from kinema4d.kinematics.render import render_robot
     from kinema4d.kinematics.robot import actions_to_joints
 
     e = ds.ds.read_episode(raw["index"], keys=("actions",))
@@ -425,7 +420,7 @@ def pipeline_robot_inputs(ds, raw: dict, robots: dict | None = None, return_ik_e
     r = render_robot(robot, q, camera, rgb=True)
     rpm = torch.from_numpy(r.pointmap.astype(np.float16).astype(np.float32)).permute(0, 3, 1, 2)
     rvalid = torch.from_numpy(r.mask)
-    r01, rstats = normalize_sequence(rpm, rvalid, normalize_pointmap)
+    r01, rstats = normalize_sequence(rpm, rvalid)
     item = dict(raw) | {"robot_pointmap": r01, "robot_mask": rvalid.float(), "robot_stats": rstats,
                         "robot_rgb": torch.from_numpy(r.rgb).permute(0, 3, 1, 2).float().contiguous() / 255.0}
     out = (item, (robot, q, camera.T_cam_world))
@@ -519,145 +514,5 @@ def _camera_at(camera, H: int, W: int):
     return camera if (camera.height, camera.width) == (H, W) else camera.resized(W, H)
 
 
-def _write_plots(report: dict, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
-    for m, pf in report["per_frame"].items():
-        ax[0].plot(range(len(pf["psnr"]))[1:], pf["psnr"][1:], marker="o", label=m)
-        ax[1].plot(range(1, len(pf["chamfer_l1"]) + 1), pf["chamfer_l1"], marker="o", label=m)
-    ax[0].set(xlabel="frame", ylabel="PSNR (dB)", title="per-frame PSNR")
-    ax[1].set(xlabel="frame", ylabel="Chamfer L1 (normalized)", title="per-frame Chamfer L1")
-    ax[0].legend()
-    fig.tight_layout()
-    fig.savefig(out / "per_frame.png", dpi=110)
-    plt.close(fig)
-
-
-def _fmt(v, f: str) -> str:
-    """None (no feature weights) and NaN (the metric does not apply, e.g. geometry of an RGB-only model) -> n/a."""
-    return "n/a" if v is None or np.isnan(v) else f.format(v)
-
-
-def _table(summary: dict, columns=COLUMNS) -> list[list[str]]:
-    rows = [["method", *[h for _, h, _ in columns]]]
-    for m, s in summary.items():
-        rows.append([m, *[_fmt(s.get(k), f) for k, _, f in columns]])
-    return rows
-
-
-def _tables(report: dict) -> list[tuple[str, list[list[str]]]]:
-    """(title, rows) of the report's three tables: video, geometry, object (+ the locator on the GT frames)."""
-    out = [(title, _table(report["summary"], cols)) for title, cols in
-           (("Video quality (Tab. 1)", VIDEO_COLUMNS), ("Geometry (Tab. 2)", GEOMETRY_COLUMNS))]
-    if "object_gt" in report:  # reports written before the object metrics lack it
-        obj = dict(report["summary"]) | {"GT frames (locator ceiling)": report["object_gt"]["summary"]}
-        out.append(("Object (target object, last frame)", _table(obj, OBJECT_COLUMNS)))
-    return out
-
-
-def _notes(report: dict) -> list[str]:
-    notes = []
-    na = report.get("feature_metrics_na", {})
-    notes += [f"{na[k]}." for k in FEATURE_METRICS if k in na]
-    missing = [k.upper() for k in FEATURE_METRICS if report["summary"]["static"].get(k) is None and k not in na]
-    if missing:
-        notes.append(f"{' / '.join(missing)}: n/a = not available, no local feature-network weights were given "
-                     f"(--{missing[0].lower()}-weights PATH; they cannot be downloaded here and are never made up).")
-    if report.get("gt_penetration_pct") is not None:
-        notes.append(f"Penetration of the ground-truth pointmap itself (the floor set by mask edges and convex-hull "
-                     f"link volumes): {report['gt_penetration_pct']:.2f} %.")
-    notes.append("Chamfer / F-Score: fractions of the GT scene extent per axis (metres, then the GT sequence's "
-                 "min-max); adherence in mm.")
-    if "object_gt" in report:
-        ref = report["object_gt"]["per_episode"]["reference_found"]
-        notes.append(
-            "Object: the target object is located in each method's last frame by colour (reference read from I0 at "
-            "its known initial position), robot pixels excluded, lifted to 3D with that method's pointmap; position = "
-            "median xy. Endpoint error = planar (xy) distance to the recorded object centre in mm, mean over the "
-            "episodes where it was found (surface points vs centre: at most half the object's size of bias). Motion: "
-            f"> {100 * M.OBJECT_MOTION_M:.0f} cm from the initial xy (not found = not moved); recall over GT-moving "
-            "episodes, precision over rollout-moving episodes, n/a when there are none. The reference colour "
-            f"identified the object in I0 in {sum(bool(x) for x in ref)}/{len(ref)} "
-            "episodes (else not found for every method); 'GT frames' is the same locator on the ground truth.")
-    robot_input = report.get("robot_input", "stored")
-    if robot_input == "pipeline":
-        ik = report.get("pipeline_ik_max_pos_err_mm") or []
-        far = sum(e > 1.0 for e in ik)
-        notes.append("Robot input: pipeline = the commanded ee-pose actions through seeded IK and the kinematic "
-                     "render at the model's size (adherence, penetration and the object locator use this robot). "
-                     f"The IK missed a commanded position by > 1 mm in {far}/{len(ik)} episodes"
-                     + (f" (worst {max(ik):.1f} mm)." if ik else "."))
-    else:
-        notes.append("Robot input: stored = the dataset's robot pointmaps, rendered from the executed joints.")
-    wins = [f"{m}: {w}" for m in report.get("per_episode", {}) if m != "static" and (w := _wins_vs_static(report, m))]
-    if wins:
-        notes.append("Episodes where a method beats static (paired, same episodes): " + "; ".join(wins) + ".")
-    return notes
-
-
-def _wins_vs_static(report: dict, method: str) -> str:
-    """'PSNR higher in a/n, CD-L1 lower in b/m' from report['per_episode'] (episodes where both are finite)."""
-    pe, parts = report["per_episode"], []
-    for k, label, better in (("psnr", "PSNR higher", np.greater), ("chamfer_l1", "CD-L1 lower", np.less)):
-        a, b = (np.asarray([np.nan if v is None else v for v in pe[m][k]], np.float64) for m in (method, "static"))
-        ok = np.isfinite(a) & np.isfinite(b)
-        if ok.any():
-            parts.append(f"{label} in {int(better(a[ok], b[ok]).sum())}/{int(ok.sum())}")
-    return ", ".join(parts)
-
-
-def render_markdown(report: dict) -> str:
-    lines = [f"# kinema4d eval: split {report['config']['split']!r}, {report['episodes']} episodes", "",
-             f"checkpoint `{report['checkpoint']}`, {report['frames']} frames of {report['size'][0]}x"
-             f"{report['size'][1]}, {report['config']['steps']} sampling steps, robot input "
-             f"{report.get('robot_input', 'stored')!r}; frame 0 (the given image) excluded."]
-    if report.get("skipped_corrupt"):
-        lines += ["", f"**{report['skipped_corrupt']} corrupt episodes were skipped** (`--skip-corrupt`): the next "
-                  "readable episode was scored in each one's place."]
-    for title, t in _tables(report):
-        lines += ["", f"## {title}", "", "| " + " | ".join(t[0]) + " |", "|" + "---|" * len(t[0])]
-        lines += ["| " + " | ".join(r) + " |" for r in t[1:]]
-    lines += ["", *_notes(report)]
-    lines += ["", "![per-frame PSNR and Chamfer](per_frame.png)", "",
-              f"Videos (GT RGB | {' | '.join(report['checkpoints'])} RGB | GT pointmap | "
-              f"{' | '.join(report['checkpoints'])} pointmap): `videos/`.", ""]
-    return "\n".join(lines)
-
-
-def render_html(report: dict) -> str:
-    tables = ""
-    for title, t in _tables(report):
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in t[0])
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in t[1:])
-        tables += f"<h2>{title}</h2><table border=1 cellpadding=4><tr>{head}</tr>{body}</table>"
-    notes = "".join(f"<p>{html.escape(x)}</p>" for x in _notes(report))
-    vids = sorted((Path(report["config"]["out"]) / "videos").glob("*.mp4"))
-    vhtml = "".join(f'<video src="videos/{v.name}" controls loop width="480"></video>' for v in vids)
-    return (f"<!doctype html><meta charset=utf-8><title>kinema4d eval</title><h1>kinema4d eval: "
-            f"{html.escape(report['config']['split'])}, {report['episodes']} episodes, robot input "
-            f"{html.escape(report.get('robot_input', 'stored'))}</h1>"
-            f"{tables}{notes}<img src=per_frame.png><h2>GT | prediction"
-            f"</h2>{vhtml}")
-
-
-def compare(report_a: str | Path, report_b: str | Path) -> str:
-    """Markdown table of two reports' summaries side by side (B - A per metric)."""
-    ra, rb = (json.loads((Path(p) / "report.json").read_text()) for p in (report_a, report_b))
-    lines = ["| method | metric | A | B | B - A |", "|---|---|---|---|---|"]
-    for m in ra["summary"]:
-        if m not in rb["summary"]:
-            continue
-        for k, h, f in COLUMNS + OBJECT_COLUMNS:
-            a, b = ra["summary"][m].get(k), rb["summary"][m].get(k)
-            d = None if a is None or b is None else b - a
-            lines.append(f"| {m} | {h} | {_fmt(a, f)} | {_fmt(b, f)} | {_fmt(d, f)} |")
-    return "\n".join(lines)
-
-
 __all__ = ["EvalConfig", "evaluate", "load_methods", "predict", "score_episode", "score_rgb_only", "penetration_pct",
-           "pipeline_robot_inputs", "object_context", "object_scores", "object_summary", "render_markdown",
-           "render_html", "compare"]
+           "pipeline_robot_inputs", "object_context", "object_scores", "object_summary"]

@@ -22,9 +22,10 @@ Images / videos (``rgb`` (H, W, C) or (T, H, W, C), uint8 in [0, 255] or float i
 
 Geometry (pointmaps (T, H, W, 3) camera-frame metres, validity masks (T, H, W) bool; see docs/CONVENTIONS.md):
 
-- Normalization (:func:`normalize_pair`): prediction and ground truth are both mapped with the *ground truth
-  sequence's* per-channel min-max over its valid points, ``x01 = (x - min_gt) / (max_gt - min_gt)`` per x/y/z,
-  the same sequence-level normalization the model sees (Supp. B.1, ``kinema4d.kinematics.render.normalize_pointmap``)
+- Normalization (``kinema4d.pointmap.normalize_pair``): prediction and ground truth are both mapped with the
+  *ground truth sequence's* per-channel min-max over its valid points, ``x01 = (x - min_gt) / (max_gt - min_gt)``
+  per x/y/z,
+  the same sequence-level normalization the model sees (Supp. B.1, ``kinema4d.pointmap.normalize_pointmap``)
   but with the GT's statistics for both, so a scale error of the prediction is *not* normalized away. Distances are
   therefore in units of the scene extent (per axis) and the F-Score threshold 0.01 means 1 % of the extent. A
   channel with zero GT extent keeps scale 1 (translated only) so its errors stay visible.
@@ -104,8 +105,10 @@ import scipy.linalg
 from scipy import ndimage
 from scipy.spatial import ConvexHull, cKDTree
 
+from kinema4d.pointmap import normalize_pair
+
 __all__ = [
-    "MetricUnavailable", "psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "latent_l2", "normalize_pair",
+    "MetricUnavailable", "psnr", "psnr_per_frame", "ssim", "ssim_per_frame", "latent_l2",
     "chamfer", "fscore", "geometric_metrics", "robot_adherence", "penetration_rate", "link_hulls", "lpips", "fid",
     "fvd", "frechet_distance", "frechet_distance_features", "gaussian_fit", "load_feature_net", "nanmean",
     "OBJECT_MOTION_M", "locate_object", "object_endpoint_error_mm", "object_moved", "motion_recall_precision",
@@ -195,27 +198,6 @@ def latent_l2(z_pred, z_gt) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- geometry
-def normalize_pair(pred_pm, gt_pm, gt_valid) -> tuple[np.ndarray, np.ndarray]:
-    """Map ``pred_pm`` and ``gt_pm`` (..., 3) metres with the GT's per-channel min-max over ``gt_valid`` points.
-
-    Returns ``(pred_n, gt_n)`` float64 of the input shapes: ``(x - min_gt) / (max_gt - min_gt)`` per channel at
-    every pixel (masks select the points that count). A zero-extent channel is only translated. Raises if
-    ``gt_valid`` holds no point or non-finite coordinates.
-    """
-    pred, gt = np.asarray(pred_pm, np.float64), np.asarray(gt_pm, np.float64)
-    valid = np.asarray(gt_valid, bool)
-    if gt.shape[-1] != 3 or valid.shape != gt.shape[:-1]:
-        raise ValueError(f"gt_pm {gt.shape} must be (..., 3) with gt_valid {valid.shape} = its leading shape")
-    if not valid.any():
-        raise ValueError("normalize_pair: gt_valid holds no point")
-    pts = gt[valid]
-    if not np.isfinite(pts).all():
-        raise ValueError("normalize_pair: gt_pm has non-finite values at valid pixels")
-    lo, span = pts.min(0), np.ptp(pts, 0)
-    span = np.where(span > 0, span, 1.0)
-    return (pred - lo) / span, (gt - lo) / span
-
-
 def _nn(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Nearest-neighbour distances of p in q and of q in p."""
     return cKDTree(q).query(p, k=1)[0], cKDTree(p).query(q, k=1)[0]
@@ -262,9 +244,9 @@ def geometric_metrics(pred_pm, gt_pm, pred_valid, gt_valid, max_points: int = 20
     """Chamfer / F-Score of a predicted pointmap sequence vs GT and between consecutive predicted frames.
 
     ``pred_pm``, ``gt_pm`` (T, H, W, 3) camera-frame metres; ``pred_valid``, ``gt_valid`` (T, H, W) bool. Both are
-    normalized with :func:`normalize_pair`. Returns ``{name: mean}`` and ``{name + "_per_frame": array}`` for
-    ``chamfer_l1``, ``chamfer_l2``, ``fscore`` ((T,) arrays) and ``chamfer_l1_temp``, ``chamfer_l2_temp``,
-    ``fscore_temp`` ((T - 1,) arrays, frame t vs t + 1 of the prediction).
+    normalized with :func:`normalize_pair` (``kinema4d.pointmap``). Returns ``{name: mean}`` and ``{name +
+    "_per_frame": array}`` for ``chamfer_l1``, ``chamfer_l2``, ``fscore`` ((T,) arrays) and ``chamfer_l1_temp``,
+    ``chamfer_l2_temp``, ``fscore_temp`` ((T - 1,) arrays, frame t vs t + 1 of the prediction).
     """
     pred_valid, gt_valid = np.asarray(pred_valid, bool), np.asarray(gt_valid, bool)
     pred_pm, gt_pm = np.asarray(pred_pm), np.asarray(gt_pm)

@@ -134,8 +134,9 @@ def _judge(method: str, rgb8: np.ndarray, world_m: np.ndarray, attrs: dict, rgb0
 def _outcomes(cfg: PolicyEvalConfig, ds, i: int, loaded: dict, static: bool = False) -> tuple[bool, dict]:
     """Episode ``i`` of the TorchEpisodes ``ds``: (physics success, {method: judged success}) for "judge on GT",
     every loaded model and, if ``static``, the static baseline (I0 and the frame-0 world pointmap repeated)."""
-    from kinema4d.eval.evaluate import predict, to_metres
+    from kinema4d.eval.evaluate import predict
     from kinema4d.interactive.media import video_to_uint8
+    from kinema4d.pointmap import to_metres
 
     raw, attrs = ds[i], ds.ds.attrs(i)
     rgb8_gt = video_to_uint8(raw["rgb"])

@@ -49,6 +49,7 @@ import numpy as np
 from gymnasium import spaces
 
 from kinema4d.eval.metrics import robot_adherence
+from kinema4d.interactive.media import load_image
 from kinema4d.kinematics.robot import Robot, action_dim, joints_to_ee_actions
 
 if TYPE_CHECKING:
@@ -204,23 +205,9 @@ class Kinema4DEnv(gymnasium.Env):
         return load_pointmap0(src, self.camera)
 
     def _load_image(self, image) -> np.ndarray:
-        if isinstance(image, str | Path):
-            import imageio.v3 as iio
-
-            path = Path(image)
-            if not path.is_file():
-                raise FileNotFoundError(f"initial image not found: {path}")
-            image = iio.imread(path)
-        img = np.asarray(image)
-        if img.ndim == 2:
-            img = np.repeat(img[..., None], 3, axis=-1)
-        if img.ndim != 3 or img.shape[-1] not in (3, 4):
-            raise ValueError(f"image must be (H, W, 3) uint8, got shape {img.shape}")
-        img = img[..., :3]
-        if img.dtype != np.uint8:
-            if np.issubdtype(img.dtype, np.floating) and np.nanmax(img) <= 1.0:
-                img = img * 255.0
-            img = np.clip(np.nan_to_num(img), 0, 255).round().astype(np.uint8)
+        """``kinema4d.interactive.media.load_image``, then brought to the model's size (H, W): resampled from the
+        native camera's size (K scaled), else stretched with a warning if the aspect ratio differs."""
+        img = load_image(image, "initial image")
         native = getattr(self.simulator, "native_camera", self.camera)
         if img.shape[:2] != (self.H, self.W) and img.shape[:2] == (native.height, native.width):
             from kinema4d.simulator import resize_image

@@ -1,4 +1,4 @@
-"""Pseudo-colour images and video writing shared by every stage."""
+"""Image reading, pseudo-colour images and video writing shared by every stage."""
 
 from __future__ import annotations
 
@@ -6,6 +6,37 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+
+def load_image(image, name: str = "image") -> np.ndarray:
+    """The one image loader: a path (png / jpg, ...) or an array -> uint8 (H, W, 3) RGB.
+
+    Alpha is dropped and grey (H, W) replicated to 3 channels. uint8 values are kept; float values in [0, 1] are
+    scaled by 255 and rounded. Any other dtype or range raises ValueError naming ``name`` (no silent clipping)."""
+    if isinstance(image, str | os.PathLike):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"{name} file not found: {path}")
+        import imageio.v2 as imageio
+
+        try:
+            image = imageio.imread(path)
+        except Exception as e:  # imageio raises several types for unreadable files
+            raise ValueError(f"cannot read {name} {path}: {type(e).__name__}: {e}") from None
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        raise ValueError(f"{name} must be (H, W, 3) RGB, got shape {a.shape}")
+    a = a[..., :3]
+    if np.issubdtype(a.dtype, np.floating):
+        if not (np.all(np.isfinite(a)) and a.min() >= 0.0 and a.max() <= 1.0):
+            raise ValueError(f"{name}: a float image must hold finite values in [0, 1], got [{a.min()}, {a.max()}] "
+                             "(pass uint8 for 0-255 values)")
+        a = np.round(a * 255.0).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 RGB (or float in [0, 1]), got {a.dtype}")
+    return np.ascontiguousarray(a)
 
 
 def pointmap_to_rgb(pm: np.ndarray, mask: np.ndarray | None = None, lo=None, hi=None) -> np.ndarray:

@@ -223,3 +223,10 @@ class Camera:
         d = np.asarray(depth_buffer, dtype=np.float64)
         z = far * near / (far - (far - near) * d)
         return np.where(d >= 1.0, 0.0, z)
+
+
+def demo_camera(width: int = 720, height: int = 480) -> Camera:
+    """The demo / default camera (``width`` x ``height`` px, 50 deg vertical field of view): a medial-frontal,
+    oblique top-down view of a Panda at the world origin, from (1.45, 0.4, 1.05) m towards (0.3, 0.0, 0.4) m."""
+    return Camera.look_at(eye=[1.45, 0.4, 1.05], target=[0.3, 0.0, 0.4], width=width, height=height,
+                          fov_y_deg=50.0)

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from tyro.conf import UseAppendAction
 
-from kinema4d.geometry import matrix_to_pose, pose_to_matrix, save_atomic_npz, save_atomic_text
-from kinema4d.kinematics.camera import Camera
-from kinema4d.kinematics.robot import ACTION_MODES, Robot, actions_to_joints
+from kinema4d.geometry import matrix_to_pose, save_atomic_npz, save_atomic_text
+from kinema4d.kinematics.camera import Camera, demo_camera
+from kinema4d.kinematics.robot import ACTION_MODES, Robot, actions_to_joints, load_robot
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,12 +122,6 @@ class ControlConfig(RobotArgs):
     medial-frontal camera."""
 
 
-def demo_camera(width: int = 720, height: int = 480) -> Camera:
-    """Medial-frontal, oblique top-down view of a Panda at the world origin."""
-    return Camera.look_at(eye=[1.45, 0.4, 1.05], target=[0.3, 0.0, 0.4], width=width, height=height,
-                          fov_y_deg=50.0)
-
-
 def demo_actions(robot: Robot, T: int = 49) -> np.ndarray:
     """(T, 8) ee_pose actions (T, 7 for a robot without gripper): from the home pose reach down, close the gripper,
     lift and carry sideways; the grasp and place points are fixed in the robot's base frame (made for the Panda)."""
@@ -145,77 +139,6 @@ def demo_actions(robot: Robot, T: int = 49) -> np.ndarray:
     gripper = np.where(s < 0.45, 1.0, 0.0)
     cols = [pos, np.tile(quat, (T, 1))] + ([gripper[:, None]] if robot.gripper_joint else [])
     return np.concatenate(cols, axis=1)
-
-
-def base_pose_matrix(base_pose, name: str = "--base-pose") -> np.ndarray | None:
-    """x y z qx qy qz qw (7 numbers, metres + a quaternion) -> T_world_base (4, 4); None -> None."""
-    if base_pose is None:
-        return None
-    p = np.asarray(base_pose, dtype=np.float64).reshape(-1)
-    if p.shape != (7,) or not np.all(np.isfinite(p)):
-        raise ValueError(f"{name} must be 7 finite numbers x y z qx qy qz qw (metres, quaternion), got "
-                         f"{np.asarray(base_pose).tolist()}")
-    n = np.linalg.norm(p[3:])
-    if abs(n - 1.0) > 1e-3:
-        raise ValueError(f"{name}: the quaternion qx qy qz qw = {p[3:].tolist()} has norm {n:.4f}, not 1")
-    return pose_to_matrix(p[:3], p[3:] / n)
-
-
-def load_robot(spec: str, ee_link: str | None = None, gripper_joints: list[str] | tuple[str, ...] | None = None,
-               gripper_open: float | None = None, gripper_closed: float | None = None, T_world_base=None,
-               package_dirs=None, base_pose=None) -> Robot:
-    """A builtin robot name (``BUILTIN_ROBOTS``) or a URDF path -> :class:`Robot` at ``T_world_base`` (4, 4), or at
-    ``base_pose`` (x y z qx qy qz qw, see :func:`base_pose_matrix`; not both).
-
-    For a URDF: ``ee_link`` names the end-effector link (actions and IK act on it; default: the deepest link);
-    ``gripper_joints`` the gripper, the first one driving and the others following it 1:1 (URDF ``<mimic>`` joints
-    of the first follow it anyway). The gripper opening maps linearly from ``gripper_closed`` (action 0) to
-    ``gripper_open`` (action 1), joint values defaulting to the first gripper joint's lower / upper limit.
-    Builtins fix all of these (``--ee-link`` etc. are refused). ``package_dirs`` are searched for ``package://``
-    mesh paths (the URDF's folder always is). Bad names raise, listing what exists.
-    """
-    from kinema4d.kinematics.robot import BUILTIN_ROBOTS
-
-    if base_pose is not None:
-        if T_world_base is not None:
-            raise ValueError("give the robot base either as base_pose (x y z qx qy qz qw) or as T_world_base, not both")
-        T_world_base = base_pose_matrix(base_pose)
-    package_dirs = [Path(d) for d in (package_dirs or ())]
-    for d in package_dirs:
-        if not d.is_dir():
-            raise FileNotFoundError(f"--package-dir {d}: no such directory")
-    custom = {"ee_link": ee_link, "gripper_joints": gripper_joints, "gripper_open": gripper_open,
-              "gripper_closed": gripper_closed, "package_dirs": package_dirs}
-    if spec in BUILTIN_ROBOTS:
-        given = [k for k, v in custom.items() if v]
-        if given:
-            raise ValueError(f"the builtin robot {spec!r} fixes {', '.join(given)}; pass a URDF path as --robot to "
-                             "choose them")
-        return Robot.builtin(spec, T_world_base=T_world_base)
-    path = Path(spec)
-    if path.suffix.lower() != ".urdf":
-        if path.suffix.lower() == ".sdf":
-            raise ValueError(f"--robot {spec!r} is an SDF file; kinema4d's kinematics read URDF only: convert it "
-                             "with kinema4d.kinematics.sdf.sdf_to_urdf (one tree-shaped SDF 1.5+ model) and pass "
-                             "the .urdf")
-        raise ValueError(f"--robot {spec!r} is neither a builtin robot {sorted(BUILTIN_ROBOTS)} nor a .urdf file")
-    if not path.is_file():
-        raise FileNotFoundError(f"--robot: URDF file not found: {path}")
-    joints = list(gripper_joints or [])
-    robot = Robot.from_urdf(path, package_dirs=package_dirs, ee_link=ee_link,
-                            gripper_joint=joints[0] if joints else None, gripper_mimics=joints[1:],
-                            T_world_base=T_world_base)
-    if joints:
-        lo, hi = robot.joint_limits[robot.joint_names.index(joints[0])]
-        robot.gripper_open = float(hi if gripper_open is None else gripper_open)
-        robot.gripper_closed = float(lo if gripper_closed is None else gripper_closed)
-        if not (np.isfinite(robot.gripper_open) and np.isfinite(robot.gripper_closed)) or \
-                robot.gripper_open == robot.gripper_closed:
-            raise ValueError(f"gripper joint {joints[0]!r}: give distinct finite --gripper-open / --gripper-closed "
-                             f"joint values (limits [{lo}, {hi}])")
-    elif gripper_open is not None or gripper_closed is not None:
-        raise ValueError("--gripper-open / --gripper-closed need --gripper-joints")
-    return robot
 
 
 def load_actions(path: Path) -> np.ndarray:

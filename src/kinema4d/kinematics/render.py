@@ -1,4 +1,4 @@
-"""Robot pointmap rendering (paper Sec. 3.1) and sequence-level pointmap normalization (Supp. B.1).
+"""Robot pointmap rendering (paper Sec. 3.1).
 
 :func:`render_robot` turns joint positions ``q`` (T, dof) into per-pixel camera-space geometry of the robot:
 pointmap (T, H, W, 3) float32 metres, mask (T, H, W) bool, depth (T, H, W) float32 z metres, link id (T, H, W)
@@ -8,9 +8,9 @@ per pixel is kept (z-buffer); pixel (c, r) samples the ray through (u, v) = (c, 
 Two backends give the same images: ``"gl"`` (:mod:`.render_gl`, an OpenGL rasterizer on a headless EGL context;
 the default) and ``"embree"`` (:mod:`.render_embree`, ray casting; the reference and the fallback without EGL).
 Both draw the link meshes of :mod:`.meshes` (decimated to ``DEFAULT_MAX_FACES_PER_LINK`` triangles per link by
-default). This module holds the public renderer (:class:`RobotRenderer`, :func:`render_robot`), the memory its
-results live in (:class:`_OutputPool`), and :func:`normalize_pointmap` / :func:`denormalize_pointmap`
-(sequence-level per-channel min-max to [0, 1]). The robustness perturbations of Tab. 4 are in :mod:`.perturb`.
+default). This module holds the public renderer (:class:`RobotRenderer`, :func:`render_robot`) and the memory its
+results live in (:class:`_OutputPool`). The robustness perturbations of Tab. 4 are in :mod:`.perturb`; pointmap
+normalization (``normalize_pointmap`` etc., still importable from here) is in :mod:`kinema4d.pointmap`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kinema4d.geometry import check_pointmap_mask
 from kinema4d.kinematics.camera import Camera
 from kinema4d.kinematics.meshes import (  # noqa: F401  (simplify_mesh, simplified_urdf: importable from here too)
     DEFAULT_MAX_FACES_PER_LINK,
@@ -33,6 +32,7 @@ from kinema4d.kinematics.meshes import (  # noqa: F401  (simplify_mesh, simplifi
 )
 from kinema4d.kinematics.render_embree import EmbreeBackend
 from kinema4d.kinematics.render_gl import GLBackend, gl_context
+from kinema4d.pointmap import PointmapStats, denormalize_pointmap, normalize_pointmap  # noqa: F401  (re-exported)
 
 BACKENDS = ("auto", "gl", "embree")
 DEFAULT_NEAR, DEFAULT_FAR = 0.01, 20.0
@@ -260,60 +260,3 @@ def _warn_once(msg: str) -> None:
     if msg not in _WARNED:
         _WARNED.add(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
-
-
-# ---------------------------------------------------------------------- pointmap normalization (Supp. B.1)
-@dataclass
-class PointmapStats:
-    """Per-channel extrema of a pointmap sequence: ``min`` (3,), ``max`` (3,) metres (float64)."""
-
-    min: np.ndarray
-    max: np.ndarray
-
-    def to_dict(self) -> dict:
-        return {"min": [float(v) for v in self.min], "max": [float(v) for v in self.max]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> PointmapStats:
-        try:
-            lo, hi = np.asarray(d["min"], np.float64), np.asarray(d["max"], np.float64)
-        except KeyError as e:
-            raise ValueError(f"PointmapStats dict is missing key {e}") from None
-        if lo.shape != (3,) or hi.shape != (3,) or not (np.all(np.isfinite(lo)) and np.all(np.isfinite(hi))):
-            raise ValueError(f"PointmapStats min/max must be 3 finite numbers each, got {d}")
-        if np.any(hi < lo):
-            raise ValueError(f"PointmapStats max < min: {d}")
-        return cls(min=lo, max=hi)
-
-
-
-def normalize_pointmap(pm, mask=None) -> tuple[np.ndarray, PointmapStats]:
-    """Sequence-level per-channel min-max normalization to [0, 1] over the valid points (Supp. B.1).
-
-    ``pm`` (T, H, W, 3) metres; ``mask`` (T, H, W) bool (default: pixels where pm != 0). Returns (pm01 float32,
-    stats); empty pixels stay 0. A channel with zero extent maps to 0. Raises if no pixel is valid.
-    """
-    pm, mask = check_pointmap_mask(pm, mask)
-    if not mask.any():
-        raise ValueError("normalize_pointmap: the pointmap has no valid points (mask is all False)")
-    pts = pm[mask].astype(np.float64)
-    if not np.all(np.isfinite(pts)):
-        raise ValueError("normalize_pointmap: pm has non-finite values at valid pixels")
-    stats = PointmapStats(min=pts.min(0), max=pts.max(0))
-    span = stats.max - stats.min
-    scale = np.where(span > 0, 1.0 / np.where(span > 0, span, 1.0), 0.0)
-    out = np.zeros(pm.shape, np.float32)
-    out[mask] = (pts - stats.min) * scale
-    return out, stats
-
-
-def denormalize_pointmap(pm01, stats: PointmapStats, mask=None) -> np.ndarray:
-    """Inverse of :func:`normalize_pointmap`: (T, H, W, 3) in [0, 1] -> float32 metres, 0 where ``mask`` is False.
-
-    Without ``mask``, pixels where pm01 == 0 in all channels count as empty (pass the mask to be exact: a
-    point at the per-channel minimum in all three channels normalizes to 0 too).
-    """
-    pm01, mask = check_pointmap_mask(pm01, mask, "pm01")
-    out = np.zeros(pm01.shape, np.float32)
-    out[mask] = pm01[mask].astype(np.float64) * (stats.max - stats.min) + stats.min
-    return out

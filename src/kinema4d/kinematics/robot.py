@@ -1,4 +1,5 @@
-"""URDF robot model: forward kinematics, seeded inverse kinematics, action -> joint mapping (paper Sec. 3.1).
+"""URDF robot model: forward kinematics, seeded inverse kinematics, loading a builtin or URDF robot with its
+options (:func:`load_robot`), action -> joint mapping (paper Sec. 3.1).
 
 Kinematics run on Pinocchio (``pin``). Mimic joints (e.g. the Panda's second finger) are resolved here rather
 than in Pinocchio so that ``q`` always holds only the actuated joints, in ``robot.joint_names`` order.
@@ -7,9 +8,10 @@ joint frames, while the renderer wants them in URDF link frames.
 
 Units: metres and radians (prismatic joints in metres). Poses are 4x4 ``T_world_link``.
 
-Why ~600 lines in one file: :class:`Robot` is one concept whose parts share its parsed state (joint order, mimic
-table, gripper mapping, link frames, visuals); the action layouts at the end (:func:`actions_to_joints`) are the
-only code outside the class, and they are the class's inputs.
+Why ~700 lines in one file: :class:`Robot` is one concept whose parts share its parsed state (joint order, mimic
+table, gripper mapping, link frames, visuals); the code outside the class is how a Robot is made
+(:func:`load_robot`, which checks the user's options against the parsed URDF) and what it consumes (the action
+layouts, :func:`actions_to_joints`), both reading that same state.
 """
 
 from __future__ import annotations
@@ -542,6 +544,76 @@ def _vertex_colors(mesh) -> np.ndarray | None:
 
 def _is_uniform_white(colors: np.ndarray) -> bool:
     return bool(np.all(colors[:, :3] >= 250))
+
+
+# ---------------------------------------------------------------------- loading
+def base_pose_matrix(base_pose, name: str = "--base-pose") -> np.ndarray | None:
+    """x y z qx qy qz qw (7 numbers, metres + a quaternion) -> T_world_base (4, 4); None -> None."""
+    if base_pose is None:
+        return None
+    p = np.asarray(base_pose, dtype=np.float64).reshape(-1)
+    if p.shape != (7,) or not np.all(np.isfinite(p)):
+        raise ValueError(f"{name} must be 7 finite numbers x y z qx qy qz qw (metres, quaternion), got "
+                         f"{np.asarray(base_pose).tolist()}")
+    n = np.linalg.norm(p[3:])
+    if abs(n - 1.0) > 1e-3:
+        raise ValueError(f"{name}: the quaternion qx qy qz qw = {p[3:].tolist()} has norm {n:.4f}, not 1")
+    return pose_to_matrix(p[:3], p[3:] / n)
+
+
+def load_robot(spec: str, ee_link: str | None = None, gripper_joints: list[str] | tuple[str, ...] | None = None,
+               gripper_open: float | None = None, gripper_closed: float | None = None, T_world_base=None,
+               package_dirs=None, base_pose=None) -> Robot:
+    """A builtin robot name (``BUILTIN_ROBOTS``) or a URDF path -> :class:`Robot` at ``T_world_base`` (4, 4), or at
+    ``base_pose`` (x y z qx qy qz qw, see :func:`base_pose_matrix`; not both).
+
+    For a URDF: ``ee_link`` names the end-effector link (actions and IK act on it; default: the deepest link);
+    ``gripper_joints`` the gripper, the first one driving and the others following it 1:1 (URDF ``<mimic>`` joints
+    of the first follow it anyway). The gripper opening maps linearly from ``gripper_closed`` (action 0) to
+    ``gripper_open`` (action 1), joint values defaulting to the first gripper joint's lower / upper limit.
+    Builtins fix all of these (``--ee-link`` etc. are refused). ``package_dirs`` are searched for ``package://``
+    mesh paths (the URDF's folder always is). Bad names raise, listing what exists.
+    """
+    if base_pose is not None:
+        if T_world_base is not None:
+            raise ValueError("give the robot base either as base_pose (x y z qx qy qz qw) or as T_world_base, not both")
+        T_world_base = base_pose_matrix(base_pose)
+    package_dirs = [Path(d) for d in (package_dirs or ())]
+    for d in package_dirs:
+        if not d.is_dir():
+            raise FileNotFoundError(f"--package-dir {d}: no such directory")
+    custom = {"ee_link": ee_link, "gripper_joints": gripper_joints, "gripper_open": gripper_open,
+              "gripper_closed": gripper_closed, "package_dirs": package_dirs}
+    if spec in BUILTIN_ROBOTS:
+        given = [k for k, v in custom.items() if v]
+        if given:
+            raise ValueError(f"the builtin robot {spec!r} fixes {', '.join(given)}; pass a URDF path as --robot to "
+                             "choose them")
+        return Robot.builtin(spec, T_world_base=T_world_base)
+    path = Path(spec)
+    if path.suffix.lower() != ".urdf":
+        if path.suffix.lower() == ".sdf":
+            raise ValueError(f"--robot {spec!r} is an SDF file; kinema4d's kinematics read URDF only: convert it "
+                             "with kinema4d.kinematics.sdf.sdf_to_urdf (one tree-shaped SDF 1.5+ model) and pass "
+                             "the .urdf")
+        raise ValueError(f"--robot {spec!r} is neither a builtin robot {sorted(BUILTIN_ROBOTS)} nor a .urdf file")
+    if not path.is_file():
+        raise FileNotFoundError(f"--robot: URDF file not found: {path}")
+    joints = list(gripper_joints or [])
+    robot = Robot.from_urdf(path, package_dirs=package_dirs, ee_link=ee_link,
+                            gripper_joint=joints[0] if joints else None, gripper_mimics=joints[1:],
+                            T_world_base=T_world_base)
+    if joints:
+        lo, hi = robot.joint_limits[robot.joint_names.index(joints[0])]
+        robot.gripper_open = float(hi if gripper_open is None else gripper_open)
+        robot.gripper_closed = float(lo if gripper_closed is None else gripper_closed)
+        if not (np.isfinite(robot.gripper_open) and np.isfinite(robot.gripper_closed)) or \
+                robot.gripper_open == robot.gripper_closed:
+            raise ValueError(f"gripper joint {joints[0]!r}: give distinct finite --gripper-open / --gripper-closed "
+                             f"joint values (limits [{lo}, {hi}])")
+    elif gripper_open is not None or gripper_closed is not None:
+        raise ValueError("--gripper-open / --gripper-closed need --gripper-joints")
+    return robot
 
 
 # ---------------------------------------------------------------------- actions

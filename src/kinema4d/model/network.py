@@ -22,6 +22,7 @@ import dataclasses
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -75,9 +76,10 @@ class ModelConfig:
     # cross-attention context: "robot_latent" = one token per latent patch of the robot latents, no position (the
     # original kinema4d design); "robot_tokens" = the released Kinema4D design: [robot mask | robot-only latents]
     # patchified by a strided Conv3d (1, p, p), LayerNorm, GELU, + a learned 3-D position embedding, zero-init
-    # Linear to text_dim (a few hundred tokens that know their frame and place); "text" = learned constant tokens
-    # (no text involved); "none" = one zero token
-    context: Literal["robot_latent", "robot_tokens", "text", "none"] = "robot_latent"
+    # Linear to text_dim (a few hundred tokens that know their frame and place); "learned" = ``learned_tokens``
+    # learned constant tokens, the same for every input (called "text" before: no text is involved); "none" = one
+    # zero token
+    context: Literal["robot_latent", "robot_tokens", "learned", "none"] = "robot_latent"
     robot_token_patch: int = 4  # context="robot_tokens": spatial stride on the latent grid (the release: 15)
     robot_token_dim: int = 128  # context="robot_tokens": conv features per token (the release: head_dim)
     robot_token_max_hw: int = 64  # context="robot_tokens": rows / columns of the learned position tables
@@ -143,7 +145,7 @@ class ModelConfig:
     sample_shift: float = 1.0
     shared_rope: bool = True
     domain_embedding: bool = True
-    text_tokens: int = 4  # context="text": number of learned context tokens
+    learned_tokens: int = 4  # context="learned": number of learned context tokens (called text_tokens before)
     action_dim: int = 8  # condition="action_embedding": ee xyz + quat xyzw + gripper per frame
     max_frames: int = 64  # condition="action_embedding": learned per-frame position embeddings
 
@@ -209,6 +211,21 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelConfig:
+        """A config from its JSON dict (``to_json``); the old names of renamed fields and values (checkpoints
+        store their config as JSON: ``RENAMED_CONFIG_FIELDS`` / ``RENAMED_CONFIG_VALUES``) are mapped to the
+        new ones with a DeprecationWarning."""
+        d = dict(d)
+        for old, new in RENAMED_CONFIG_FIELDS.items():
+            if old in d:
+                if new in d and d[new] != d[old]:
+                    raise ValueError(f"ModelConfig: both {old!r} (the old name) and {new!r} are given, and differ")
+                warnings.warn(f"ModelConfig field {old!r} is now called {new!r}", DeprecationWarning, stacklevel=2)
+                d[new] = d.pop(old)
+        for (name, old), new in RENAMED_CONFIG_VALUES.items():
+            if d.get(name) == old:
+                warnings.warn(f"ModelConfig {name}={old!r} is now called {name}={new!r}", DeprecationWarning,
+                              stacklevel=2)
+                d[name] = new
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -216,6 +233,12 @@ class ModelConfig:
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**d)
 
+
+# Renamed config fields and values, old -> new: ModelConfig.from_dict reads configs saved with the old names; the
+# learned constant context tokens were called "text" (no text is involved); load_state maps the old tensor name.
+RENAMED_CONFIG_FIELDS = {"text_tokens": "learned_tokens"}
+RENAMED_CONFIG_VALUES = {("context", "text"): "learned"}
+RENAMED_STATE_KEYS = {"text_tokens": "learned_tokens"}
 
 # Wan2.1-I2V-14B shapes (the paper's backbone, Supp. B.1); 16-channel 4x/8x codec.
 PAPER_MODEL = ModelConfig(
@@ -689,7 +712,7 @@ class WorldModel(nn.Module):
         if self.domain is not None:
             tr.patch_embedding.register_forward_hook(self.domain.hook)
         # cross-attention context
-        self.context_conv = self.context_proj = self.text_tokens = self.action_mlp = self.action_pos = None
+        self.context_conv = self.context_proj = self.learned_tokens = self.action_mlp = self.action_pos = None
         self.robot_tokens = None
         if cfg.condition == "action_embedding":
             self.action_mlp = nn.Sequential(nn.Linear(cfg.action_dim, cfg.text_dim), nn.SiLU(),
@@ -706,8 +729,8 @@ class WorldModel(nn.Module):
                                             cfg.max_frames, cfg.robot_token_max_hw, dense_grid=grid)
             if cfg.robot_token_space == "inner":  # tokens arrive at the transformer width: skip the text embedder
                 tr.condition_embedder.text_embedder = nn.Identity()
-        elif cfg.context == "text":
-            self.text_tokens = nn.Parameter(torch.zeros(cfg.text_tokens, cfg.text_dim))
+        elif cfg.context == "learned":
+            self.learned_tokens = nn.Parameter(torch.zeros(cfg.learned_tokens, cfg.text_dim))
         self.robot_latent_proj = nn.Conv3d(C, C, 1) if cfg.robot_latent_proj else None
         self.image_tokens = self.image_encoder = None
         if cfg.image_dim is not None:  # Wan2.1-I2V: image tokens first, then the context (ImageTextAttnProcessor)
@@ -736,7 +759,7 @@ class WorldModel(nn.Module):
           a pretrained backbone's behaviour is unchanged at step 0. ``robot_tokens``' position tables: normal, std
           0.02 (they must differ from token to token from the start, or the zero-init projection gets no gradient
           that tells positions apart).
-        - the learned image tokens (I2V blocks without an image encoder) and text tokens (``context="text"``):
+        - the learned image tokens (I2V blocks without an image encoder) and context tokens (``context="learned"``):
           normal, std 0.02, so they differ from each other (zero tokens would stay identical, the attention over them
           uniform and ``attn2.to_q`` without gradient).
         Other from-scratch Linear layers get Xavier-uniform weights and zero biases (DiT); the learned action
@@ -752,10 +775,10 @@ class WorldModel(nn.Module):
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.zeros_(self.transformer.proj_out.weight)
             nn.init.zeros_(self.transformer.proj_out.bias)
-        # learned image / text tokens: normal, std 0.02. Identical tokens (e.g. all zero) stay identical forever (each
+        # learned image / context tokens: normal, std 0.02. Identical tokens (all zero, say) stay identical (each
         # gets the same gradient) and make their attention uniform whatever the query, so the cross-attention
         # queries (attn2.to_q) would get no gradient from them, only float noise that Adam turns into lr-sized steps
-        for tok in (self.image_tokens, self.text_tokens):
+        for tok in (self.image_tokens, self.learned_tokens):
             if tok is not None:
                 nn.init.normal_(tok, std=0.02)
         if self.robot_tokens is not None:
@@ -799,14 +822,15 @@ class WorldModel(nn.Module):
         colours (black off the robot) for ``robot_rgb`` models; held (``held_prior`` models) the held-object prior:
         ``rgb`` (B,T,3,H,W) in [0,1], ``xyz01`` (B,T,3,H,W) anchor-normalized, ``mask`` / ``vacated`` (B,T,H,W).
         Returns ``cond`` (B, 4+C(+8+C), t, h, 2w) = [mask | input latents (| landing mask | vacated mask | prior
-        latents)], ``robot``: for context="robot_tokens" the
-        robot-token input (B, 4+C(+C), t, h, w) = [mask | robot-only XYZ latents (| robot-only RGB latents)],
-        otherwise (B, C, t, h, w) the XYZ half of the input latents; ``action`` and, with a target, ``x0``
+        latents)], ``context_input``: what :meth:`context` (and :meth:`condition`) read, for context="robot_tokens"
+        the robot-token input (B, 4+C(+C), t, h, w) = [mask | robot-only XYZ latents (| robot-only RGB latents)],
+        otherwise (B, C, t, h, w) the XYZ half of the input latents (the robot pointmap, and for ``world_anchor``
+        models the frame-0 world pointmap off the robot: called ``robot`` before); ``action`` and, with a target, ``x0``
         (B, C, t, h, 2w); ``image`` (B, N, image_dim) the image-branch tokens of I0 for models with an image encoder
         (else None: learned tokens).
 
         ``soften``: apply the soft robot mask (``mask="soft"``); None = only in training mode (``self.training``), so
-        sampling never softens. ``with_null``: also return ``cond_null`` / ``robot_null``, the same inputs for a
+        sampling never softens. ``with_null``: also return ``cond_null`` / ``context_input_null``, the same inputs for a
         scene WITHOUT the robot (no robot mask, pointmap, colours): the classifier-free-guidance null condition.
         """
         cfg = self.cfg
@@ -876,23 +900,23 @@ class WorldModel(nn.Module):
             if cfg.input_layout == "release":  # RGB half: Wan2.1-I2V's first-frame mask (frame 0 given)
                 m[..., :w] = 0
                 m[:, :, 0, :, :w] = 1
-        robot_in = inp[..., w:]
+        context_input = inp[..., w:]
         if cfg.context == "robot_tokens":  # robot-only latents: the robot pointmap (and colours), 0 elsewhere
             rrgb = robot_rgb.transpose(1, 2) if cfg.robot_rgb else torch.zeros_like(first)
             ronly = self.normalize(codec.encode(torch.cat([rrgb.to(first.dtype), robot_pointmap.transpose(1, 2)],
                                                           dim=-1)))
             parts = [m[..., w:].to(inp.dtype), ronly[..., w:]] + ([ronly[..., :w]] if cfg.robot_rgb else [])
-            robot_in = torch.cat(parts, dim=1)
+            context_input = torch.cat(parts, dim=1)
         parts = [m.to(inp.dtype), inp]
         if cfg.held_prior:
             parts += self._held_channels(codec, held)
-        out = {"cond": torch.cat(parts, dim=1), "robot": robot_in, "action": action,
+        out = {"cond": torch.cat(parts, dim=1), "context_input": context_input, "action": action,
                "image": None if self.image_encoder is None else self.image_encoder(rgb0)}
         if with_null:  # the same scene without the robot: what the dropped (null) condition feeds the backbone
             null = self.prepare(codec, rgb0, torch.zeros_like(robot_pointmap), torch.zeros_like(robot_mask), action,
                                 world0=world0, robot_rgb=None if robot_rgb is None else torch.zeros_like(robot_rgb),
                                 held=held, soften=False)
-            out["cond_null"], out["robot_null"] = null["cond"], null["robot"]
+            out["cond_null"], out["context_input_null"] = null["cond"], null["context_input"]
         if rgb is not None:
             wpm = world_pointmap if cfg.output == "rgb+pointmap" else torch.zeros_like(rgb)
             x0 = self.normalize(codec.encode(torch.cat([rgb, wpm], dim=-1).transpose(1, 2)))
@@ -921,14 +945,14 @@ class WorldModel(nn.Module):
         lat = self.normalize(codec.encode(torch.cat([held["rgb"], held["xyz01"]], dim=-1).transpose(1, 2).float()))
         return [mk.to(lat.dtype) for mk in masks] + [lat]
 
-    def context(self, robot: torch.Tensor, action: torch.Tensor | None = None,
+    def context(self, context_input: torch.Tensor, action: torch.Tensor | None = None,
                 drop: torch.Tensor | None = None) -> torch.Tensor:
         """Cross-attention tokens (B, L, text_dim) (transformer width for ``robot_token_space="inner"``), any L: on
         Wan2.1-I2V blocks they all reach the text branch (:class:`ImageTextAttnProcessor`), the image branch gets
         only image tokens. ``drop`` (B,) bool: the null context (classifier-free guidance); for robot latents the
-        null context is the one of all-zero robot latents."""
-        cfg, B = self.cfg, robot.shape[0]
-        robot = robot.to(self.param_dtype)
+        null context is the one of all-zero robot latents. ``context_input``: ``prepare()["context_input"]``."""
+        cfg, B = self.cfg, context_input.shape[0]
+        robot = context_input.to(self.param_dtype)
         keep = None if drop is None else (~drop).to(robot.dtype)
         if self.action_mlp is not None:
             T = action.shape[1]
@@ -945,8 +969,8 @@ class WorldModel(nn.Module):
             b, c, t, h, w = r.shape
             r = r.reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 1, 3, 5, 7)
             ctx = self.context_proj(r.reshape(b, (t // pt) * (h // ph) * (w // pw), -1))
-        elif self.text_tokens is not None:
-            ctx = self.text_tokens[None].expand(B, -1, -1)
+        elif self.learned_tokens is not None:
+            ctx = self.learned_tokens[None].expand(B, -1, -1)
             if keep is not None:
                 ctx = ctx * keep[:, None, None]
         else:
@@ -958,29 +982,31 @@ class WorldModel(nn.Module):
         """The dtype of the backbone's weights (inputs are cast to it)."""
         return self.transformer.patch_embedding.weight.dtype
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, robot: torch.Tensor,
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context_input: torch.Tensor,
                 action: torch.Tensor | None = None, drop: torch.Tensor | None = None,
-                cond_null: torch.Tensor | None = None, robot_null: torch.Tensor | None = None,
+                cond_null: torch.Tensor | None = None, context_input_null: torch.Tensor | None = None,
                 image: torch.Tensor | None = None) -> torch.Tensor:
-        """x_t (B,C,t,h,2w) noisy latents, t (B,) in [0,1] (noise level), cond (B,4+C,t,h,2w), robot (B,C,t,h,w)
-        robot latents, action (B,T,A), drop (B,) bool null condition, cond_null / robot_null (``prepare(...,
-        with_null=True)``) the robot-free inputs the dropped samples get (without them only the context is
-        dropped), image (B,N,image_dim) image tokens -> predicted velocity eps - x0 (B,C,t,h,2w)."""
-        ctx = self.context(robot, action, drop)
+        """x_t (B,C,t,h,2w) noisy latents, t (B,) in [0,1] (noise level), cond (B,4+C,t,h,2w), context_input
+        (``prepare()["context_input"]``), action (B,T,A), drop (B,) bool null condition, cond_null /
+        context_input_null (``prepare(..., with_null=True)``) the robot-free inputs the dropped samples get
+        (without them only the context is dropped), image (B,N,image_dim) image tokens -> predicted velocity
+        eps - x0 (B,C,t,h,2w)."""
+        ctx = self.context(context_input, action, drop)
         if drop is not None and cond_null is not None:
             sel = drop.view(-1, 1, 1, 1, 1)
             cond = torch.where(sel, cond_null.to(cond.dtype), cond)
-            robot = torch.where(sel, robot_null.to(robot.dtype), robot)
+            context_input = torch.where(sel, context_input_null.to(context_input.dtype), context_input)
         # a fresh tensor, not a view of the backbone's output: FSDP2 hooks the root module's output for backward
-        return self.velocity(x_t, t, self.condition(cond, robot), ctx, image).clone()
+        return self.velocity(x_t, t, self.condition(cond, context_input), ctx, image).clone()
 
-    def condition(self, cond: torch.Tensor, robot: torch.Tensor) -> torch.Tensor:
+    def condition(self, cond: torch.Tensor, context_input: torch.Tensor) -> torch.Tensor:
         """``cond`` (B,4+C,t,h,2w) with, for ``robot_latent_proj`` models, the zero-init projection of the robot-only
-        XYZ latents (``robot`` channels [4, 4+C)) added to the XYZ half of the input latents; else ``cond``."""
+        XYZ latents (``context_input`` channels [4, 4+C)) added to the XYZ half of the input latents; else
+        ``cond``."""
         if self.robot_latent_proj is None:
             return cond
         C, w = self.cfg.latent_channels, cond.shape[-1] // 2
-        r = robot[:, MASK_CHANNELS:MASK_CHANNELS + C].to(self.robot_latent_proj.weight.dtype)
+        r = context_input[:, MASK_CHANNELS:MASK_CHANNELS + C].to(self.robot_latent_proj.weight.dtype)
         add = self.robot_latent_proj(r).to(cond.dtype)  # (B, C, t, h, w)
         # into columns [w, 2w), channels [4, 4+C) (the held-prior channels after them stay unchanged)
         return cond + F.pad(add, (w, 0, 0, 0, 0, 0, MASK_CHANNELS, cond.shape[1] - MASK_CHANNELS - C))
@@ -1028,13 +1054,13 @@ def flow_matching_loss(model: nn.Module, wm: WorldModel, batch: dict, t: torch.T
                        drop: torch.Tensor | None = None, xyz_weight: float = 1.0) -> torch.Tensor:
     """Rectified-flow loss: x_t = (1-t) x0 + t noise; MSE(model(x_t), noise - x0), the XYZ half weighted by
     ``xyz_weight`` (a weighted mean: the RGB and XYZ halves count 1 : xyz_weight). ``model`` may be the DDP
-    wrapper of ``wm``; ``batch`` is the output of ``WorldModel.prepare`` (with ``cond_null`` / ``robot_null`` the
-    dropped samples get the robot-free inputs too, not only the null context)."""
+    wrapper of ``wm``; ``batch`` is the output of ``WorldModel.prepare`` (with ``cond_null`` /
+    ``context_input_null`` the dropped samples get the robot-free inputs too, not only the null context)."""
     x0 = batch["x0"]
     tt = t.view(-1, 1, 1, 1, 1).to(x0.dtype)
     x_t = (1 - tt) * x0 + tt * noise
-    v = model(x_t, t, batch["cond"], batch["robot"], batch.get("action"), drop, batch.get("cond_null"),
-              batch.get("robot_null"), batch.get("image"))
+    v = model(x_t, t, batch["cond"], batch["context_input"], batch.get("action"), drop, batch.get("cond_null"),
+              batch.get("context_input_null"), batch.get("image"))
     wt = wm.loss_weight(x0, xyz_weight)
     return (((v.float() - (noise - x0)) ** 2) * wt).sum() / (wt.sum() * x0[..., :1].numel())
 
@@ -1088,12 +1114,13 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     T, _, H, W = robot_pointmap01.shape
     shp = latent_shapes(model.cfg, T, H, W)["latent"]
     x = torch.randn(shp, generator=g).to(dev)
-    cond = model.condition(prep["cond"], prep["robot"])
-    ctx = model.context(prep["robot"], prep["action"])
+    cond = model.condition(prep["cond"], prep["context_input"])
+    ctx = model.context(prep["context_input"], prep["action"])
     img = prep["image"]
     if cfg_scale != 1.0:  # the null condition: no robot in the input channels and the null context
-        cond_null = model.condition(prep["cond_null"], prep["robot_null"])
-        ctx_null = model.context(prep["robot"], prep["action"], drop=torch.ones(1, dtype=torch.bool, device=dev))
+        cond_null = model.condition(prep["cond_null"], prep["context_input_null"])
+        ctx_null = model.context(prep["context_input"], prep["action"],
+                                 drop=torch.ones(1, dtype=torch.bool, device=dev))
     shift = model.cfg.sample_shift if shift is None else shift
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     sched.set_timesteps(steps, device=dev)
@@ -1114,33 +1141,6 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     model.train(was_training)
     rgb, wpm = video[..., :W], video[..., W:]
     return rgb, (None if model.cfg.output == "rgb_only" else wpm)
-
-
-def denormalize_world_pointmap(world01: torch.Tensor, robot_pointmap01: torch.Tensor, robot_mask: torch.Tensor,
-                               robot_stats: torch.Tensor, min_pixels: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generated normalized world pointmap (T,3,H,W) -> metres, and the (2,3) [scale; offset] used.
-
-    The world's own min/max are unknown at inference, but on robot pixels (robot_mask) the world pointmap must
-    coincide with the known robot pointmap in metres (robot_pointmap01 * (max - min) + min, from ``robot_stats``
-    (2,3) [min; max]). So per channel c we fit metres ~= scale_c * world01 + offset_c by least squares on those
-    pixels. If fewer than ``min_pixels`` robot pixels exist, the generated values have no spread there, or the fit
-    gives a non-positive scale, that channel falls back to the robot stats (scale = max - min, offset = min).
-    """
-    lo, hi = robot_stats[0].float(), robot_stats[1].float()
-    robot_m = robot_pointmap01.float() * (hi - lo)[None, :, None, None] + lo[None, :, None, None]
-    sel = robot_mask > 0.5
-    scale, offset = (hi - lo).clone(), lo.clone()
-    if int(sel.sum()) >= min_pixels:
-        for c in range(3):
-            g = world01[:, c][sel].double()
-            y = robot_m[:, c][sel].double()
-            var = g.var(unbiased=False)
-            if var > 1e-8:
-                a = ((g - g.mean()) * (y - y.mean())).mean() / var
-                if a > 0:
-                    scale[c], offset[c] = float(a), float(y.mean() - a * g.mean())
-    out = world01.float() * scale[None, :, None, None] + offset[None, :, None, None]
-    return out, torch.stack([scale, offset])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1224,7 +1224,9 @@ def load_model(path: str | os.PathLike, cfg: ModelConfig | None = None, weights:
 
 
 def load_state(model: WorldModel, sd: dict[str, torch.Tensor], where: str = "state dict") -> None:
-    """Load (a possibly LoRA-only) state dict with clear errors on missing / unexpected / mis-shaped tensors."""
+    """Load (a possibly LoRA-only) state dict with clear errors on missing / unexpected / mis-shaped tensors.
+    Tensors saved under an old name (``RENAMED_STATE_KEYS``) load under the new one."""
+    sd = {RENAMED_STATE_KEYS.get(k, k): v for k, v in sd.items()}
     own = {k: v for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}
     bad = [f"{k}: saved {tuple(v.shape)} vs model {tuple(own[k].shape)}" for k, v in sd.items()
            if k in own and own[k].shape != v.shape]
@@ -1242,5 +1244,5 @@ __all__ = [
     "downsample_mask", "release_downsample_mask", "soften_mask",
     "SharedWidthRope", "DomainEmbedding", "RobotTokens", "make_backbone",
     "load_pretrained_backbone", "WorldModel", "flow_matching_loss", "sample_timesteps", "sample",
-    "denormalize_world_pointmap", "compute_latent_stats", "save_model", "load_model", "load_state",
+    "compute_latent_stats", "save_model", "load_model", "load_state",
 ]

@@ -49,6 +49,7 @@ from kinema4d.model.network import (
     sample,
     sample_timesteps,
 )
+from kinema4d.pointmap import normalize_pointmap
 
 # ----------------------------------------------------------------------------------------------------------------
 # Config
@@ -288,8 +289,9 @@ class SyntheticEpisodes(torch.utils.data.Dataset):
         f = float(W)
         K = np.array([[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]], np.float32)
         xyz = np.stack([(u - K[0, 2]) * z / f, (v - K[1, 2]) * z / f, z], axis=-1)  # (T, H, W, 3)
-        wpm01, wst = _minmax(xyz, np.ones_like(rmask))
-        rpm01, rst = _minmax(xyz, rmask)
+        wpm01, wst = normalize_pointmap(xyz, np.ones_like(rmask))
+        rpm01, rst = normalize_pointmap(xyz, rmask)
+        wst, rst = (st.as_array().astype(np.float32) for st in (wst, rst))
         action = np.zeros((T, 8), np.float32)
         action[:, 0], action[:, 1], action[:, 2] = (cxs - K[0, 2]) * 0.9 / f, (cy - K[1, 2]) * 0.9 / f, 0.9
         action[:, 6] = action[:, 7] = 1.0
@@ -311,15 +313,6 @@ class SyntheticEpisodes(torch.utils.data.Dataset):
             "T_cam_world": torch.eye(4),  # the camera frame is the world frame here
             "robot_rgb": t(rgb * rmask[..., None]).permute(0, 3, 1, 2).contiguous(),  # the robot's colours only
         }
-
-
-def _minmax(pm: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    pts = pm[valid]
-    lo, hi = pts.min(0), pts.max(0)
-    span = np.where(hi > lo, hi - lo, 1.0)
-    out = np.zeros_like(pm)
-    out[valid] = (pts - lo) / span
-    return out.astype(np.float32), np.stack([lo, hi]).astype(np.float32)
 
 
 class PreloadedEpisodes(torch.utils.data.Dataset):
