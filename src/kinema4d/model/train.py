@@ -131,7 +131,8 @@ class TrainConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
-# The bundled default (issue 12): 9 frames at stride 6 (the whole 49-frame episode) of 64x96, so that a 4-5 cm object
+# The base recipe (the bundled default of sessions 6-7; the default below adds the held-object prior): 9 frames at
+# stride 6 (the whole 49-frame episode) of 64x96, so that a 4-5 cm object
 # covers ~4x4 pixels (tight data-engine framing); an 8x pixel codec keeps the token count of the earlier 32x48 model
 # (432 tokens of 16x16 pixels; x0-prediction copes with the 768-value tokens); 256 wide (8 heads) so that RGB and
 # XYZ both hold (at 128 wide one loss weight traded them, ../shared/notes). Conditioning: the robot latents as
