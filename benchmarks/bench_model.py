@@ -71,7 +71,9 @@ def run_case(case: str, checkpoint: str, T: int, steps: int, repeats: int, train
             times.append(time.perf_counter() - t0)
         return {"seconds": float(np.median(times)), "all": times, "peak_rss_mb": _peak_rss_mb()}
     if case == "train":
-        from kinema4d.model.network import WorldModel, flow_matching_loss, make_codec, sample_timesteps
+        from kinema4d.model.codec import make_codec
+        from kinema4d.model.network import WorldModel
+        from kinema4d.model.sampling import flow_matching_loss, sample_timesteps
         from kinema4d.model.train import SyntheticEpisodes, TrainConfig, _collate, prepare_batch
 
         tc = TrainConfig.from_dict(sim.ckpt.train_config) if sim.ckpt.train_config else TrainConfig()

@@ -34,8 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available() and a.device != "cpu":
         print("no CUDA: torch", torch.__version__, "sees no CUDA device; nothing to check")
         return 0
+    from kinema4d.model.checkpoint import load_model
     from kinema4d.model.device import peak_memory_gb, reset_peak_memory, resolve_device
-    from kinema4d.model.network import load_model, sample
+    from kinema4d.model.sampling import sample
     from kinema4d.model.train import PRESETS, SyntheticEpisodes, train_main
 
     dev = resolve_device(a.device)

@@ -113,7 +113,7 @@ def test_world_pointmap_least_squares_fit(rollout):
 def test_world_pointmap_recovers_metres(sim, image, actions, monkeypatch):
     """If the model generates a world pointmap that is an affine image of the (normalized) robot pointmap on robot
     pixels, the simulator's de-normalization returns the robot pointmap in metres there."""
-    import kinema4d.model.network as model_mod
+    import kinema4d.model.sampling as model_mod
 
     def fake_sample(model, codec, image0, rpm01, mask, **kw):
         wpm = 0.25 + 0.5 * rpm01
@@ -298,7 +298,7 @@ def test_simulate_demo(tmp_path):
 # ---------------------------------------------------------------------------------------------------- world anchor
 @pytest.fixture(scope="module")
 def anchor_sim(tmp_path_factory, robot, camera):
-    from kinema4d.model.network import ModelConfig
+    from kinema4d.model.config import ModelConfig
 
     d = tmp_path_factory.mktemp("anchor_run")
     train_main(TrainConfig(model=ModelConfig(world_anchor=True, prediction="x0"), out_dir=str(d), steps=2,
@@ -381,7 +381,7 @@ def test_held_prior_rollout(robot, camera, image, actions, anchor_sim, tmp_path_
     """A held_prior checkpoint builds the prior from the rollout's own kinematics: the demo closes the gripper at
     action 2 of 5 (at the world point (0.55, 0.05, 0.12)); one scene point there (and one 3 cm below it, the
     support) -> that one point is carried from action 2 on, nothing before; a model without the prior reports None."""
-    from kinema4d.model.network import ModelConfig
+    from kinema4d.model.config import ModelConfig
 
     d = tmp_path_factory.mktemp("held_run")
     train_main(TrainConfig(model=ModelConfig(world_anchor=True, prediction="x0_residual", held_prior=True),

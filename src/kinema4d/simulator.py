@@ -278,8 +278,8 @@ class Simulator:
                  backbone: str | os.PathLike | None = None, ee_link: str | None = None, gripper_joints=None,
                  package_dirs=None, base_pose=None, gripper_open: float | None = None,
                  gripper_closed: float | None = None):
+        from kinema4d.model.checkpoint import load_model
         from kinema4d.model.device import resolve_device
-        from kinema4d.model.network import load_model
         from kinema4d.model.release import is_release_checkpoint, load_release
 
         if mode not in ACTION_MODES:
@@ -475,8 +475,9 @@ class Simulator:
         """
         import torch
 
+        from kinema4d.model.config import check_video_size
         from kinema4d.model.device import peak_memory_gb
-        from kinema4d.model.network import check_video_size, sample
+        from kinema4d.model.sampling import sample
         from kinema4d.pointmap import (
             anchor_stats,
             anchored_to_metres,

@@ -58,7 +58,7 @@ def test_latent_l2_and_penetration(data_dir):
     from kinema4d.eval.evaluate import _robot_pose
     from kinema4d.eval.metrics import link_hulls
     from kinema4d.geometry import transform_points
-    from kinema4d.model.network import PixelCodec
+    from kinema4d.model.codec import PixelCodec
 
     ds = TorchEpisodes(data_dir, split="test", size=(H, W), frames=T)
     item = ds[0]
@@ -152,7 +152,7 @@ def test_wins_vs_static_by_hand():
 def test_eval_baselines_same_harness(data_dir, run_dir, tmp_path):
     """--baselines NAME=CKPT: every model is scored on the same episodes; world_anchor and action_embedding models
     get their extra inputs (frame-0 pointmap, recorded actions); bad specs and mismatched sizes are clear errors."""
-    from kinema4d.model.network import ModelConfig
+    from kinema4d.model.config import ModelConfig
 
     runs = {}
     for name, mcfg in {"binary_mask": ModelConfig(condition="binary_mask", world_anchor=True, prediction="x0"),
@@ -271,7 +271,7 @@ def test_predict_passes_robot_rgb_only_to_robot_rgb_models(data_dir, monkeypatch
 
     import torch
 
-    import kinema4d.model.network as network
+    import kinema4d.model.sampling as sampling
     from kinema4d.eval.evaluate import predict
 
     seen = {}
@@ -281,7 +281,7 @@ def test_predict_passes_robot_rgb_only_to_robot_rgb_models(data_dir, monkeypatch
         seen.update(kw)
         return torch.zeros(T, 3, H, W), None
 
-    monkeypatch.setattr(network, "sample", fake_sample)
+    monkeypatch.setattr(sampling, "sample", fake_sample)
     raw = _item(data_dir)
     raw = raw | {"robot_rgb": torch.rand(T, 3, H, W)}
     cfg = dict(world_anchor=False, condition="pointmap")

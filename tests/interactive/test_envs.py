@@ -209,7 +209,7 @@ def test_default_checkpoint_demo():
 def test_world_anchor_chunks_chain_the_generated_pointmap(tmp_path, image0):
     """A world_anchor checkpoint: chunk 0 gets the given pointmap0, chunk k the last generated world pointmap;
     without pointmap0 the env says what is missing."""
-    from kinema4d.model.network import ModelConfig
+    from kinema4d.model.config import ModelConfig
     from kinema4d.model.train import TrainConfig, train_main
     from kinema4d.simulator import Simulator
 

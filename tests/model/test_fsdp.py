@@ -13,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from kinema4d.model.network import WorldModel, make_backbone
+from kinema4d.model.backbone import make_backbone
+from kinema4d.model.network import WorldModel
 from kinema4d.model.train import PRESETS, train_main
 
 torch.set_num_threads(1)

@@ -202,7 +202,7 @@ def test_grasp_gate(scene):
 
 
 def test_gate_config():
-    from kinema4d.model.network import ModelConfig
+    from kinema4d.model.config import ModelConfig
 
     with pytest.raises(ValueError, match="held_gate"):
         ModelConfig(world_anchor=True, held_gate=(0.02, 0.03))  # no held_prior
@@ -225,7 +225,9 @@ def test_bad_inputs_are_named(scene):
 def test_model_input_channels():
     """A held_prior model takes 8 + C more input channels; without the prior it raises naming the keys; at init an
     x0_residual model still predicts exactly its input latents (the extra channels do not enter the base)."""
-    from kinema4d.model.network import ModelConfig, WorldModel, make_codec
+    from kinema4d.model.codec import make_codec
+    from kinema4d.model.config import ModelConfig
+    from kinema4d.model.network import WorldModel
 
     with pytest.raises(ValueError, match="world_anchor"):
         ModelConfig(held_prior=True)
@@ -254,7 +256,9 @@ def test_model_input_channels():
 def test_prior_written_into_the_input():
     """held_prior_input: the input latents show the prior on landing / vacated pixels off the robot, I0 and the
     anchored pointmap elsewhere, so that an untrained x0_residual model predicts the carried object."""
-    from kinema4d.model.network import ModelConfig, WorldModel, make_codec
+    from kinema4d.model.codec import make_codec
+    from kinema4d.model.config import ModelConfig
+    from kinema4d.model.network import WorldModel
 
     with pytest.raises(ValueError, match="held_prior_input"):
         ModelConfig(world_anchor=True, held_prior_input=True)

@@ -1,4 +1,5 @@
-"""kinema4d.model.network: shapes, conditioning (Sec. 3.2), backbone extensions, sampling, save/load, LoRA, errors."""
+"""kinema4d.model (config, codec, backbone, conditioning, network, sampling, checkpoint): shapes, conditioning (Sec.
+3.2), backbone extensions, sampling, save/load, LoRA, errors."""
 
 import dataclasses
 import json
@@ -6,24 +7,13 @@ import json
 import pytest
 import torch
 
-from kinema4d.model.network import (
-    PAPER_MODEL,
-    ModelConfig,
-    PixelCodec,
-    SharedWidthRope,
-    WorldModel,
-    compute_latent_stats,
-    downsample_mask,
-    flow_matching_loss,
-    latent_shapes,
-    load_model,
-    load_pretrained_backbone,
-    make_backbone,
-    make_codec,
-    sample,
-    save_model,
-    soften_mask,
-)
+from kinema4d.model.backbone import SharedWidthRope, load_pretrained_backbone, make_backbone
+from kinema4d.model.checkpoint import compute_latent_stats, load_model, save_model
+from kinema4d.model.codec import PixelCodec, make_codec
+from kinema4d.model.conditioning import downsample_mask, soften_mask
+from kinema4d.model.config import PAPER_MODEL, ModelConfig, latent_shapes
+from kinema4d.model.network import WorldModel
+from kinema4d.model.sampling import flow_matching_loss, sample
 from kinema4d.model.train import PRESETS, SyntheticEpisodes
 
 torch.set_num_threads(1)

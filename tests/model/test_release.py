@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from kinema4d.model.network import release_downsample_mask
+from kinema4d.model.conditioning import release_downsample_mask
 from kinema4d.model.release import ADDED_FILE, ADDED_MAP, LORA_FILE, is_release_checkpoint, load_release
 from kinema4d.model.train import SyntheticEpisodes
 
@@ -174,7 +174,8 @@ def test_release_shapes_at_full_scale_on_meta():
     module it maps to, 312 robot tokens at the transformer width, 35,100 backbone tokens."""
     import dataclasses
 
-    from kinema4d.model.network import RELEASE_MODEL, WorldModel, latent_shapes
+    from kinema4d.model.config import RELEASE_MODEL, latent_shapes
+    from kinema4d.model.network import WorldModel
 
     release_shapes = {"learnable_domain_embeddings": (2, 5120), "patch_embedding_arm.weight": (128, 20, 1, 15, 15),
                       "patch_embedding_arm.bias": (128,), "arm_ln.weight": (128,), "arm_ln.bias": (128,),

@@ -8,18 +8,13 @@ import json
 import pytest
 import torch
 
+from kinema4d.model.backbone import ImageTextAttnProcessor
+from kinema4d.model.checkpoint import load_model, save_model, state_to_save
+from kinema4d.model.codec import make_codec
+from kinema4d.model.config import ModelConfig
 from kinema4d.model.device import autocast, dist_backend, peak_memory_gb, resolve_device
-from kinema4d.model.network import (
-    ImageTextAttnProcessor,
-    ModelConfig,
-    WorldModel,
-    flow_matching_loss,
-    load_model,
-    make_codec,
-    sample,
-    save_model,
-    state_to_save,
-)
+from kinema4d.model.network import WorldModel
+from kinema4d.model.sampling import flow_matching_loss, sample
 from kinema4d.model.train import SyntheticEpisodes
 
 torch.set_num_threads(1)
@@ -160,7 +155,7 @@ def test_learned_tokens_give_the_queries_a_gradient():
     attention uniform whatever the query: the cross-attention queries (attn2.to_q) got no gradient from it, and with
     the zero-init robot context none at all, so Adam turned float noise into lr-sized steps. The tokens start
     distinct (normal, std 0.02), and to_q gets a true gradient at step 0."""
-    from kinema4d.model.network import make_backbone
+    from kinema4d.model.backbone import make_backbone
 
     def q_grads(zero_image_tokens: bool) -> list[float]:
         torch.manual_seed(0)

@@ -15,7 +15,7 @@ import torch
 import tyro
 from safetensors.torch import load_file
 
-from kinema4d.model.network import ModelConfig
+from kinema4d.model.config import ModelConfig
 from kinema4d.model.train import (
     PRESETS,
     PreloadedEpisodes,
@@ -116,7 +116,8 @@ def test_stop_at_keeps_the_schedule(tmp_path):
 
 
 def test_resume_restores_exact_state(tmp_path):
-    from kinema4d.model.network import WorldModel, make_codec
+    from kinema4d.model.codec import make_codec
+    from kinema4d.model.network import WorldModel
 
     cfg = _cfg(tmp_path, steps=2)
     train_main(cfg)
@@ -256,7 +257,7 @@ def test_preload_progress_bar_follows_progress(capfd):
 
 
 def test_cached_codec_matches_codec():
-    from kinema4d.model.network import make_codec
+    from kinema4d.model.codec import make_codec
     from kinema4d.model.train import CachedCodec
 
     codec = make_codec(dataclasses.replace(TINY.model, codec="wan")).eval()

@@ -184,7 +184,7 @@ def load_methods(checkpoint, baselines: tuple[str, ...] = (), size: tuple[int, i
     Each model's size and frames come from its ``train_config.json``; ``size`` / ``frames`` stand in for a
     checkpoint that lacks them (and must agree with the ones that have them). A checkpoint without them and no
     ``size`` / ``frames`` given is a ValueError: scoring at a guessed size would be silently wrong."""
-    from kinema4d.model.network import load_model
+    from kinema4d.model.checkpoint import load_model
     from kinema4d.simulator import DEFAULT_CHECKPOINT, resolve_checkpoint
 
     models = {"kinema4d": checkpoint if checkpoint is not None else DEFAULT_CHECKPOINT}
@@ -257,7 +257,7 @@ def predict(model, codec, raw: dict, steps: int, cfg_scale: float, seed: int):
     import torch
 
     from kinema4d.data.episodes import model_inputs
-    from kinema4d.model.network import sample
+    from kinema4d.model.sampling import sample
     item = model_inputs(model.cfg, raw)
     extra = {}
     if getattr(model.cfg, "robot_rgb", False):  # robot-RGB models (only then: older sample() lacks the argument)

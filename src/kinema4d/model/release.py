@@ -31,14 +31,10 @@ from pathlib import Path
 
 import torch
 
-from kinema4d.model.network import (
-    LORA_TARGETS,
-    RELEASE_MODEL,
-    ModelConfig,
-    WanCodec,
-    WorldModel,
-    load_pretrained_backbone,
-)
+from kinema4d.model.backbone import LORA_TARGETS, load_pretrained_backbone
+from kinema4d.model.codec import WanCodec
+from kinema4d.model.config import RELEASE_MODEL, ModelConfig
+from kinema4d.model.network import WorldModel
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 ADDED_FILE = "added_weights.safetensors"

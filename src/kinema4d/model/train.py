@@ -35,20 +35,12 @@ import torch.distributed as dist
 from kinema4d.data.episodes import model_inputs
 from kinema4d.geometry import save_atomic_text
 from kinema4d.interactive.media import video_to_uint8, write_video
+from kinema4d.model.checkpoint import compute_latent_stats, load_state
+from kinema4d.model.codec import make_codec
+from kinema4d.model.config import PAPER_MODEL, RELEASE_MODEL, ModelConfig, latent_shapes
 from kinema4d.model.held_prior import GRASP_GATE
-from kinema4d.model.network import (
-    PAPER_MODEL,
-    RELEASE_MODEL,
-    ModelConfig,
-    WorldModel,
-    compute_latent_stats,
-    flow_matching_loss,
-    latent_shapes,
-    load_state,
-    make_codec,
-    sample,
-    sample_timesteps,
-)
+from kinema4d.model.network import WorldModel
+from kinema4d.model.sampling import flow_matching_loss, sample, sample_timesteps
 from kinema4d.pointmap import normalize_pointmap
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -449,7 +441,7 @@ def save_checkpoint(out_dir: str | os.PathLike, step: int, cfg: TrainConfig, mod
     gathered optimizer state (:func:`fsdp_optimizer_to_files`) instead of ``opt``."""
     from safetensors.torch import save_file
 
-    from kinema4d.model.network import save_model, state_to_save
+    from kinema4d.model.checkpoint import save_model, state_to_save
 
     d = Path(out_dir) / "ckpt" / f"step_{step:07d}"
     tmp = d.with_name(d.name + ".tmp")
