@@ -99,25 +99,34 @@ class WorldModel(nn.Module):
         self.initialize_weights(backbone_too=not pretrained)
 
     def initialize_weights(self, backbone_too: bool = True):
-        """Zero-initialized at start, and why:
+        """The one place that names every zero-initialized layer of the model, and why:
 
-        - ``context_conv`` (1x1 conv on the robot latents): zero, ControlNet-style, so an untrained model's output
-          does not depend on the robot context at all and no random noise flows through it in the first steps.
-        - ``domain.weight``: zero, so a pretrained backbone starts exactly unchanged (the halves are told apart as
-          training makes the embeddings grow).
         - ``transformer.proj_out`` (from-scratch backbone only): zero, as DiT's final layer, so the initial velocity
           prediction is 0 and the first loss is E|eps - x0|^2.
+        - ``domain.weight`` (:class:`~kinema4d.model.backbone.DomainEmbedding`, created as zeros): zero, so a
+          pretrained backbone starts exactly unchanged (the halves are told apart as training makes the embeddings
+          grow).
+        - ``action_pos`` (the learned per-frame action position tokens, created as zeros): zero, so the action tokens
+          start as the action MLP's output alone.
         - ``robot_tokens.proj`` (last Linear of the robot-token context) and ``robot_latent_proj`` (1x1x1 conv added
           to the XYZ input latents): zero, as in the released Kinema4D code, so both new paths start as no-ops and
-          a pretrained backbone's behaviour is unchanged at step 0. ``robot_tokens``' position tables: normal, std
-          0.02 (they must differ from token to token from the start, or the zero-init projection gets no gradient
-          that tells positions apart).
-        - the learned image tokens (I2V blocks without an image encoder) and context tokens (``context="learned"``):
-          normal, std 0.02, so they differ from each other (zero tokens would stay identical, the attention over them
-          uniform and ``attn2.to_q`` without gradient).
-        Other from-scratch Linear layers get Xavier-uniform weights and zero biases (DiT); the learned action
-        position tokens start at zero.
+          a pretrained backbone's behaviour is unchanged at step 0.
+        - ``context_conv`` (1x1 conv on the robot latents): zero, ControlNet-style, so an untrained model's output
+          does not depend on the robot context at all and no random noise flows through it in the first steps.
+        - biases: zero for every Linear of a from-scratch backbone and for ``context_proj`` (DiT).
+
+        Not zero: the from-scratch backbone's Linear layers and ``patch_embedding``, and ``context_proj``:
+        Xavier-uniform (DiT); ``robot_tokens``' position tables: normal, std 0.02 (they must differ from token to
+        token from the start, or the zero-init projection gets no gradient that tells positions apart); the learned
+        image tokens (I2V blocks without an image encoder) and context tokens (``context="learned"``): normal, std
+        0.02, so they differ from each other (zero tokens would stay identical, the attention over them uniform and
+        ``attn2.to_q`` without gradient); ``action_mlp`` and ``robot_tokens.conv`` / ``.norm``: PyTorch's defaults,
+        drawn when they are built in ``__init__``.
+
+        The random draws below come first, in a fixed order (backbone, tokens, position tables, ``context_proj``):
+        the seeded initial weights depend on it. The zero-inits draw nothing and follow in one block.
         """
+        # -- random draws (this order is the RNG stream of a seeded model) --
         if backbone_too:
             for m in self.transformer.modules():
                 if isinstance(m, nn.Linear):
@@ -126,8 +135,6 @@ class WorldModel(nn.Module):
                         nn.init.zeros_(m.bias)
             w = self.transformer.patch_embedding.weight
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-            nn.init.zeros_(self.transformer.proj_out.weight)
-            nn.init.zeros_(self.transformer.proj_out.bias)
         # learned image / context tokens: normal, std 0.02. Identical tokens (all zero, say) stay identical (each
         # gets the same gradient) and make their attention uniform whatever the query, so the cross-attention
         # queries (attn2.to_q) would get no gradient from them, only float noise that Adam turns into lr-sized steps
@@ -137,16 +144,19 @@ class WorldModel(nn.Module):
         if self.robot_tokens is not None:
             for tab in self.robot_tokens.position_tables():
                 nn.init.normal_(tab, std=0.02)
-            nn.init.zeros_(self.robot_tokens.proj.weight)
-            nn.init.zeros_(self.robot_tokens.proj.bias)
-        if self.robot_latent_proj is not None:
-            nn.init.zeros_(self.robot_latent_proj.weight)
-            nn.init.zeros_(self.robot_latent_proj.bias)
-        if self.context_conv is not None:
-            nn.init.zeros_(self.context_conv.weight)
-            nn.init.zeros_(self.context_conv.bias)
+        if self.context_proj is not None:
             nn.init.xavier_uniform_(self.context_proj.weight)
             nn.init.zeros_(self.context_proj.bias)
+        # -- every zero-initialized layer (the docstring says why); zeros draw nothing from the RNG --
+        zero_init = [self.transformer.proj_out if backbone_too else None, self.domain,
+                     None if self.robot_tokens is None else self.robot_tokens.proj, self.robot_latent_proj,
+                     self.context_conv]
+        for m in zero_init:
+            if m is not None:
+                for prm in m.parameters(recurse=False):  # weight and bias
+                    nn.init.zeros_(prm)
+        if self.action_pos is not None:
+            nn.init.zeros_(self.action_pos)
 
     # -- latent normalization ------------------------------------------------------------------------------------
     def normalize(self, z: torch.Tensor) -> torch.Tensor:
@@ -343,14 +353,18 @@ class WorldModel(nn.Module):
         (``prepare()["context_input"]``), action (B,T,A), drop (B,) bool null condition, cond_null /
         context_input_null (``prepare(..., with_null=True)``) the robot-free inputs the dropped samples get
         (without them only the context is dropped), image (B,N,image_dim) image tokens -> predicted velocity
-        eps - x0 (B,C,t,h,2w)."""
-        ctx = self.context(context_input, action, drop)
-        if drop is not None and cond_null is not None:
-            sel = drop.view(-1, 1, 1, 1, 1)
-            cond = torch.where(sel, cond_null.to(cond.dtype), cond)
-            context_input = torch.where(sel, context_input_null.to(context_input.dtype), context_input)
+        eps - x0 (B,C,t,h,2w).
+
+        Shapes in the comments: K = ``in_channels`` - C condition channels (4 + C, + 8 + C with the held prior), Ci
+        the channels of ``context_input`` (C, or 4 + C(+C) for robot tokens), L context tokens of width D
+        (``text_dim``, or the transformer width for ``robot_token_space="inner"``)."""
+        ctx = self.context(context_input, action, drop)  # (B, L, D)
+        if drop is not None and cond_null is not None:  # the dropped samples get the robot-free inputs
+            sel = drop.view(-1, 1, 1, 1, 1)  # (B, 1, 1, 1, 1) bool
+            cond = torch.where(sel, cond_null.to(cond.dtype), cond)  # (B, K, t, h, 2w)
+            context_input = torch.where(sel, context_input_null.to(context_input.dtype), context_input)  # (B,Ci,t,h,w)
         # a fresh tensor, not a view of the backbone's output: FSDP2 hooks the root module's output for backward
-        return self.velocity(x_t, t, self.condition(cond, context_input), ctx, image).clone()
+        return self.velocity(x_t, t, self.condition(cond, context_input), ctx, image).clone()  # (B, C, t, h, 2w)
 
     def condition(self, cond: torch.Tensor, context_input: torch.Tensor) -> torch.Tensor:
         """``cond`` (B,4+C,t,h,2w) with, for ``robot_latent_proj`` models, the zero-init projection of the robot-only
@@ -359,39 +373,40 @@ class WorldModel(nn.Module):
         if self.robot_latent_proj is None:
             return cond
         C, w = self.cfg.latent_channels, cond.shape[-1] // 2
-        r = context_input[:, MASK_CHANNELS:MASK_CHANNELS + C].to(self.robot_latent_proj.weight.dtype)
+        r = context_input[:, MASK_CHANNELS:MASK_CHANNELS + C].to(self.robot_latent_proj.weight.dtype)  # (B,C,t,h,w)
         add = self.robot_latent_proj(r).to(cond.dtype)  # (B, C, t, h, w)
         # into columns [w, 2w), channels [4, 4+C) (the held-prior channels after them stay unchanged)
-        return cond + F.pad(add, (w, 0, 0, 0, 0, 0, MASK_CHANNELS, cond.shape[1] - MASK_CHANNELS - C))
+        return cond + F.pad(add, (w, 0, 0, 0, 0, 0, MASK_CHANNELS, cond.shape[1] - MASK_CHANNELS - C))  # (B,K,t,h,2w)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor,
                  image: torch.Tensor | None = None) -> torch.Tensor:
         """As ``forward`` with precomputed cross-attention tokens ``context`` (B, L, text_dim) and image tokens
         ``image`` (B, N, image_dim; None = the learned tokens). Inputs are cast to the backbone's dtype; the output
-        has ``x_t``'s dtype."""
+        has ``x_t``'s dtype. Shapes in the comments as in ``forward``."""
+        # x_t (B, C, t, h, 2w), t (B,), cond (B, K, t, h, 2w), context (B, L, D)
         if x_t.shape[1] != self.cfg.latent_channels or cond.shape[1] != self.cfg.in_channels - x_t.shape[1]:
             raise ValueError(f"x_t {tuple(x_t.shape)} / cond {tuple(cond.shape)} do not match the config "
                              f"({self.cfg.latent_channels} + {self.cfg.in_channels - self.cfg.latent_channels} ch)")
         if self.cfg.output == "rgb_only":  # the XYZ half carries no signal: keep it at 0 in training and sampling
-            w = x_t.shape[-1] // 2
-            x_t = torch.cat([x_t[..., :w], torch.zeros_like(x_t[..., w:])], dim=-1)
+            w = x_t.shape[-1] // 2  # w: the width of one half
+            x_t = torch.cat([x_t[..., :w], torch.zeros_like(x_t[..., w:])], dim=-1)  # (B, C, t, h, 2w)
         dt, img = self.param_dtype, None
         if self.cfg.image_dim is not None:
             if image is None:
                 if self.image_tokens is None:
                     raise ValueError("this model encodes I0 with its image encoder: pass image (prepare()['image'])")
-                image = self.image_tokens[None].expand(x_t.shape[0], -1, -1)
-            img = image.to(dt)
-            self.attn_split.image_tokens = img.shape[1]
-        h = torch.cat([x_t, cond.to(x_t.dtype)], dim=1).to(dt)
+                image = self.image_tokens[None].expand(x_t.shape[0], -1, -1)  # (B, N, image_dim)
+            img = image.to(dt)  # (B, N, image_dim)
+            self.attn_split.image_tokens = img.shape[1]  # N image tokens first, then the L context tokens
+        h = torch.cat([x_t, cond.to(x_t.dtype)], dim=1).to(dt)  # (B, C + K = in_channels, t, h, 2w)
         out = self.transformer(h, t * 1000, context.to(dt), encoder_hidden_states_image=img,
-                               return_dict=False)[0].to(x_t.dtype)
+                               return_dict=False)[0].to(x_t.dtype)  # (B, C, t, h, 2w)
         if self.cfg.prediction != "velocity":  # x_t = (1-t) x0 + t eps  =>  eps - x0 = (x_t - x0) / t
-            if self.cfg.prediction == "x0_residual":
+            if self.cfg.prediction == "x0_residual":  # x0 (B, C, t, h, 2w) = input latents (cond[:, 4:4+C]) + out
                 out = out + cond[:, MASK_CHANNELS:MASK_CHANNELS + self.cfg.latent_channels].to(out.dtype)
-            tt = t.to(out.dtype).clamp(min=self.cfg.x0_t_min).view(-1, 1, 1, 1, 1)
-            out = (x_t - out) / tt
-        return out
+            tt = t.to(out.dtype).clamp(min=self.cfg.x0_t_min).view(-1, 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
+            out = (x_t - out) / tt  # (B, C, t, h, 2w)
+        return out  # (B, C, t, h, 2w) velocity eps - x0
 
     def loss_weight(self, x0: torch.Tensor, xyz_weight: float = 1.0) -> torch.Tensor:
         """(1, 1, 1, 1, 2w) weights: 1 on the RGB half, ``xyz_weight`` on the XYZ half (0 for output='rgb_only')."""
