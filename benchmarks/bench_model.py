@@ -72,9 +72,11 @@ def run_case(case: str, checkpoint: str, T: int, steps: int, repeats: int, train
         return {"seconds": float(np.median(times)), "all": times, "peak_rss_mb": _peak_rss_mb()}
     if case == "train":
         from kinema4d.model.codec import make_codec
+        from kinema4d.model.datasets import SyntheticEpisodes
         from kinema4d.model.network import WorldModel
         from kinema4d.model.sampling import flow_matching_loss, sample_timesteps
-        from kinema4d.model.train import SyntheticEpisodes, TrainConfig, _collate, prepare_batch
+        from kinema4d.model.train import _collate, prepare_batch
+        from kinema4d.model.train_config import TrainConfig
 
         tc = TrainConfig.from_dict(sim.ckpt.train_config) if sim.ckpt.train_config else TrainConfig()
         ds = SyntheticEpisodes(max(tc.batch_size, 8), tc.frames, tuple(tc.size), seed=0)

@@ -35,9 +35,11 @@ def main(argv: list[str] | None = None) -> int:
         print("no CUDA: torch", torch.__version__, "sees no CUDA device; nothing to check")
         return 0
     from kinema4d.model.checkpoint import load_model
+    from kinema4d.model.datasets import SyntheticEpisodes
     from kinema4d.model.device import peak_memory_gb, reset_peak_memory, resolve_device
     from kinema4d.model.sampling import sample
-    from kinema4d.model.train import PRESETS, SyntheticEpisodes, train_main
+    from kinema4d.model.train import train_main
+    from kinema4d.model.train_config import PRESETS
 
     dev = resolve_device(a.device)
     cuda = dev.type == "cuda"

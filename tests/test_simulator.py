@@ -20,7 +20,8 @@ from kinema4d.kinematics.camera import Camera, demo_camera
 from kinema4d.kinematics.control import demo_actions
 from kinema4d.kinematics.render import render_robot
 from kinema4d.kinematics.robot import Robot
-from kinema4d.model.train import TrainConfig, train_main
+from kinema4d.model.train import train_main
+from kinema4d.model.train_config import TrainConfig
 from kinema4d.pointmap import normalize_pointmap
 from kinema4d.simulator import DEFAULT_CHECKPOINT, DEMO_DIR, DEMO_FILES, Rollout, Simulator, resolve_checkpoint
 

@@ -131,7 +131,8 @@ def _train(args):
 
     import tyro
 
-    from kinema4d.model.train import PRESETS, train_main
+    from kinema4d.model.train import train_main
+    from kinema4d.model.train_config import PRESETS
 
     cfg = tyro.extras.overridable_config_cli(PRESETS, args=args, prog="kinema4d train",
                                              description="Train the kinema4d world model (presets: "

@@ -81,7 +81,7 @@ def resolve_checkpoint(path: str | os.PathLike) -> ResolvedCheckpoint:
         raise FileNotFoundError(f"checkpoint directory not found: {p}")
     run_dir = None
     if not (p / "model_config.json").is_file() and (p / "ckpt" / "latest.json").is_file():
-        from kinema4d.model.train import latest_checkpoint
+        from kinema4d.model.checkpoint import latest_checkpoint
 
         run_dir, p = p, latest_checkpoint(p)
         if not p.is_dir():

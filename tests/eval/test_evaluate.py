@@ -12,7 +12,8 @@ from kinema4d.cli import main
 from kinema4d.data.datagen import DatagenConfig, datagen_main
 from kinema4d.eval.evaluate import penetration_pct, score_episode
 from kinema4d.eval.report import render_markdown
-from kinema4d.model.train import TrainConfig, train_main
+from kinema4d.model.train import train_main
+from kinema4d.model.train_config import TrainConfig
 
 T, H, W = 5, 16, 16
 

@@ -13,7 +13,8 @@ from kinema4d.cli import main
 from kinema4d.data import scene as sim
 from kinema4d.data.datagen import DatagenConfig, datagen_main
 from kinema4d.eval.policy import SETUPS, mmrv, pearson_r
-from kinema4d.model.train import TrainConfig, train_main
+from kinema4d.model.train import train_main
+from kinema4d.model.train_config import TrainConfig
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))

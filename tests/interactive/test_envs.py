@@ -18,7 +18,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:IK did not reach:UserWarning")
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory):
     """A 2-step tiny checkpoint (16x16, 5 frames) and a Simulator on it with a camera that sees the Panda."""
-    from kinema4d.model.train import TrainConfig, train_main
+    from kinema4d.model.train import train_main
+    from kinema4d.model.train_config import TrainConfig
     from kinema4d.simulator import Simulator
 
     out = tmp_path_factory.mktemp("tiny_run")
@@ -210,7 +211,8 @@ def test_world_anchor_chunks_chain_the_generated_pointmap(tmp_path, image0):
     """A world_anchor checkpoint: chunk 0 gets the given pointmap0, chunk k the last generated world pointmap;
     without pointmap0 the env says what is missing."""
     from kinema4d.model.config import ModelConfig
-    from kinema4d.model.train import TrainConfig, train_main
+    from kinema4d.model.train import train_main
+    from kinema4d.model.train_config import TrainConfig
     from kinema4d.simulator import Simulator
 
     train_main(TrainConfig(model=ModelConfig(world_anchor=True, prediction="x0"), out_dir=str(tmp_path), steps=1,

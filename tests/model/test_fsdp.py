@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from kinema4d.model.backbone import make_backbone
 from kinema4d.model.network import WorldModel
-from kinema4d.model.train import PRESETS, train_main
+from kinema4d.model.train import train_main
+from kinema4d.model.train_config import PRESETS
 
 torch.set_num_threads(1)
 # the tiny preset with I2V blocks (image branch + learned image tokens) loaded from a local dir and trained through

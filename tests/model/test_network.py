@@ -12,9 +12,10 @@ from kinema4d.model.checkpoint import compute_latent_stats, load_model, save_mod
 from kinema4d.model.codec import PixelCodec, make_codec
 from kinema4d.model.conditioning import downsample_mask, soften_mask
 from kinema4d.model.config import PAPER_MODEL, ModelConfig, latent_shapes
+from kinema4d.model.datasets import SyntheticEpisodes
 from kinema4d.model.network import WorldModel
 from kinema4d.model.sampling import flow_matching_loss, sample
-from kinema4d.model.train import PRESETS, SyntheticEpisodes
+from kinema4d.model.train_config import PRESETS
 
 torch.set_num_threads(1)
 TINY = ModelConfig()

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kinema4d.model.conditioning import release_downsample_mask
+from kinema4d.model.datasets import SyntheticEpisodes
 from kinema4d.model.release import ADDED_FILE, ADDED_MAP, LORA_FILE, is_release_checkpoint, load_release
-from kinema4d.model.train import SyntheticEpisodes
 
 torch.set_num_threads(1)
 T, H, W = 5, 128, 192  # Wan VAE 4x / 8x -> latent grid (2, 16, 24); robot patch 1 -> 768 robot tokens
@@ -154,7 +154,8 @@ def test_release_mask_downsampling_matches_interpolate_and_temporal_max():
 def test_finetune_from_release(release, tmp_path):
     """TrainConfig.init_release: one training step starting from the released weights (LoRA + added modules)."""
     from kinema4d.model.release import release_config
-    from kinema4d.model.train import TrainConfig, train_main
+    from kinema4d.model.train import train_main
+    from kinema4d.model.train_config import TrainConfig
 
     ck, bb = release
     cfg = TrainConfig(model=release_config(ck, bb), init_release=str(ck), size=(H, W), frames=T, batch_size=1,

@@ -12,10 +12,10 @@ from kinema4d.model.backbone import ImageTextAttnProcessor
 from kinema4d.model.checkpoint import load_model, save_model, state_to_save
 from kinema4d.model.codec import make_codec
 from kinema4d.model.config import ModelConfig
+from kinema4d.model.datasets import SyntheticEpisodes
 from kinema4d.model.device import autocast, dist_backend, peak_memory_gb, resolve_device
 from kinema4d.model.network import WorldModel
 from kinema4d.model.sampling import flow_matching_loss, sample
-from kinema4d.model.train import SyntheticEpisodes
 
 torch.set_num_threads(1)
 NO_CUDA = not torch.cuda.is_available()

@@ -15,17 +15,11 @@ import torch
 import tyro
 from safetensors.torch import load_file
 
+from kinema4d.model.checkpoint import load_checkpoint
 from kinema4d.model.config import ModelConfig
-from kinema4d.model.train import (
-    PRESETS,
-    PreloadedEpisodes,
-    SyntheticEpisodes,
-    TrainConfig,
-    load_checkpoint,
-    make_dataset,
-    make_val_dataset,
-    train_main,
-)
+from kinema4d.model.datasets import PreloadedEpisodes, SyntheticEpisodes, make_dataset, make_val_dataset
+from kinema4d.model.train import train_main
+from kinema4d.model.train_config import PRESETS, TrainConfig
 
 torch.set_num_threads(1)
 TINY = PRESETS["tiny"][1]
@@ -258,7 +252,7 @@ def test_preload_progress_bar_follows_progress(capfd):
 
 def test_cached_codec_matches_codec():
     from kinema4d.model.codec import make_codec
-    from kinema4d.model.train import CachedCodec
+    from kinema4d.model.datasets import CachedCodec
 
     codec = make_codec(dataclasses.replace(TINY.model, codec="wan")).eval()
     x = torch.rand(2, 3, 5, 16, 32)
