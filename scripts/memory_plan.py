@@ -52,8 +52,8 @@ def count_parameters() -> dict:
                                            num_heads=64, feed_forward_proj="gated-gelu"))
     lora = sum(cfg.lora_rank * (m.in_features + m.out_features) for name, m in tr.named_modules()
                if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in LORA_TARGETS))
+    # submodules only: the learned image_tokens stand-in (a Parameter, not a module) is replaced by CLIP(I0)
     release = sum(n(m) for name, m in wm.named_children() if name != "transformer")
-    release -= wm.image_tokens.numel() if wm.image_tokens is not None else 0  # CLIP(I0) replaces them
     shapes = latent_shapes(cfg, FRAMES, HEIGHT, WIDTH)
     return {"transformer": n(tr), "block": n(tr.blocks[0]), "blocks": len(tr.blocks), "lora": lora,
             "release_modules": release, "clip": n(clip), "vae": n(vae), "umt5": n(umt5),
