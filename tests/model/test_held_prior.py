@@ -222,6 +222,21 @@ def test_bad_inputs_are_named(scene):
         held_object_prior(rgb0, pm0, robot_mask0, ee_actions(), T_cam_world, K, frames=np.array([0, 9]))
 
 
+@pytest.mark.parametrize("gate", [(0.0, 0.03), (0.02, -0.03), (float("nan"), 0.03), (0.02, float("inf")), (0.02,),
+                                  (0.02, 0.03, 0.04), 0.02, "ab", (True, 0.03), ("x", 0.03)])
+def test_bad_gate_is_named(scene, gate):
+    """``gate`` is validated before anything else, even for actions whose gripper never closes (where the function
+    returns early): None or two positive finite floats, else a ValueError naming the argument."""
+    rgb0, pm0, T_cam_world, robot_mask0 = scene
+    never = ee_actions()
+    never[:, 7] = 1.0
+    for a in (ee_actions(), never):
+        with pytest.raises(ValueError, match="gate must be None or two positive finite"):
+            held_object_prior(rgb0, pm0, robot_mask0, a, T_cam_world, K, gate=gate)
+    ok = held_object_prior(rgb0, pm0, robot_mask0, ee_actions(), T_cam_world, K, gate=np.array([0.1, 0.1]))
+    assert ok.mask.any()
+
+
 def test_model_input_channels():
     """A held_prior model takes 8 + C more input channels; without the prior it raises naming the keys; at init an
     x0_residual model still predicts exactly its input latents (the extra channels do not enter the base)."""

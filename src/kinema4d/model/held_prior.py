@@ -67,6 +67,22 @@ def grasp_interval(gripper: np.ndarray, closed_below: float = GRIPPER_CLOSED_BEL
     return g, (g + int(opens[0]) if len(opens) else len(closed))
 
 
+def _check_gate(gate) -> tuple[float, float] | None:
+    """``gate`` as (across, along) floats, or None; a ValueError naming ``gate`` unless it is None or two positive
+    finite numbers (a zero, negative, NaN or missing entry would silently carry nothing or everything)."""
+    if gate is None:
+        return None
+    try:
+        vals = [float(g) for g in gate if not isinstance(g, (bool, np.bool_))]
+        ok = len(vals) == len(gate) == 2 and all(np.isfinite(v) and v > 0 for v in vals)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"held_object_prior: gate must be None or two positive finite metres (across, along), "
+                         f"got {gate!r}")
+    return vals[0], vals[1]
+
+
 def held_object_prior(rgb0: np.ndarray, pointmap0: np.ndarray, robot_mask0: np.ndarray, actions: np.ndarray,
                       T_cam_world: np.ndarray, K: np.ndarray, frames: np.ndarray | None = None,
                       radius: float = HELD_RADIUS, support_margin: float = SUPPORT_MARGIN,
@@ -81,6 +97,7 @@ def held_object_prior(rgb0: np.ndarray, pointmap0: np.ndarray, robot_mask0: np.n
     within that distance of the grasp point across / along the closing direction (the end effector's x / y at the
     grasp; see ``GRASP_GATE``). Returns a :class:`HeldPrior`.
     """
+    gate = _check_gate(gate)
     rgb0, pm0 = np.asarray(rgb0, np.float32), np.asarray(pointmap0, np.float64)
     H, W = pm0.shape[:2]
     actions = np.asarray(actions, np.float64)
