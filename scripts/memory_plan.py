@@ -32,7 +32,9 @@ def count_parameters() -> dict:
     from diffusers import AutoencoderKLWan
     from transformers import CLIPVisionConfig, CLIPVisionModel, UMT5Config, UMT5EncoderModel
 
-    from kinema4d.model.network import LORA_TARGETS, RELEASE_MODEL, WorldModel, latent_shapes  # model definitions
+    from kinema4d.model.backbone import LORA_TARGETS  # model definitions
+    from kinema4d.model.config import RELEASE_MODEL, latent_shapes
+    from kinema4d.model.network import WorldModel
 
     cfg = RELEASE_MODEL
 
