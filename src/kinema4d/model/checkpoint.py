@@ -50,6 +50,19 @@ def compute_latent_stats(codec, batches, max_samples: int = 5000) -> torch.Tenso
     return torch.stack([mean, std], dim=1).float()
 
 
+def robot_mean_colour(batches) -> torch.Tensor:
+    """(3,) mean RGB in [0, 1] of the robot's pixels (``robot_mask`` > 0.5) in ``batches`` (dicts with ``rgb``
+    (B,T,3,H,W) and ``robot_mask`` (B,T,H,W)), for ``WorldModel.robot_colour`` (``ModelConfig.robot_fill``)."""
+    total, n = torch.zeros(3, dtype=torch.float64), 0
+    for b in batches:
+        m = (b["robot_mask"] > 0.5)[:, :, None]  # (B, T, 1, H, W)
+        total += (b["rgb"].double() * m).sum(dim=(0, 1, 3, 4)).cpu()
+        n += int(m.sum())
+    if n == 0:
+        raise ValueError("robot_mean_colour: no robot pixels in the samples (robot_mask is empty everywhere)")
+    return (total / n).float()
+
+
 def state_to_save(model: WorldModel) -> dict[str, torch.Tensor]:
     """The state dict :func:`save_model` writes (with a LoRA backbone: trainable + non-backbone tensors only)."""
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("image_encoder.")}  # frozen, own dir
@@ -272,6 +285,7 @@ def fsdp_optimizer_from_files(model: WorldModel, opt: torch.optim.Optimizer, d: 
 
 
 __all__ = [
-    "compute_latent_stats", "state_to_save", "save_model", "load_model", "load_state", "save_checkpoint",
+    "compute_latent_stats", "robot_mean_colour", "state_to_save", "save_model", "load_model", "load_state",
+    "save_checkpoint",
     "latest_checkpoint", "RECIPE_FIELDS", "load_checkpoint", "fsdp_optimizer_to_files", "fsdp_optimizer_from_files",
 ]

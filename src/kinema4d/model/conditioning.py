@@ -1,6 +1,7 @@
 """The robot-conditioning pieces that ``WorldModel`` assembles (Sec. 3.2): the robot mask on the latent grid
 (``downsample_mask``, the released Kinema4D's ``release_downsample_mask``, the soft strategy ``soften_mask``), the
-release's canonical frame-0 pointmap input (``canonical_pointmap``) and the robot-token cross-attention context
+release's canonical frame-0 pointmap input (``canonical_pointmap``), where the world may change
+(``changing_region``, for ``ModelConfig.known_region``) and the robot-token cross-attention context
 of the released design (``RobotTokens``)."""
 
 from __future__ import annotations
@@ -50,6 +51,21 @@ def release_downsample_mask(mask: torch.Tensor, temporal_factor: int, spatial_fa
             raise ValueError(f"mask has T={T}; needs 1 + {tf}k frames")
         m = torch.cat([m[:, :1], m[:, 1:].reshape(B, (T - 1) // tf, tf, h, w).amax(2)], dim=1)
     return m[:, None]
+
+
+def changing_region(robot_mask: torch.Tensor, held: dict | None, dilate: int) -> torch.Tensor:
+    """(B, T, H, W) bool: where the world may change by frame t: every pixel the robot has covered in frames 0..t
+    (``robot_mask`` (B, T, H, W) > 0.5), the held-object prior's landing / vacated pixels of frame t (``held``, its
+    ``mask`` / ``vacated`` (B, T, H, W); None: none), dilated by ``dilate`` pixels (a (2 dilate + 1)^2 square)."""
+    region = torch.cummax((robot_mask > 0.5).to(torch.uint8), dim=1).values.bool()  # (B, T, H, W)
+    if held is not None:
+        region = region | (held["mask"] > 0.5) | (held["vacated"] > 0.5)
+    if dilate > 0:
+        B, T, H, W = region.shape
+        k = 2 * dilate + 1
+        region = F.max_pool2d(region.float().reshape(B * T, 1, H, W), k, stride=1, padding=dilate) > 0.5
+        region = region.reshape(B, T, H, W)
+    return region
 
 
 def soften_mask(mask: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -115,6 +115,19 @@ class ModelConfig:
     # cannot output high-dimensional noise, it can output the clean image.
     prediction: Literal["velocity", "x0", "x0_residual"] = "velocity"
     x0_t_min: float = 0.05
+    # Beyond the paper: the known region. "swept": a latent position that no robot pixel has reached up to its frame
+    # and no held-object landing / vacated pixel touches (``conditioning.changing_region``, dilated by
+    # ``known_dilate`` pixels) is known: its x0 is the input latents (I0 and the frame-0 pointmap) in training and
+    # in sampling, so the loss and the network's capacity go where the world can change, and ``sample`` copies the
+    # input onto the same pixels. The world outside that region is assumed static: a push that sends an object
+    # beyond the robot's reach is not generated there. "none": every position is generated (the paper).
+    known_region: Literal["none", "swept"] = "none"
+    known_dilate: int = 2
+    # Beyond the paper: the robot's pixels in the RGB half of the input show the robot's mean colour (the buffer
+    # ``WorldModel.robot_colour``, measured on the training data like ``latent_stats``), so that the x0-residual base
+    # holds the robot's exact silhouette. (Our renderer's shading does not predict the data engine's robot colours:
+    # per-pixel luminance correlation 0.01 on 12 test episodes, so ``robot_rgb`` gives the base wrong colours.)
+    robot_fill: bool = False
     # sampling: the flow-matching schedule's timestep shift (diffusers' FlowMatchEulerDiscreteScheduler); 1 = none,
     # 3 = the flow_shift diffusers recommends for Wan2.1 at 480p (the release samples with the Wan checkpoint's own
     # scheduler, a multistep UniPC; kinema4d keeps its Euler steps)
@@ -157,6 +170,16 @@ class ModelConfig:
                              "and no world_anchor / robot_rgb / held_prior")
         if self.image_encoder_path is not None and self.image_dim is None:
             raise ValueError("image_encoder_path needs image_dim (the Wan2.1-I2V image branch)")
+        if self.robot_fill and self.robot_rgb:
+            raise ValueError("robot_fill and robot_rgb both write the robot's pixels of the input: choose one")
+        if self.known_region not in ("none", "swept") or self.known_dilate < 0:
+            raise ValueError(f"known_region must be 'none' or 'swept' and known_dilate >= 0, got "
+                             f"{self.known_region!r}, {self.known_dilate}")
+        if self.known_region != "none" and (self.prediction, self.image_padding, self.input_layout,
+                                            self.world_anchor) != ("x0_residual", "repeat", "kinema4d", True):
+            raise ValueError("known_region needs prediction='x0_residual', image_padding='repeat', "
+                             "input_layout='kinema4d' and world_anchor=True: the known x0 is the input latents, which "
+                             "must hold I0 and the frame-0 pointmap in every frame")
         if self.prediction not in ("velocity", "x0", "x0_residual") or not 0.0 < self.x0_t_min < 1.0:
             raise ValueError(f"prediction must be 'velocity', 'x0' or 'x0_residual' and 0 < x0_t_min < 1, got "
                              f"{self.prediction!r}, {self.x0_t_min}")

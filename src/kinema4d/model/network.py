@@ -33,6 +33,7 @@ from kinema4d.model.backbone import (
 from kinema4d.model.conditioning import (
     RobotTokens,
     canonical_pointmap,
+    changing_region,
     downsample_mask,
     release_downsample_mask,
     soften_mask,
@@ -96,6 +97,8 @@ class WorldModel(nn.Module):
                 self.image_tokens = nn.Parameter(torch.zeros(cfg.image_tokens, cfg.image_dim))
         # (2, 2) [[rgb_mean, rgb_std], [xyz_mean, xyz_std]] latent normalization (Supp. B.1), saved with the model
         self.register_buffer("latent_stats", torch.tensor([[0.0, 1.0], [0.0, 1.0]]))
+        if cfg.robot_fill:  # (3,) RGB in [0, 1], the robot's mean colour in the training data, saved with the model
+            self.register_buffer("robot_colour", torch.full((3,), 0.5))
         self.initialize_weights(backbone_too=not pretrained)
 
     def initialize_weights(self, backbone_too: bool = True):
@@ -214,6 +217,9 @@ class WorldModel(nn.Module):
                                  f"colours (B,T,3,H,W) = {(B, T, 3, H, W)}, got "
                                  f"{None if robot_rgb is None else tuple(robot_rgb.shape)}")
             first = torch.where(robot_mask[:, None] > 0.5, robot_rgb.transpose(1, 2).to(first.dtype), first)
+        if cfg.robot_fill:  # the robot's pixels show its mean colour: the base holds the exact silhouette
+            fill = self.robot_colour.to(first.dtype).view(1, 3, 1, 1, 1)
+            first = torch.where(robot_mask[:, None] > 0.5, fill, first)
         if cfg.condition == "pointmap":
             right = robot_pointmap.transpose(1, 2)
         elif cfg.condition == "binary_mask":
@@ -275,6 +281,11 @@ class WorldModel(nn.Module):
             parts += self._held_channels(codec, held)
         out = {"cond": torch.cat(parts, dim=1), "context_input": context_input, "action": action,
                "image": None if self.image_encoder is None else self.image_encoder(rgb0)}
+        if cfg.known_region != "none":  # latent positions off the changing region are known (the input latents)
+            region = changing_region(robot_mask, held, cfg.known_dilate)  # (B, T, H, W) bool
+            lat = downsample_mask(region.float(), codec.temporal_factor, codec.spatial_factor).amax(1, keepdim=True)
+            out["known"] = torch.cat([lat, lat], dim=-1) < 0.5  # (B, 1, t, h, 2w) bool
+            out["region"] = region
         if with_null:  # the same scene without the robot: what the dropped (null) condition feeds the backbone
             null = self.prepare(codec, rgb0, torch.zeros_like(robot_pointmap), torch.zeros_like(robot_mask), action,
                                 world0=world0, robot_rgb=None if robot_rgb is None else torch.zeros_like(robot_rgb),
@@ -348,12 +359,12 @@ class WorldModel(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context_input: torch.Tensor,
                 action: torch.Tensor | None = None, drop: torch.Tensor | None = None,
                 cond_null: torch.Tensor | None = None, context_input_null: torch.Tensor | None = None,
-                image: torch.Tensor | None = None) -> torch.Tensor:
+                image: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
         """x_t (B,C,t,h,2w) noisy latents, t (B,) in [0,1] (noise level), cond (B,4+C,t,h,2w), context_input
         (``prepare()["context_input"]``), action (B,T,A), drop (B,) bool null condition, cond_null /
         context_input_null (``prepare(..., with_null=True)``) the robot-free inputs the dropped samples get
-        (without them only the context is dropped), image (B,N,image_dim) image tokens -> predicted velocity
-        eps - x0 (B,C,t,h,2w).
+        (without them only the context is dropped), image (B,N,image_dim) image tokens, known (B,1,t,h,2w) bool
+        (``prepare()["known"]``, ``known_region`` models) -> predicted velocity eps - x0 (B,C,t,h,2w).
 
         Shapes in the comments: K = ``in_channels`` - C condition channels (4 + C, + 8 + C with the held prior), Ci
         the channels of ``context_input`` (C, or 4 + C(+C) for robot tokens), L context tokens of width D
@@ -364,7 +375,7 @@ class WorldModel(nn.Module):
             cond = torch.where(sel, cond_null.to(cond.dtype), cond)  # (B, K, t, h, 2w)
             context_input = torch.where(sel, context_input_null.to(context_input.dtype), context_input)  # (B,Ci,t,h,w)
         # a fresh tensor, not a view of the backbone's output: FSDP2 hooks the root module's output for backward
-        return self.velocity(x_t, t, self.condition(cond, context_input), ctx, image).clone()  # (B, C, t, h, 2w)
+        return self.velocity(x_t, t, self.condition(cond, context_input), ctx, image, known).clone()  # (B,C,t,h,2w)
 
     def condition(self, cond: torch.Tensor, context_input: torch.Tensor) -> torch.Tensor:
         """``cond`` (B,4+C,t,h,2w) with, for ``robot_latent_proj`` models, the zero-init projection of the robot-only
@@ -379,9 +390,10 @@ class WorldModel(nn.Module):
         return cond + F.pad(add, (w, 0, 0, 0, 0, 0, MASK_CHANNELS, cond.shape[1] - MASK_CHANNELS - C))  # (B,K,t,h,2w)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, context: torch.Tensor,
-                 image: torch.Tensor | None = None) -> torch.Tensor:
+                 image: torch.Tensor | None = None, known: torch.Tensor | None = None) -> torch.Tensor:
         """As ``forward`` with precomputed cross-attention tokens ``context`` (B, L, text_dim) and image tokens
-        ``image`` (B, N, image_dim; None = the learned tokens). Inputs are cast to the backbone's dtype; the output
+        ``image`` (B, N, image_dim; None = the learned tokens); where ``known`` (B, 1, t, h, 2w) is True the x0 is
+        the input latents (x0_residual models). Inputs are cast to the backbone's dtype; the output
         has ``x_t``'s dtype. Shapes in the comments as in ``forward``."""
         # x_t (B, C, t, h, 2w), t (B,), cond (B, K, t, h, 2w), context (B, L, D)
         if x_t.shape[1] != self.cfg.latent_channels or cond.shape[1] != self.cfg.in_channels - x_t.shape[1]:
@@ -403,7 +415,10 @@ class WorldModel(nn.Module):
                                return_dict=False)[0].to(x_t.dtype)  # (B, C, t, h, 2w)
         if self.cfg.prediction != "velocity":  # x_t = (1-t) x0 + t eps  =>  eps - x0 = (x_t - x0) / t
             if self.cfg.prediction == "x0_residual":  # x0 (B, C, t, h, 2w) = input latents (cond[:, 4:4+C]) + out
-                out = out + cond[:, MASK_CHANNELS:MASK_CHANNELS + self.cfg.latent_channels].to(out.dtype)
+                base = cond[:, MASK_CHANNELS:MASK_CHANNELS + self.cfg.latent_channels].to(out.dtype)
+                out = out + base  # (B, C, t, h, 2w)
+                if known is not None:  # the known region's x0 is the input latents
+                    out = torch.where(known, base, out)  # (B, C, t, h, 2w)
             tt = t.to(out.dtype).clamp(min=self.cfg.x0_t_min).view(-1, 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
             out = (x_t - out) / tt  # (B, C, t, h, 2w)
         return out  # (B, C, t, h, 2w) velocity eps - x0

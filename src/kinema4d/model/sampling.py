@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kinema4d.model.config import latent_shapes
+from kinema4d.model.config import MASK_CHANNELS, latent_shapes
 from kinema4d.model.network import WorldModel
 
 
@@ -16,13 +16,17 @@ def flow_matching_loss(model: nn.Module, wm: WorldModel, batch: dict, t: torch.T
     """Rectified-flow loss: x_t = (1-t) x0 + t noise; MSE(model(x_t), noise - x0), the XYZ half weighted by
     ``xyz_weight`` (a weighted mean: the RGB and XYZ halves count 1 : xyz_weight). ``model`` may be the DDP
     wrapper of ``wm``; ``batch`` is the output of ``WorldModel.prepare`` (with ``cond_null`` /
-    ``context_input_null`` the dropped samples get the robot-free inputs too, not only the null context)."""
+    ``context_input_null`` the dropped samples get the robot-free inputs too, not only the null context; with
+    ``known`` the known positions, whose x0 is the input, carry no loss and are left out of the mean)."""
     x0 = batch["x0"]
     tt = t.view(-1, 1, 1, 1, 1).to(x0.dtype)
     x_t = (1 - tt) * x0 + tt * noise
     v = model(x_t, t, batch["cond"], batch["context_input"], batch.get("action"), drop, batch.get("cond_null"),
-              batch.get("context_input_null"), batch.get("image"))
+              batch.get("context_input_null"), batch.get("image"), batch.get("known"))
     wt = wm.loss_weight(x0, xyz_weight)
+    if batch.get("known") is not None:
+        wt = wt * (~batch["known"]).to(wt.dtype)  # (B, 1, t, h, 2w)
+        return (((v.float() - (noise - x0)) ** 2) * wt).sum() / wt.expand(x0.shape).sum().clamp_min(1.0)
     return (((v.float() - (noise - x0)) ** 2) * wt).sum() / (wt.sum() * x0[..., :1].numel())
 
 
@@ -88,9 +92,9 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     x0_model = model.cfg.prediction != "velocity"
     for i, ts in enumerate(sched.timesteps):
         t = (ts / 1000).expand(1).to(x.dtype)
-        v = model.velocity(x, t, cond, ctx, img)
+        v = model.velocity(x, t, cond, ctx, img, prep.get("known"))
         if cfg_scale != 1.0:
-            v_u = model.velocity(x, t, cond_null, ctx_null, img)
+            v_u = model.velocity(x, t, cond_null, ctx_null, img, prep.get("known"))
             v = v_u + cfg_scale * (v - v_u)
         if x0_model and float(sched.sigmas[i + 1]) < model.cfg.x0_t_min:
             # x0-prediction: below x0_t_min the velocity's clamped t would under-denoise each step, and the backbone
@@ -99,6 +103,11 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
             break
         x = sched.step(v, ts, x, return_dict=False)[0]
     video = codec.decode(model.denormalize(x).float())[0].transpose(0, 1).float().cpu()  # (T, 3, H, 2W)
+    if "region" in prep:  # known_region: pixels off the changing region show the input (I0 | frame-0 pointmap)
+        C = model.cfg.latent_channels
+        given = codec.decode(model.denormalize(prep["cond"][:, MASK_CHANNELS:MASK_CHANNELS + C]).float())
+        reg = prep["region"][0, :, None].cpu()  # (T, 1, H, W)
+        video = torch.where(torch.cat([reg, reg], dim=-1), video, given[0].transpose(0, 1).float().cpu())
     model.train(was_training)
     rgb, wpm = video[..., :W], video[..., W:]
     return rgb, (None if model.cfg.output == "rgb_only" else wpm)

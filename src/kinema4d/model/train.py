@@ -36,6 +36,7 @@ from kinema4d.model.checkpoint import (
     fsdp_optimizer_to_files,
     latest_checkpoint,
     load_checkpoint,
+    robot_mean_colour,
     save_checkpoint,
 )
 from kinema4d.model.codec import make_codec
@@ -304,9 +305,12 @@ def train_main(cfg: TrainConfig) -> dict:
             model.latent_stats.copy_(torch.tensor([[0.0, 1.0], [POINTMAP_LATENT_MEAN, POINTMAP_LATENT_STD]]))
             ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         if cfg.stats_samples > 0 and cfg.init_release is None:
-            it = (_to_device(model_inputs(cfg.model, _collate([dataset[i]])), dev)
-                  for i in range(min(len(dataset), cfg.stats_samples)))
-            model.latent_stats.copy_(compute_latent_stats(codec, it, cfg.stats_samples))
+            def items():  # the first stats_samples training items, one at a time
+                return (_to_device(model_inputs(cfg.model, _collate([dataset[i]])), dev)
+                        for i in range(min(len(dataset), cfg.stats_samples)))
+            model.latent_stats.copy_(compute_latent_stats(codec, items(), cfg.stats_samples))
+            if cfg.model.robot_fill:
+                model.robot_colour.copy_(robot_mean_colour(items()))
         if world > 1:
             for t in [*model.state_dict().values(), *codec.state_dict().values()]:
                 dist.broadcast(t, 0)

@@ -105,10 +105,15 @@ _BASE = TrainConfig(
     preload_cache="data/cache/synth64_train_64x96x9.safetensors", stats_samples=256, out_dir="runs/default",
     log_every=10, ckpt_every=200, val_every=800, val_steps=20,
 )
-# The bundled default since session 8: _BASE + the held-object prior written into the input with the grasp gate
+# The bundled default of session 8: _BASE + the held-object prior written into the input with the grasp gate
 # (kinema4d.model.held_prior; README "The held-object prior"): the first recipe whose objects move.
-_DEFAULT = dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True, held_prior_input=True,
-                                                                held_gate=GRASP_GATE))
+_HELD_GATE = dataclasses.replace(_BASE, model=dataclasses.replace(_BASE.model, held_prior=True, held_prior_input=True,
+                                                                  held_gate=GRASP_GATE), out_dir="runs/held_gate")
+# ... + the known region (the world off the robot's swept pixels and the held object is the input), for the ablation
+_KNOWN = dataclasses.replace(_HELD_GATE, model=dataclasses.replace(_HELD_GATE.model, known_region="swept"),
+                             out_dir="runs/known")
+# The bundled default since session 9: + the robot's pixels filled with its mean colour (README "The known region").
+_DEFAULT = dataclasses.replace(_KNOWN, model=dataclasses.replace(_KNOWN.model, robot_fill=True), out_dir="runs/default")
 # the released Kinema4D conditioning (robot tokens with positions + the zero-init robot-latent projection) plus our
 # robot-RGB input (robot_rgb: not in the release, whose code drops the robot-RGB latents), for the ablation table
 _RELEASE = dataclasses.replace(_BASE.model, context="robot_tokens", robot_latent_proj=True, robot_rgb=True)
@@ -118,8 +123,18 @@ PRESETS: dict[str, tuple[str, TrainConfig]] = {
     "default": (
         "the bundled CPU checkpoint: 9 frames (stride 6 over a 49-frame episode) of 64x96, 8x pixel codec, "
         "4-layer 8x32-head DiT (5.7 M parameters), x0-prediction, frame-0 world pointmap anchor, robot-latent "
-        "context, XYZ loss weight 4, the held-object prior written into the input with the grasp gate, 1200 steps",
+        "context, XYZ loss weight 4, the held-object prior written into the input with the grasp gate, the known "
+        "region (only the robot's swept pixels and the held object are generated), the robot's pixels filled with "
+        "its mean colour, 1200 steps",
         _DEFAULT,
+    ),
+    "held_gate": (
+        "the default without the known region and the robot fill (the bundled model of session 8)",
+        _HELD_GATE,
+    ),
+    "known": (
+        "the default without the robot fill (ablation)",
+        _KNOWN,
     ),
     "base": (
         "the default without the held-object prior (the bundled model of sessions 6-7; the baselines' recipe)",
