@@ -121,6 +121,11 @@ def test_sample_keeps_the_input_off_the_region():
     off = ~region[:, None].expand(5, 3, 16, 16)
     torch.testing.assert_close(rgb[off], x["rgb0"][0].expand(5, 3, 16, 16)[off], atol=1e-6, rtol=0)
     torch.testing.assert_close(w01[off], x["world0"][0].expand(5, 3, 16, 16)[off], atol=1e-6, rtol=0)
+    robot = (x["robot_mask"][0] > 0.5)[:, None].expand(5, 3, 16, 16)  # the robot's pixels: its pointmap, exactly
+    torch.testing.assert_close(w01[robot], x["robot_pointmap"][0][robot], atol=1e-6, rtol=0)
+    assert (rgb[robot] - x["robot_pointmap"][0][robot]).abs().max() > 1e-2  # (the RGB half is generated there)
+    free = (region & (x["robot_mask"][0] < 0.5))[:, None].expand(5, 3, 16, 16)
+    assert (w01[free] - x["world0"][0].expand(5, 3, 16, 16)[free]).abs().max() > 1e-2  # generated
     on = region[:, None].expand(5, 3, 16, 16)
     assert (rgb[on] - x["rgb0"][0].expand(5, 3, 16, 16)[on]).abs().max() > 1e-2
 

@@ -103,11 +103,15 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
             break
         x = sched.step(v, ts, x, return_dict=False)[0]
     video = codec.decode(model.denormalize(x).float())[0].transpose(0, 1).float().cpu()  # (T, 3, H, 2W)
-    if "region" in prep:  # known_region: pixels off the changing region show the input (I0 | frame-0 pointmap)
+    if "region" in prep:  # known_region: what the inputs already give, exactly
         C = model.cfg.latent_channels
         given = codec.decode(model.denormalize(prep["cond"][:, MASK_CHANNELS:MASK_CHANNELS + C]).float())
+        given = given[0].transpose(0, 1).float().cpu()  # (T, 3, H, 2W): [I0 (+ fill, prior) | input pointmap]
         reg = prep["region"][0, :, None].cpu()  # (T, 1, H, W)
-        video = torch.where(torch.cat([reg, reg], dim=-1), video, given[0].transpose(0, 1).float().cpu())
+        # off the changing region: I0 and the frame-0 pointmap; on the robot's pixels: its pointmap (kinematics)
+        robot = robot_mask[:, None].cpu() > 0.5 if model.cfg.condition == "pointmap" else torch.zeros_like(reg)
+        keep = torch.cat([reg, reg & ~robot], dim=-1)  # (T, 1, H, 2W)
+        video = torch.where(keep, video, given)
     model.train(was_training)
     rgb, wpm = video[..., :W], video[..., W:]
     return rgb, (None if model.cfg.output == "rgb_only" else wpm)
