@@ -120,8 +120,9 @@ class ModelConfig:
     # ``known_dilate`` pixels) is known: its x0 is the input latents (I0 and the frame-0 pointmap) in training and
     # in sampling, so the loss and the network's capacity go where the world can change, and ``sample`` copies the
     # input onto the same pixels (and, for condition="pointmap", the robot pointmap onto the robot's pixels of the
-    # XYZ half: its geometry is given by the kinematic stage). The world outside that region is assumed static: a push that sends an object
-    # beyond the robot's reach is not generated there. "none": every position is generated (the paper).
+    # XYZ half: its geometry is given by the kinematic stage). The world outside that region is assumed static: a
+    # push that sends an object beyond the robot's reach is not generated there. "none": every position is
+    # generated (the paper).
     known_region: Literal["none", "swept"] = "none"
     known_dilate: int = 2
     # Beyond the paper: the robot's pixels in the RGB half of the input show the robot's mean colour (the buffer
