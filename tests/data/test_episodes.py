@@ -312,3 +312,25 @@ def test_train_and_eval_stop_at_or_skip_and_count_corrupt(tmp_path, capsys):
     assert "skipped 1 corrupt episodes" in capsys.readouterr().out
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["skipped_corrupt"] == 1
     assert "1 corrupt episodes were skipped" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_clean_stale_removes_a_zombie_writers_temp(tmp_path):
+    """A writer killed but not yet reaped (a zombie, as SIGKILLed datagen workers are for a while) holds no temp
+    episode: the next run removes it (os.kill(pid, 0) alone calls a zombie alive)."""
+    import subprocess
+    import sys
+    import time
+
+    (tmp_path / "episodes").mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])  # exits at once; not waited for -> a zombie
+    try:
+        for _ in range(200):
+            if Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+            time.sleep(0.05)
+        name = f".tmp-000000-{proc.pid}.zarr.zip"
+        (tmp_path / "episodes" / name).write_bytes(b"partial")
+        assert kdata.clean_stale(tmp_path) == [name]
+        assert not (tmp_path / "episodes" / name).exists()
+    finally:
+        proc.wait()

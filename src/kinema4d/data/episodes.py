@@ -217,6 +217,8 @@ def clean_stale(root: str | os.PathLike) -> list[str]:
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs. A zombie (killed, not yet reaped by its parent: a SIGKILLed writer's worker
+    stays one for a while) is not running: its temp episode is stale."""
     if pid <= 0:
         return False
     try:
@@ -225,7 +227,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # Linux: field 3 of /proc/<pid>/stat is the state; 'Z' = zombie, 'X' = dead
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS) or gone in between: keep the conservative answer
+    return state not in ("Z", "X")
 
 
 def complete_episodes(root: str | os.PathLike) -> list[int]:
