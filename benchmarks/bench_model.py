@@ -143,6 +143,17 @@ def main(argv: list[str] | None = None) -> None:
 
     print(f"checkpoint {ck.dir} ({ck.weights}), size {tc.get('size')}, train T {train_T}, {args.steps} sampling "
           f"steps, {args.repeats} repeats, torch threads {torch.get_num_threads()}")
+    if tc.get("size"):  # the model's size: parameters and backbone tokens of one training-size clip
+        from kinema4d.model.checkpoint import load_model
+        from kinema4d.model.config import latent_shapes
+
+        model, _ = load_model(ck.dir, weights=ck.weights)
+        lat = latent_shapes(model.cfg, train_T, *tc["size"])["latent"]  # (B, C, t, h, 2w)
+        pt, ph, pw = model.cfg.patch_size
+        tokens = (lat[2] // pt) * (lat[3] // ph) * (lat[4] // pw)
+        params = sum(p.numel() for p in model.parameters())
+        print(f"model: {params / 1e6:.2f} M parameters, {tokens} tokens per {train_T}-frame clip (RGB and XYZ halves)")
+        del model
     rows = [("load", 0, _subprocess("load", args, train_T)), ("episode", 49, _subprocess("episode", args, 49))]
     for T in frames:
         rows.append(("kinematic", T, _subprocess("kinematic", args, T)))
