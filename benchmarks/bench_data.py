@@ -123,6 +123,20 @@ def bench_video(eps: list[tuple[dict, dict]], tmp: Path, settings=(("yuv444p", 1
     return rows
 
 
+def _pointmap_share(root: Path) -> float:
+    """Share of the compressed bytes of the v2 episodes under ``root`` held by pointmap arrays (zip members whose
+    path names a pointmap)."""
+    import zipfile
+
+    pm = total = 0
+    for f in root.rglob("*.zarr.zip"):
+        with zipfile.ZipFile(f) as z:
+            for info in z.infolist():
+                total += info.compress_size
+                pm += info.compress_size if "pointmap" in info.filename else 0
+    return pm / total if total else float("nan")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--source", type=Path, default=None, help="read episodes from this dataset dir (any version) "
@@ -141,6 +155,7 @@ def main() -> None:
         a0 = eps[0][0]["rgb"]
         rows = bench_layouts(eps, tmp, args.train_frames, args.passes)
         video = bench_video(eps, tmp) if args.video else []
+        pointmap_share = _pointmap_share(tmp / "v2")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     old, new = rows[1], rows[2]
@@ -158,6 +173,8 @@ def main() -> None:
         scale = 1 / 1024 if k == "bytes" else 1
         print(f"| {label} | {fmt.format(old[k] * scale)} | {fmt.format(new[k] * scale)} | "
               f"{new[k] / old[k]:.3g} |")
+    print(f"\nv2: {1000 / new['samples_per_s']:.0f} ms per training sample read; pointmaps are "
+          f"{100 * pointmap_share:.0f} % of an episode's stored bytes")
     per = 201_000
     print(f"\nat {per:,} episodes: {old['inodes'] * per / 1e6:.0f} M files + directories and "
           f"{old['bytes'] * per / 1e9:.0f} GB (v1) vs {new['inodes'] * per / 1e6:.1f} M and "
