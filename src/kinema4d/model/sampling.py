@@ -59,8 +59,8 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
     their x0 prediction; ``shift`` None = the model's ``sample_shift``); ``cfg_scale`` != 1 adds classifier-free
     guidance against the null condition (no robot in the input channels, the null context). The soft mask is never
     applied. ``known_region`` models keep their input off the changing region (I0 and the frame-0 pointmap) and, for
-    condition="pointmap", the robot pointmap on the robot's XYZ pixels (``ModelConfig.known_region``). Runs on the model's device (inputs are moved there); returns float32 CPU tensors. The same seed gives
-    the same output.
+    condition="pointmap", the robot pointmap on the robot's XYZ pixels (``ModelConfig.known_region``). Runs on the
+    model's device (inputs are moved there); returns float32 CPU tensors. The same seed gives the same output.
     """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
