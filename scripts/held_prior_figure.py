@@ -31,11 +31,12 @@ def row(ds: Dataset4D, i: int) -> np.ndarray:
     return np.concatenate([e["rgb"][0], sep, over, sep, e["rgb"][-1]], axis=1)
 
 
-def stats(ds: Dataset4D, moved_m: float = 0.03, gate: tuple[float, float] | None = None) -> str:
+def stats(ds: Dataset4D, moved_m: float = 0.03, gate: tuple[float, float] | None = None) -> tuple[str, float, float]:
     """Per episode: does the prior carry the points' centroid more than ``moved_m`` by the last frame, and does
     physics move the target object more than that? Returns a table row: episodes, physics success (the episode's
     label), physics moved, prior moved, agreement of the two 'moved', agreement of 'prior moved' with physics
-    success. ``gate``: the prior's grasp gate (``ModelConfig.held_gate``)."""
+    success; then the physics success rate and the prior's 'moved' rate. ``gate``: the prior's grasp gate
+    (``ModelConfig.held_gate``)."""
     prior_moved, gt_moved, success = [], [], []
     for i in range(len(ds)):
         e = ds.read_episode(i, keys=("rgb", "world_pointmap", "robot_render_mask", "actions", "object_poses"))
@@ -53,8 +54,9 @@ def stats(ds: Dataset4D, moved_m: float = 0.03, gate: tuple[float, float] | None
         else:
             prior_moved.append(False)
     p, g = np.array(prior_moved), np.array(gt_moved)
-    return (f"| {len(ds)} | {np.mean(success):.2f} | {g.mean():.2f} | {p.mean():.2f} | {(p == g).mean():.2f} | "
-            f"{(p == np.array(success)).mean():.2f} |")
+    row = (f"| {len(ds)} | {np.mean(success):.2f} | {g.mean():.2f} | {p.mean():.2f} | {(p == g).mean():.2f} | "
+           f"{(p == np.array(success)).mean():.2f} |")
+    return row, float(np.mean(success)), float(p.mean())
 
 
 def main() -> None:
@@ -73,8 +75,15 @@ def main() -> None:
         print("| data | episodes | physics success | physics moved > 3 cm | prior moved > 3 cm | agreement (moved) | "
               "agreement (prior moved vs physics success) |")
         print("|---|---|---|---|---|---|---|")
+        rates = []
         for d in a.data:
-            print(f"| {d} " + stats(Dataset4D(d), gate=None if a.gate is None else tuple(a.gate)))
+            row, sr, moved = stats(Dataset4D(d), gate=None if a.gate is None else tuple(a.gate))
+            print(f"| {d} " + row)
+            rates.append((sr, moved))
+        if len(rates) >= 3:  # across splits (e.g. the ranking policies): does the prior order them as physics?
+            sr, moved = np.array(rates).T
+            r = np.corrcoef(sr, moved)[0, 1] if sr.std() > 0 and moved.std() > 0 else float("nan")
+            print(f"Pearson r (prior moved rate vs physics success rate, {len(rates)} splits): {r:.3f}")
         return
     if len(a.data) != 1:
         ap.error("drawing takes one --data")
