@@ -81,9 +81,12 @@ def main() -> None:
             print(f"| {d} " + row)
             rates.append((sr, moved))
         if len(rates) >= 3:  # across splits (e.g. the ranking policies): does the prior order them as physics?
+            from kinema4d.eval.policy import pearson_r
+
             sr, moved = np.array(rates).T
-            r = np.corrcoef(sr, moved)[0, 1] if sr.std() > 0 and moved.std() > 0 else float("nan")
-            print(f"Pearson r (prior moved rate vs physics success rate, {len(rates)} splits): {r:.3f}")
+            r = pearson_r(moved, sr)
+            print(f"Pearson r (prior moved rate vs physics success rate, {len(rates)} splits): "
+                  f"{'n/a' if r is None else f'{r:.3f}'}")
         return
     if len(a.data) != 1:
         ap.error("drawing takes one --data")

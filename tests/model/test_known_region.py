@@ -143,6 +143,8 @@ def test_robot_fill():
         n += 1
     colour = robot_mean_colour([{"rgb": rgb[:1], "robot_mask": mask[:1]}, {"rgb": rgb[1:], "robot_mask": mask[1:]}])
     np.testing.assert_allclose(colour.numpy(), total / n, rtol=1e-6)
+    with pytest.raises(ValueError, match="no robot pixels"):
+        robot_mean_colour([{"rgb": rgb, "robot_mask": torch.zeros_like(mask)}])
     cfg = ModelConfig(world_anchor=True, prediction="x0_residual", image_padding="repeat", robot_fill=True,
                       pixel_factor=1)  # the identity codec: the input latents are the pixels (normalized)
     wm, codec = WorldModel(cfg), make_codec(cfg)

@@ -415,13 +415,18 @@ class WorldModel(nn.Module):
                                return_dict=False)[0].to(x_t.dtype)  # (B, C, t, h, 2w)
         if self.cfg.prediction != "velocity":  # x_t = (1-t) x0 + t eps  =>  eps - x0 = (x_t - x0) / t
             if self.cfg.prediction == "x0_residual":  # x0 (B, C, t, h, 2w) = input latents (cond[:, 4:4+C]) + out
-                base = cond[:, MASK_CHANNELS:MASK_CHANNELS + self.cfg.latent_channels].to(out.dtype)
+                base = self.input_latents(cond).to(out.dtype)
                 out = out + base  # (B, C, t, h, 2w)
                 if known is not None:  # the known region's x0 is the input latents
                     out = torch.where(known, base, out)  # (B, C, t, h, 2w)
             tt = t.to(out.dtype).clamp(min=self.cfg.x0_t_min).view(-1, 1, 1, 1, 1)  # (B, 1, 1, 1, 1)
             out = (x_t - out) / tt  # (B, C, t, h, 2w)
         return out  # (B, C, t, h, 2w) velocity eps - x0
+
+    def input_latents(self, cond: torch.Tensor) -> torch.Tensor:
+        """The input latents (B, C, t, h, 2w) inside ``cond`` (B, K, t, h, 2w): channels [4, 4 + C), after the mask;
+        the x0_residual base and, for ``known_region`` models, the x0 of the known positions."""
+        return cond[:, MASK_CHANNELS:MASK_CHANNELS + self.cfg.latent_channels]
 
     def loss_weight(self, x0: torch.Tensor, xyz_weight: float = 1.0) -> torch.Tensor:
         """(1, 1, 1, 1, 2w) weights: 1 on the RGB half, ``xyz_weight`` on the XYZ half (0 for output='rgb_only')."""

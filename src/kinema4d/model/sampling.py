@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kinema4d.model.config import MASK_CHANNELS, latent_shapes
+from kinema4d.model.config import latent_shapes
 from kinema4d.model.network import WorldModel
 
 
@@ -105,8 +105,7 @@ def sample(model: WorldModel, codec, image0: torch.Tensor, robot_pointmap01: tor
         x = sched.step(v, ts, x, return_dict=False)[0]
     video = codec.decode(model.denormalize(x).float())[0].transpose(0, 1).float().cpu()  # (T, 3, H, 2W)
     if "region" in prep:  # known_region: what the inputs already give, exactly
-        C = model.cfg.latent_channels
-        given = codec.decode(model.denormalize(prep["cond"][:, MASK_CHANNELS:MASK_CHANNELS + C]).float())
+        given = codec.decode(model.denormalize(model.input_latents(prep["cond"])).float())
         given = given[0].transpose(0, 1).float().cpu()  # (T, 3, H, 2W): [I0 (+ fill, prior) | input pointmap]
         reg = prep["region"][0, :, None].cpu()  # (T, 1, H, W)
         # off the changing region: I0 and the frame-0 pointmap; on the robot's pixels: its pointmap (kinematics)
