@@ -20,7 +20,7 @@ split (test ranges, a robot the default model was not trained on), or any URDF w
 ``gripper_joints``, see :func:`kinema4d.data.scene.make_robot`). It is part of the split's content: a resumed run
 must name the same robot. Episodes record it in their attrs (``robot``; URDF robots also ``robot_urdf``).
 
-Policy episodes (``policy`` = a name of :data:`kinema4d.data.scene.POLICIES`, with ``failures_per_success=0``):
+Policy episodes (``policy`` = a name of :data:`kinema4d.data.expert.POLICIES`, with ``failures_per_success=0``):
 block b = the same scene as above (resampled until the clean expert succeeds, checked by physics alone) executed
 by that member of the scripted policy family (:func:`kinema4d.data.scene.policy_actions`, its generator seeded by
 (seed, split, block, attempt, 2000) for every member), one episode per block. So runs with the same seed and
@@ -98,7 +98,7 @@ class DatagenConfig:
     robot_backend: str = "auto"
     """Robot pointmap renderer: auto | gl | embree."""
     policy: str | None = None
-    """Execute this member of the scripted policy family (kinema4d.data.scene.POLICIES: expert, p1..p4) instead of
+    """Execute this member of the scripted policy family (kinema4d.data.expert.POLICIES: expert, p1..p4) instead of
     the clean demo + perturbed variants; needs failures_per_success=0."""
     progress: bool = True
     """Show a tqdm progress bar."""
