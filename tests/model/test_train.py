@@ -59,6 +59,22 @@ def test_tiny_run_writes_everything(tmp_path):
     assert json.loads((tmp_path / "ckpt" / "latest.json").read_text()) == {"step": 3, "path": "step_0000003"}
 
 
+def test_robot_fill_colour_is_the_training_mean(tmp_path):
+    """robot_fill: the saved ``robot_colour`` is the mean RGB over the robot pixels of the first ``stats_samples``
+    training items, checked against a plain loop over the same items."""
+    cfg = _cfg(tmp_path, steps=1, stats_samples=3, model=dataclasses.replace(TINY.model, robot_fill=True))
+    train_main(cfg)
+    saved = load_file(tmp_path / "ckpt" / "step_0000001" / "model.safetensors")["robot_colour"]
+    ds = make_dataset(cfg)
+    total, n = [0.0, 0.0, 0.0], 0
+    for i in range(3):
+        e = ds[i]
+        for t, r, c in (e["robot_mask"] > 0.5).nonzero().tolist():
+            total = [total[k] + float(e["rgb"][t, k, r, c]) for k in range(3)]
+            n += 1
+    assert n > 0 and torch.allclose(saved, torch.tensor(total) / n, atol=1e-5)
+
+
 def test_latest_json_is_never_written_in_place(tmp_path, monkeypatch):
     """latest.json goes through a temp file + rename: a crash mid-write cannot leave it empty or truncated."""
     real = Path.write_text

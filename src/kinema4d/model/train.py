@@ -309,8 +309,9 @@ def train_main(cfg: TrainConfig) -> dict:
                 return (_to_device(model_inputs(cfg.model, _collate([dataset[i]])), dev)
                         for i in range(min(len(dataset), cfg.stats_samples)))
             model.latent_stats.copy_(compute_latent_stats(codec, items(), cfg.stats_samples))
-            if cfg.model.robot_fill:
-                model.robot_colour.copy_(robot_mean_colour(items()))
+            if cfg.model.robot_fill:  # rgb and robot_mask only: the raw items (model_inputs leaves both as they are)
+                model.robot_colour.copy_(robot_mean_colour(
+                    _collate([dataset[i]]) for i in range(min(len(dataset), cfg.stats_samples))))
         if world > 1:
             for t in [*model.state_dict().values(), *codec.state_dict().values()]:
                 dist.broadcast(t, 0)
