@@ -69,3 +69,16 @@ def test_pointmap_normalization_lives_in_pointmap():
             if extent.search(line.split("#")[0]):
                 bad.append(f"{path.relative_to(ROOT)}:{i} computes an extent: {line.strip()}")
     assert not bad, "pointmap normalization outside kinema4d/pointmap.py:\n" + "\n".join(bad)
+
+
+def test_long_modules_say_why():
+    """A module over ~500 lines (issue 15: 520 allowed) says at the top of its docstring why it is one file
+    ("Why ~N lines in one file: ...")."""
+    import ast
+
+    bad = []
+    for path in sorted((ROOT / "src" / "kinema4d").rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") > 520 and "Why ~" not in (ast.get_docstring(ast.parse(text)) or ""):
+            bad.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+    assert not bad, "long modules without a reason in their docstring:\n" + "\n".join(bad)
