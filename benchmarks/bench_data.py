@@ -149,6 +149,9 @@ def main() -> None:
     ap.add_argument("--tmp", type=Path, default=None, help="parent of the temp dir (default: the system's)")
     ap.add_argument("--video", action="store_true", help="also measure RGB stored as H.264 (size, PSNR, decode)")
     args = ap.parse_args()
+    if hasattr(os, "getloadavg"):
+        print("load average (1, 5, 15 min): " + ", ".join(f"{v:.2f}" for v in os.getloadavg()) + f" on "
+              f"{os.cpu_count()} CPUs")
     tmp = Path(tempfile.mkdtemp(prefix="bench_data_", dir=args.tmp))
     try:
         eps = load_source(args.source, args.episodes, args.resolution, args.frames, tmp)

@@ -6,18 +6,38 @@ For each robot and split, ``kinema4d datagen`` with ``--failures-per-success 0 -
 scripted episode per freshly sampled scene, never resampled: its success ratio is the expert's clean-demo success.
 Then ``--blocks`` blocks of the default engine (1 clean demo + 9 perturbed variants, scenes resampled until the
 clean run succeeds) on the test-range split give the perturbed (failure-synthesis) success. 64x96, 49 frames.
+After the table, one line per failed clean run: the target object and why the outcome check failed (its stored
+``outcome``: distance from the pad centre, height error, contact with the robot).
 Re-running into the same --out reuses the episodes already there (datagen is resumable).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
 from kinema4d.data.datagen import DatagenConfig, datagen_main
+from kinema4d.data.episodes import Dataset4D
+from kinema4d.data.scene import Scene
 
 ROWS = (("panda", "test"), ("panda", "ood"), ("xarm6", "ood_embodiment"), ("xarm6", "ood"), ("kuka_iiwa_wsg50", "test"),
         ("kuka_iiwa_wsg50", "ood"))
+
+
+def clean_failures(split_dir: str | Path) -> list[str]:
+    """One line per clean scripted episode of ``split_dir`` that failed: episode, target object, its outcome."""
+    ds = Dataset4D(split_dir)
+    lines = []
+    for i in range(len(ds)):
+        a = ds.attrs(i)
+        if a.get("success") or a.get("variant", {}).get("kind") not in ("clean", "clean_failed"):
+            continue
+        o = a.get("outcome", {})
+        lines.append(f"episode {a.get('episode', i)}: {a['objects'][0]['name']} {100 * o['xy_err']:.1f} cm from the "
+                     f"pad centre, {100 * o['z_err']:.1f} cm off its resting height, "
+                     f"{'touching' if o['touching_robot'] else 'not touching'} the robot")
+    return lines
 
 
 def main() -> None:
@@ -43,6 +63,12 @@ def main() -> None:
     for robot, split, clean, pert in rows:
         p = "- | -" if pert is None else f"{pert['perturbed']} | {pert['success_ratio_perturbed']:.2f}"
         print(f"| {robot} | {split} | {clean['success_ratio']:.2f} ({clean['success']}/{clean['episodes']}) | {p} |")
+    tol = inspect.signature(Scene.evaluate).parameters
+    print(f"\nFailed clean runs (success: within {100 * tol['xy_tol'].default:g} cm of the pad centre, within "
+          f"{100 * tol['z_tol'].default:g} cm of the resting height, not touching the robot):")
+    for robot, split, _, _ in rows:
+        for line in clean_failures(args.out / robot / "clean" / split):
+            print(f"  {robot} {split} {line}")
 
 
 if __name__ == "__main__":

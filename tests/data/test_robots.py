@@ -171,3 +171,27 @@ def test_sdf_conversion_matches_pybullet_sdf():
         p.disconnect(physicsClientId=cid)
     with pytest.raises(ValueError, match=r"no joints \['nope'\]"):
         sdf_to_urdf_tree(Path(pybullet_data.getDataPath()) / "kuka_iiwa" / "kuka_with_gripper2.sdf", ["nope"])
+
+
+def test_kuka_stands_back_to_reach_the_near_workspace_edge(monkeypatch):
+    """README: the KUKA stands BASE_SHIFT_X (8 cm) further back because its 26 cm gripper and +-120 deg elbow cannot
+    bring the grasp point down to the table at the workspace's near edge. Target: the grasp point 2 cm above the
+    table (the expert's lowest grasp height), pointing down, at the near edge of the workspace (workspace_x[0] in
+    front of the unshifted base), in line with the base. Measured: 44.7 mm short without the shift, reached with it."""
+    import warnings
+
+    from scipy.spatial.transform import Rotation
+
+    from kinema4d.data.expert import down_quat
+    from kinema4d.data.scene_spec import BASE_XYZ, TABLE_TOP, split_ranges
+
+    T = np.eye(4)
+    T[:3, :3] = Rotation.from_quat(down_quat(0.0)).as_matrix()
+    T[:3, 3] = (BASE_XYZ[0] + split_ranges("test").workspace_x[0], BASE_XYZ[1], TABLE_TOP + 0.02)
+    assert sim.BASE_SHIFT_X["kuka_iiwa_wsg50"] == pytest.approx(-0.08)
+    for shift, reached in ((sim.BASE_SHIFT_X["kuka_iiwa_wsg50"], True), (0.0, False)):
+        monkeypatch.setitem(sim.BASE_SHIFT_X, "kuka_iiwa_wsg50", shift)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unreachable target warns
+            err = sim.make_robot("kuka_iiwa_wsg50").ik(T).pos_err[0]
+        assert (err < 1e-3) if reached else (err > 0.01), f"shift {shift}: {1000 * err:.1f} mm"
