@@ -13,8 +13,9 @@ PATH = re.compile(r"(?<![/\w.])((?:scripts|benchmarks|tests|docs|examples)/[\w/.
 
 
 def _texts() -> dict[str, str]:
-    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "src" / "kinema4d").rglob("*.py")),
-             *sorted((ROOT / "scripts").glob("*")), *sorted((ROOT / "benchmarks").glob("*"))]
+    files = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+             *sorted((ROOT / "src" / "kinema4d").rglob("*.py")), *sorted((ROOT / "scripts").glob("*")),
+             *sorted((ROOT / "benchmarks").glob("*"))]
     return {str(f.relative_to(ROOT)): f.read_text() for f in files if f.is_file()}
 
 
