@@ -28,31 +28,18 @@ id, ``success``, ``instruction``, ``split``, ``camera`` (K, T_cam_world, width, 
 ``outcome``, ``variant`` ({"kind": "clean"}, {"kind": "clean_failed"} (see :mod:`kinema4d.data.datagen`) or
 {"kind": "perturbed", "segment", "sigma", "parent"}), ``frames``, ``control_hz``, ...
 
-Why one zip per episode (measured on a 49-frame 64x96 episode of ``data/synth64``, 5 writes / reads each;
-``benchmarks/bench_data.py`` repeats the comparison through ``TorchEpisodes``):
-
-    layout                                   files  KB on disk  write ms  read ms
-    v1: directory, 1 frame per chunk          307*     5236        310       104
-    directory, 1 chunk per array               19       480         53        14
-    directory, zarr v3 sharding (1 shard)      19      1540        130        88
-    zip, 1 frame per chunk                      1      1364        142        70
-    zip, 1 chunk per array (version 2)          1       280         32        13
-
-(*: regular files; 1115 with the nested chunk directories.) A zarr directory costs at least two files per array
-(its ``zarr.json`` and one chunk or shard), 19 for our nine arrays: over the ~10-file budget whatever the
-chunking. A zip holds the same zarr group in one file, which any zarr v3 tool opens
+Why one zip per episode: a zarr directory costs at least two files per array (its ``zarr.json`` and one chunk or
+shard), 19 for our nine arrays plus the group, over a ~10-file budget whatever the chunking (zarr v3 sharding
+included). A zip holds the same zarr group in one file, which any zarr v3 tool opens
 (``zarr.open_group(zarr.storage.ZipStore(path))``), is written to a temp name and renamed (so a file with the
 final name is complete: no marker file), and detects truncation (zip directory) and damage (zip CRC + our
 checksums). Larger chunks compress better (zstd sees the whole sequence) and cost fewer calls. Many episodes per
 file (LeRobot v3 style) would cut the file count further, but parallel writers and resume (kill a datagen, start
 it again) would then need a merge step; 200k episodes as 200k files is fine for a file system.
-
-Codecs (measured, not adopted): RGB as H.264 (libx264, yuv444p, crf 18) instead of lossless zstd saves 16 of the
-281 KB of a 64x96 x 49 episode (zstd RGB: 31 KB) at 40.7 dB PSNR (yuv420p: 32.3 dB, the small objects lose their
-colour) and adds an ffmpeg decode (~130 ms) to every read; at 480x720 x 25 frames it saves 3.3 of 19.8 MB at
-45.3 dB. The pointmaps are most of an episode (about 70-80 %) and stay lossless float16: blosc-zstd with bitshuffle
-makes them 27 % smaller at 480x720 but 85 % larger at 64x96 (its small blocks), so plain zstd level 3 stays.
-RGB is stored losslessly; ``benchmarks/bench_data.py --video`` repeats the RGB measurement.
+``benchmarks/bench_data.py`` measures version 1 against version 2 (files, size on disk, write and read speed
+through ``TorchEpisodes``) and, with ``--video``, RGB stored as H.264 instead of lossless zstd: smaller, lossy, and
+an ffmpeg decode on every read, so RGB stays lossless. The pointmaps are most of an episode's bytes (the same
+script prints their share) and stay lossless float16 with plain zstd level 3.
 
 Version 1 (datasets written before, e.g. ``data/synth64``) is still read: ``episodes/000123/`` was a zarr
 directory with one frame per chunk (~300 files + ~800 chunk directories per episode at 64x96) and a

@@ -63,9 +63,9 @@ class _OutputPool:
     Why not ``np.zeros``: numpy asks for transparent huge pages above 4 MB (``madvise(MADV_HUGEPAGE)``), and the
     first touch of a 2 MB page zeroes it whole. The renderer writes only the pixels in the robot's projected box
     (link id: all pixels), and a huge page new to the process is slow on a VM that hands free memory back to its
-    host (measured on this project's 2-core VM: ~10 us per 4 kB on the first use of a huge page, 0.4 us when the
-    process reuses one, 2-3 us per fresh 4 kB page). So the first call in a process paid for every output byte
-    (bench_control.py at 720x480: 19.6 ms/frame on the first call, 4.7 on later ones). Here an array >= 4 MB is
+    host (a fresh 4 kB page costs a fault too, but only the touched ones are paid). So the first call in a process
+    paid for every output byte, several times what later calls cost (``benchmarks/bench_control.py`` times the first
+    call in a fresh process apart from later ones, and prints its page faults). Here an array >= 4 MB is
     private anonymous memory with ``MADV_NOHUGEPAGE``: zero until touched, and only the touched pages (about half
     of the output at 720x480) cost a page fault.
 

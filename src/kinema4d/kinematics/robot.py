@@ -63,8 +63,8 @@ BUILTIN_ROBOTS: dict[str, BuiltinSpec] = {
                              (0.0, 0.5, 0.0, -1.2, 0.0, 1.0, 0.0)),
     # xArm6 with the xArm gripper: drive_joint 0 = open (8.9 cm between the finger pads) .. 0.85 = closed, the
     # five other gripper joints mimic it (a four-bar linkage opened up into a tree). The URDF names no grasp point:
-    # xarm_grasptarget sits 15.5 cm along the flange axis, 7-19 mm above the fingertips (the Panda's
-    # panda_grasptarget is 7 mm above its fingertips). Home: grasp point 48 cm out, 41 cm up, pointing down.
+    # xarm_grasptarget sits 16.5 cm from xarm_gripper_base_link along its z axis (the flange axis). Home: grasp
+    # point 48 cm out, 41 cm up, pointing down.
     "xarm6": BuiltinSpec("xarm/xarm6_with_gripper.urdf", "xarm_grasptarget", "drive_joint", 0.0, 0.85,
                          (0.0, 0.066, -1.747, 0.0, 1.681, 0.0, 0.0),
                          (FixedFrame("xarm_grasptarget", "xarm_gripper_base_link", (0.0, 0.0, 0.165)),)),
