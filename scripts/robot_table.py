@@ -14,12 +14,11 @@ Re-running into the same --out reuses the episodes already there (datagen is res
 from __future__ import annotations
 
 import argparse
-import inspect
 from pathlib import Path
 
 from kinema4d.data.datagen import DatagenConfig, datagen_main
 from kinema4d.data.episodes import Dataset4D
-from kinema4d.data.scene import Scene
+from kinema4d.data.scene import SUCCESS_XY_TOL, SUCCESS_Z_TOL
 
 ROWS = (("panda", "test"), ("panda", "ood"), ("xarm6", "ood_embodiment"), ("xarm6", "ood"), ("kuka_iiwa_wsg50", "test"),
         ("kuka_iiwa_wsg50", "ood"))
@@ -63,9 +62,8 @@ def main() -> None:
     for robot, split, clean, pert in rows:
         p = "- | -" if pert is None else f"{pert['perturbed']} | {pert['success_ratio_perturbed']:.2f}"
         print(f"| {robot} | {split} | {clean['success_ratio']:.2f} ({clean['success']}/{clean['episodes']}) | {p} |")
-    tol = inspect.signature(Scene.evaluate).parameters
-    print(f"\nFailed clean runs (success: within {100 * tol['xy_tol'].default:g} cm of the pad centre, within "
-          f"{100 * tol['z_tol'].default:g} cm of the resting height, not touching the robot):")
+    print(f"\nFailed clean runs (success: within {100 * SUCCESS_XY_TOL:g} cm of the pad centre, within "
+          f"{100 * SUCCESS_Z_TOL:g} cm of the resting height, not touching the robot):")
     for robot, split, _, _ in rows:
         for line in clean_failures(args.out / robot / "clean" / split):
             print(f"  {robot} {split} {line}")

@@ -13,9 +13,9 @@ The scene description and its randomization per split are :mod:`kinema4d.data.sc
 its failure variants and the policy family :mod:`kinema4d.data.expert`; their names are importable from here
 too.
 
-Success (:meth:`Scene.evaluate`): after the episode the target object's centre is within ``success_xy_tol``
-(5 cm) of the pad centre in xy, it rests upright on the table (centre height within 1.5 cm of its resting height)
-and it touches no robot link.
+Success (:meth:`Scene.evaluate`): after the episode the target object's centre is within ``SUCCESS_XY_TOL``
+(5 cm) of the pad centre in xy, it rests upright on the table (centre height within ``SUCCESS_Z_TOL``, 1.5 cm, of its
+resting height) and it touches no robot link.
 """
 
 from __future__ import annotations
@@ -118,6 +118,9 @@ class Drive:
     when the object blocks them. None: every finger joint is position-controlled to the commanded value (the
     Panda's two prismatic fingers, as its data were generated)."""
 
+
+SUCCESS_XY_TOL = 0.05  # metres: the object's centre from the pad centre, in xy
+SUCCESS_Z_TOL = 0.015  # metres: the object's centre from its resting height (upright on the table)
 
 DRIVES = {
     "panda": Drive((87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0), 40.0, mimic_follow_force=None),
@@ -313,7 +316,7 @@ class Scene:
         return rgba[..., :3].copy(), z, body
 
     # -------------------------------------------------------------- outcome
-    def evaluate(self, xy_tol: float = 0.05, z_tol: float = 0.015) -> dict:
+    def evaluate(self, xy_tol: float = SUCCESS_XY_TOL, z_tol: float = SUCCESS_Z_TOL) -> dict:
         """Success of the pick-and-place from the target object's current pose (see module docstring)."""
         c = self.cid
         pos, _ = p.getBasePositionAndOrientation(self.objects[0], physicsClientId=c)

@@ -305,13 +305,12 @@ def train_main(cfg: TrainConfig) -> dict:
             model.latent_stats.copy_(torch.tensor([[0.0, 1.0], [POINTMAP_LATENT_MEAN, POINTMAP_LATENT_STD]]))
             ema = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
         if cfg.stats_samples > 0 and cfg.init_release is None:
-            def items():  # the first stats_samples training items, one at a time
-                return (_to_device(model_inputs(cfg.model, _collate([dataset[i]])), dev)
-                        for i in range(min(len(dataset), cfg.stats_samples)))
-            model.latent_stats.copy_(compute_latent_stats(codec, items(), cfg.stats_samples))
+            n_stats = min(len(dataset), cfg.stats_samples)  # the first n_stats training items, one at a time
+            model.latent_stats.copy_(compute_latent_stats(
+                codec, (_to_device(model_inputs(cfg.model, _collate([dataset[i]])), dev) for i in range(n_stats)),
+                cfg.stats_samples))
             if cfg.model.robot_fill:  # rgb and robot_mask only: the raw items (model_inputs leaves both as they are)
-                model.robot_colour.copy_(robot_mean_colour(
-                    _collate([dataset[i]]) for i in range(min(len(dataset), cfg.stats_samples))))
+                model.robot_colour.copy_(robot_mean_colour(_collate([dataset[i]]) for i in range(n_stats)))
         if world > 1:
             for t in [*model.state_dict().values(), *codec.state_dict().values()]:
                 dist.broadcast(t, 0)
